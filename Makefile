@@ -1,0 +1,41 @@
+# Everything sets itself up: `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint bench fuzz clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A real batch against the bundled emulator on loopback, on the default ./dubrunner.db.
+demo: $(STAMP)
+	@set -e; tmp=$$(mktemp -d); \
+	$(BIN)/dubrunner emulator --port 0 --port-file $$tmp/port --token demo-token --latency-ms 20 \
+	    2>$$tmp/emulator.log & emu=$$!; \
+	trap 'kill $$emu 2>/dev/null; rm -rf $$tmp' EXIT; \
+	for i in $$(seq 100); do [ -s $$tmp/port ] && break; sleep 0.1; done; \
+	[ -s $$tmp/port ] || { echo "the emulator did not start"; cat $$tmp/emulator.log; exit 1; }; \
+	export CHAMELAION_BASE_URL=http://127.0.0.1:$$(cat $$tmp/port)/api/ CHAMELAION_API_KEY=demo-token; \
+	echo "emulator on $$CHAMELAION_BASE_URL"; \
+	echo '$$ dubrunner submit manifests/example.yaml'; \
+	$(BIN)/dubrunner submit manifests/example.yaml; \
+	echo '$$ dubrunner status --batch example'; \
+	$(BIN)/dubrunner status --batch example
+
+lint: $(STAMP)
+	$(BIN)/ruff check dubrunner tests migrations
+	$(BIN)/ruff format --check dubrunner tests migrations
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dubrunner.db dubrunner.db-wal dubrunner.db-shm

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from dubrunner.cli import main
+
+main()

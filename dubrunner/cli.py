@@ -1,0 +1,538 @@
+"""The command line: parse, make one library call, print. Exit codes: 0 every job submitted,
+1 some failed or halted, 2 bad input or usage, 130 interrupted."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+
+from dubrunner import __version__
+from dubrunner.api import ApiClient, ConfigError, Credentials
+from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
+from dubrunner.manifest import load as load_manifest
+from dubrunner.output import (
+    FORMATS,
+    ProgressDisplay,
+    print_csv,
+    print_job_detail,
+    print_json,
+    print_status_table,
+    setup_logging,
+)
+from dubrunner.redact import scrub
+from dubrunner.runner import EXIT_INTERRUPTED, EXIT_USAGE, BatchResult, BatchRun
+from dubrunner.states import AT_API, RETRYABLE, State
+from dubrunner.store import LoadConflict, Store, StoreError
+from dubrunner.worker import WorkerOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(click.ClickException):
+    """Bad input or usage: one line, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {scrub(self.format_message())}", err=True)
+
+
+def common_options(fn: F) -> F:
+    @click.option(
+        "--db",
+        envvar="DUBRUNNER_DB",
+        metavar="PATH|URL",
+        help="SQLite file or SQLAlchemy URL [env DUBRUNNER_DB; default ./dubrunner.db]",
+    )
+    @click.option("-v", "--verbose", count=True, help="One line per HTTP attempt.")
+    @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, db: str | None, verbose: int, quiet: bool, **kwargs: Any) -> Any:
+        setup_logging(verbose, quiet)
+        ctx = click.get_current_context()
+        ctx.meta["quiet"] = quiet
+        ctx.meta["db"] = db
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def worker_options(fn: F) -> F:
+    options = [
+        click.option(
+            "--concurrency",
+            type=click.IntRange(1, 256),
+            default=4,
+            show_default=True,
+            envvar="DUBRUNNER_CONCURRENCY",
+            help="Requests in flight at once.",
+        ),
+        click.option(
+            "--rate",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            envvar="DUBRUNNER_RATE",
+            help="Requests per second at most [default: unlimited].",
+        ),
+        click.option(
+            "--burst",
+            type=click.IntRange(1, 1000),
+            default=1,
+            show_default=True,
+            envvar="DUBRUNNER_BURST",
+            help="Requests that may go at once under --rate.",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(1, 100),
+            default=8,
+            show_default=True,
+            envvar="DUBRUNNER_MAX_ATTEMPTS",
+            help="Tries per job before it fails.",
+        ),
+        click.option(
+            "--allow-insecure-http",
+            is_flag=True,
+            envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
+            help="Allow credentials over plain http to a host other than loopback.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def open_store() -> Store:
+    ctx = click.get_current_context()
+    try:
+        store = Store(ctx.meta.get("db"))
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    ctx.call_on_close(store.close)
+    return store
+
+
+def make_api(concurrency: int, allow_insecure_http: bool) -> ApiClient:
+    try:
+        return ApiClient(
+            Credentials.from_env(),
+            max_connections=concurrency + 2,
+            allow_insecure_http=allow_insecure_http,
+        )
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def read_manifest(path: str, max_bytes: int, max_jobs: int) -> Manifest:
+    try:
+        return load_manifest(path, max_bytes, max_jobs)
+    except ManifestError as exc:
+        for line in exc.lines():
+            click.echo(f"error: {line}", err=True)
+        n = len(exc.problems)
+        raise UserError(
+            f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded"
+        ) from None
+
+
+def manifest_limits(fn: F) -> F:
+    fn = click.option(
+        "--max-manifest-bytes",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_BYTES,
+        envvar="DUBRUNNER_MAX_MANIFEST_BYTES",
+        show_default=True,
+        help="Refuse larger files.",
+    )(fn)
+    return click.option(
+        "--max-jobs",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_JOBS,
+        envvar="DUBRUNNER_MAX_JOBS",
+        show_default=True,
+        help="Refuse manifests with more jobs.",
+    )(fn)
+
+
+def say(text: str) -> None:
+    if not click.get_current_context().meta.get("quiet"):
+        click.echo(text, err=True)
+
+
+@click.group(
+    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="dubrunner")
+def cli() -> None:
+    """Submit batches of lip-sync dubbing jobs to the Chamelaion API, each exactly once.
+
+    Credentials come from CHAMELAION_API_KEY and/or CHAMELAION_BEARER_TOKEN, the API's address
+    from CHAMELAION_BASE_URL. Every option can also be set as DUBRUNNER_<COMMAND>_<OPTION>.
+    """
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@manifest_limits
+@common_options
+def validate(manifest: str, max_manifest_bytes: int, max_jobs: int) -> None:
+    """Check a manifest without touching the database or the API."""
+    m = read_manifest(manifest, max_manifest_bytes, max_jobs)
+    click.echo(f"{manifest}: ok — batch {m.batch}, {len(m.jobs)} jobs")
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@worker_options
+@manifest_limits
+@click.option(
+    "--dry-run", is_flag=True, help="Load nothing, send nothing: show what a run would do."
+)
+@common_options
+def submit(
+    manifest: str,
+    concurrency: int,
+    rate: float | None,
+    burst: int,
+    max_attempts: int,
+    allow_insecure_http: bool,
+    max_manifest_bytes: int,
+    max_jobs: int,
+    dry_run: bool,
+) -> None:
+    """Load MANIFEST into the job table and submit every job not yet at the API."""
+    m = read_manifest(manifest, max_manifest_bytes, max_jobs)
+    api = None if dry_run else make_api(concurrency, allow_insecure_http)
+    store = open_store()
+    try:
+        plan = store.load(m.batch, m.jobs, manifest, dry_run=dry_run)
+    except LoadConflict as exc:
+        for problem in exc.problems[:50]:
+            click.echo(f"error: {problem}", err=True)
+        raise UserError(
+            f"{len(exc.problems)} job(s) conflict with the database; nothing was loaded"
+        ) from None
+    summary = (
+        f"batch {m.batch}: {len(plan.new)} new, {plan.unchanged} unchanged "
+        f"({plan.already_submitted} already submitted), {len(plan.changed)} changed"
+    )
+    if dry_run:
+        click.echo(f"{summary}; a run would send {plan.to_send} job(s)")
+        return
+    say(summary)
+    assert api is not None
+    run_batch(store, api, m.batch, concurrency, rate, burst, max_attempts)
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch [default: every batch].")
+@worker_options
+@common_options
+def resume(
+    batch: str | None,
+    concurrency: int,
+    rate: float | None,
+    burst: int,
+    max_attempts: int,
+    allow_insecure_http: bool,
+) -> None:
+    """Continue pending and halted jobs, and reclaim those of dead workers (looked up first)."""
+    api = make_api(concurrency, allow_insecure_http)
+    store = open_store()
+    if batch is not None and batch not in store.batches():
+        raise UserError(f"no batch {batch!r} in the database")
+    run_batch(store, api, batch, concurrency, rate, burst, max_attempts)
+
+
+def run_batch(
+    store: Store,
+    api: ApiClient,
+    batch: str | None,
+    concurrency: int,
+    rate: float | None,
+    burst: int,
+    max_attempts: int,
+) -> NoReturn:
+    ctx = click.get_current_context()
+    ctx.call_on_close(api.close)
+    options = WorkerOptions(concurrency=concurrency, max_attempts=max_attempts)
+    backoff = os.environ.get("DUBRUNNER_BACKOFF_BASE")
+    if backoff:  # tests and impatient users: the first retry wait, in seconds
+        options = WorkerOptions(
+            concurrency=concurrency, max_attempts=max_attempts, backoff_base=float(backoff)
+        )
+    counts = store.counts(batch)
+    total = sum(n for s, n in counts.items() if s != State.CANCELLED)
+    done = sum(counts.get(s, 0) for s in AT_API)
+    run = BatchRun(store, api, batch, options, rate, burst)
+    quiet = bool(ctx.meta.get("quiet"))
+    with ProgressDisplay(total, done, quiet) as progress, _signals(run):
+        report = run.worker.report
+
+        def tick() -> None:
+            pending = total - done - report.submitted - report.failed - report.halted
+            note = "paused by the server" if run.governor.paused_for > 0 else ""
+            progress.update(report.submitted, report.failed, max(pending, 0), note)
+
+        try:
+            result = run.execute(tick)
+        except StoreError as exc:
+            raise UserError(f"the database failed: {exc}") from None
+    finish(result, quiet)
+
+
+def finish(result: BatchResult, quiet: bool) -> NoReturn:
+    sentence = result.sentence()
+    if result.exit_code == 0:
+        if not quiet:
+            click.echo(sentence, err=True)
+    else:
+        click.echo(("error: " if result.report.fatal else "") + sentence, err=True)
+    sys.stderr.flush()
+    raise click.exceptions.Exit(result.exit_code)
+
+
+class _signals:
+    """First Ctrl-C / SIGTERM: stop claiming, let in-flight requests finish. Second: quit now."""
+
+    def __init__(self, run: BatchRun) -> None:
+        self.run = run
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.run.request_stop()
+            click.echo(
+                "\nstopping: letting in-flight requests finish (press Ctrl-C again to quit now)",
+                err=True,
+            )
+        else:
+            # Still safe: claimed jobs stay 'submitting' and are looked up before any resend.
+            os._exit(EXIT_INTERRUPTED)
+
+    def __enter__(self) -> _signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+@cli.command()
+@click.argument("reference_id", required=False)
+@click.option("--batch", help="Only this batch.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in State]),
+    help="Only jobs in this state (repeatable).",
+)
+@click.option(
+    "--limit", type=click.IntRange(0), default=50, show_default=True, help="Rows to show (0: all)."
+)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@common_options
+def status(
+    reference_id: str | None, batch: str | None, states: tuple[str, ...], limit: int, fmt: str
+) -> None:
+    """Where is every job? A summary per batch and state, then the rows; or one job in full."""
+    store = open_store()
+    console = Console(soft_wrap=False)
+    if reference_id:
+        rows = store.rows(reference_ids=[reference_id])
+        if not rows:
+            raise UserError(f"no job with reference_id {reference_id!r}")
+        if fmt == "json":
+            print_json(rows, sys.stdout)
+        elif fmt == "csv":
+            print_csv(rows, sys.stdout)
+        else:
+            print_job_detail(rows[0], store.attempts_of(reference_id), console)
+        return
+    rows = store.rows(batch, states, limit or None)
+    if fmt == "json":
+        print_json(rows, sys.stdout)
+    elif fmt == "csv":
+        print_csv(rows, sys.stdout)
+    else:
+        summary = store.summary(batch)
+        matching = sum(n for _b, s, n in summary if not states or s in states)
+        if not summary:
+            click.echo("no jobs yet: `dubrunner submit MANIFEST` loads some")
+            return
+        print_status_table(summary, rows, matching, console)
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(sorted(RETRYABLE)),
+    help="Which jobs to put back [default: failed and halted].",
+)
+@click.option("--error", "error", help="Only jobs whose last error contains this text.")
+@common_options
+def retry(batch: str | None, states: tuple[str, ...], error: str | None) -> None:
+    """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
+    store = open_store()
+    n = store.retry(batch, states or sorted(RETRYABLE), error)
+    click.echo(
+        f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else "")
+    )
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch.")
+@click.option("--ref", "refs", multiple=True, help="Only this reference_id (repeatable).")
+@click.option("--all-pending", is_flag=True, help="Needed to cancel without --batch or --ref.")
+@common_options
+def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
+    """Take pending jobs out of their batch (they are never sent)."""
+    if not (batch or refs or all_pending):
+        raise UserError("say which jobs: --batch, --ref, or --all-pending")
+    store = open_store()
+    n = store.cancel(batch, refs)
+    click.echo(f"{n} pending job(s) cancelled")
+
+
+@cli.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@common_options
+def db_upgrade() -> None:
+    """Create or migrate the database to the newest schema (also done on first use)."""
+    ctx = click.get_current_context()
+    try:
+        store = Store(ctx.meta.get("db"), migrate=False)
+        before, after = store.upgrade()
+        store.close()
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"database at revision {after}" + (f" (was {before})" if before != after else ""))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8787,
+    show_default=True,
+    help="0 picks a free port.",
+)
+@click.option(
+    "--port-file", type=click.Path(dir_okay=False), help="Write the port here once listening."
+)
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    default=["test-token"],
+    show_default=True,
+    help="An accepted credential (repeatable).",
+)
+@click.option("--rate", type=float, help="Requests per second before 429.")
+@click.option("--p500", type=click.FloatRange(0, 1), default=0.0, help="Chance of a 500.")
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0)
+@click.option(
+    "--token-limit", type=click.IntRange(0), help="Accepted jobs before 'token limit reached'."
+)
+@click.option("--token-limit-status", type=int, default=429, show_default=True)
+@click.option(
+    "--drop-after-accept",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Chance of dropping the connection after accepting a job.",
+)
+@click.option(
+    "--complete-after",
+    type=click.FloatRange(0),
+    default=1.0,
+    show_default=True,
+    help="Seconds until a job completes.",
+)
+@click.option("--seed", type=int)
+def emulator(
+    host: str,
+    port: int,
+    port_file: str | None,
+    tokens: tuple[str, ...],
+    rate: float | None,
+    p500: float,
+    latency_ms: float,
+    token_limit: int | None,
+    token_limit_status: int,
+    drop_after_accept: float,
+    complete_after: float,
+    seed: int | None,
+) -> None:
+    """Run the local API emulator (for the demo and tests) until interrupted."""
+    from dubrunner.emulator import Emulator, EmulatorConfig
+
+    config = EmulatorConfig(
+        tokens=tokens,
+        rate=rate,
+        p500=p500,
+        latency_ms=latency_ms,
+        token_limit=token_limit,
+        token_limit_status=token_limit_status,
+        drop_after_accept=drop_after_accept,
+        complete_after=complete_after,
+        seed=seed,
+    )
+    try:
+        emu = Emulator(config, host=host, port=port)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    click.echo(f"emulator listening on {emu.base_url}", err=True)
+    if port_file:
+        Path(port_file).write_text(str(emu.port))
+    try:
+        emu.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.stop()
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="dubrunner", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as exc:
+        if os.environ.get("DUBRUNNER_DEBUG"):
+            raise
+        click.echo(
+            f"internal error: {type(exc).__name__}: {scrub(str(exc))} "
+            "(set DUBRUNNER_DEBUG=1 for the traceback, and please report it)",
+            err=True,
+        )
+        sys.exit(1)
+    sys.exit(0)

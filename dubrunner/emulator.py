@@ -1,0 +1,426 @@
+"""A local stand-in for the Chamelaion API, for `make demo`, the tests and the benchmarks.
+
+It speaks the API of shared/API.md (generate, requests by id or reference_id, the filtered list,
+health, users/me) with the documented error messages, keeps a ledger of every request it accepted
+(to count duplicates), and has fault knobs: rate limit with Retry-After, random 500s, a token limit,
+latency, a connection dropped after a job was accepted. Each response is sent in one write, so the
+emulator is never the bottleneck of a measurement (separate header/body writes meet delayed ACKs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+PREFIX = "/api/"
+
+
+@dataclass
+class EmulatorConfig:
+    tokens: tuple[str, ...] = ("test-token",)
+    rate: float | None = None  # API requests per second before 429 (burst: one second's worth)
+    p500: float = 0.0  # chance that a generate answers 500 "internal error"
+    latency_ms: float = 0.0  # added to every API answer
+    token_limit: int | None = None  # accepted generates before "token limit reached"
+    token_limit_status: int = 429
+    drop_after_accept: float = 0.0  # chance of closing the connection after accepting a job
+    complete_after: float = 1.0  # seconds from accepted to COMPLETED/FAILED
+    fail_marker: str = "FAIL"  # a video URL containing it fails remotely
+    output_bytes: int = 64 * 1024  # size of the generated output file
+    seed: int | None = None
+
+
+@dataclass
+class RemoteRequest:
+    id: str
+    reference_id: str | None
+    video_url: str
+    audio_url: str
+    disable_active_speaker_detection: bool
+    created: float
+    index: int
+
+    def view(self, cfg: EmulatorConfig, base: str) -> dict[str, Any]:
+        age = time.time() - self.created
+        status = "PENDING"
+        data: dict[str, Any] = {
+            "id": self.id,
+            "created_at": _iso(self.created),
+            "reference_id": self.reference_id,
+            "started_at": None,
+            "finished_at": None,
+            "output_url": None,
+            "error_message": None,
+        }
+        if age >= cfg.complete_after / 3:
+            status = "PROCESSING"
+            data["started_at"] = _iso(self.created + cfg.complete_after / 3)
+        if age >= cfg.complete_after:
+            data["finished_at"] = _iso(self.created + cfg.complete_after)
+            if cfg.fail_marker and cfg.fail_marker in self.video_url:
+                status = "FAILED"
+                data["error_message"] = "no face found in the video"
+            else:
+                status = "COMPLETED"
+                data["output_url"] = f"{base}outputs/{self.id}.mp4"
+        data["status"] = status
+        return data
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def output_content(request_id: str, size: int) -> bytes:
+    """The deterministic 'lip-synced video' served for a request."""
+    seed = hashlib.sha256(request_id.encode()).digest()
+    reps = size // len(seed) + 1
+    return (b"\x00\x00\x00\x18ftypmp42" + seed * reps)[:size]
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    generate: int = 0
+    accepted: int = 0
+    rate_limited: int = 0
+    errors_500: int = 0
+    dropped: int = 0
+    lookups: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class Emulator:
+    """Start with `.start()`; `.base_url` is what CHAMELAION_BASE_URL should be."""
+
+    def __init__(
+        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ):
+        self.config = config or EmulatorConfig()
+        self.stats = Stats()
+        self.lock = threading.Lock()
+        self.requests: dict[str, RemoteRequest] = {}
+        self.by_reference: dict[str, list[str]] = {}
+        self._random = random.Random(self.config.seed)
+        self._bucket = 0.0
+        self._bucket_at = time.monotonic()
+        self._server = _Server((host, port), _Handler)
+        self._server.emulator = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{PREFIX}"
+
+    def start(self) -> Emulator:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what tests check ----------
+
+    def accepted(self) -> dict[str, list[str]]:
+        """reference_id → the request_ids accepted for it (more than one is a duplicate)."""
+        with self.lock:
+            return {ref: list(ids) for ref, ids in self.by_reference.items()}
+
+    def duplicates(self) -> dict[str, list[str]]:
+        return {ref: ids for ref, ids in self.accepted().items() if len(ids) > 1}
+
+    def update(self, **changes: Any) -> None:
+        with self.lock:
+            for key, value in changes.items():
+                if not hasattr(self.config, key):
+                    raise AttributeError(key)
+                setattr(self.config, key, tuple(value) if key == "tokens" else value)
+
+    # -- the server's logic ----------
+
+    def _take_token(self) -> float | None:
+        """None when the request may go; else seconds until it could."""
+        rate = self.config.rate
+        if not rate:
+            return None
+        now = time.monotonic()
+        capacity = max(1.0, rate)
+        self._bucket = min(capacity, self._bucket + (now - self._bucket_at) * rate)
+        self._bucket_at = now
+        if self._bucket >= 1.0:
+            self._bucket -= 1.0
+            return None
+        return (1.0 - self._bucket) / rate
+
+    def _create(self, ref: str | None, video: str, audio: str, asd: bool) -> RemoteRequest:
+        req = RemoteRequest(
+            str(uuid.uuid4()), ref, video, audio, asd, time.time(), len(self.requests)
+        )
+        self.requests[req.id] = req
+        if ref is not None:
+            self.by_reference.setdefault(ref, []).append(req.id)
+        self.stats.accepted += 1
+        return req
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    allow_reuse_address = True
+    emulator: Emulator
+
+
+_AUTH_EXEMPT = {"health"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+    # -- plumbing ----------
+
+    def _send(
+        self,
+        status: int,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        lines = [
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}",
+        ]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head + body)  # one write: no delayed-ACK stall
+        emu = self.server.emulator
+        with emu.lock:
+            emu.stats.by_status[status] = emu.stats.by_status.get(status, 0) + 1
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, {"error": message}, headers)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _auth_error(self) -> str | None:
+        tokens = self.server.emulator.config.tokens
+        auth = self.headers.get("Authorization")
+        key = self.headers.get("x-api-key")
+        if auth is None:
+            if key is None:
+                return "missing authorization header"
+            return None if key in tokens else "unauthorized"
+        if auth.strip() == "Bearer":
+            return "missing token"
+        if not auth.startswith("Bearer "):
+            return "invalid authorization format"
+        token = auth[len("Bearer ") :].strip()
+        if not token:
+            return "missing token"
+        return None if token in tokens else "invalid token"
+
+    # -- routing ----------
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        emu = self.server.emulator
+        body = self._body() if method == "POST" else b""
+        parts = urlsplit(self.path)
+        path = parts.path
+        with emu.lock:
+            emu.stats.requests += 1
+        if path.startswith("/outputs/") and method == "GET":
+            return self._output(path)
+        if path.startswith("/_emulator/"):
+            return self._control(method, path, body)
+        if not path.startswith(PREFIX):
+            return self._error(404, "not found")
+        route = path[len(PREFIX) :].rstrip("/")
+        if route == "health" and method == "GET":
+            return self._send(200, {"status": "ok"})
+        auth_problem = self._auth_error()
+        if auth_problem:
+            return self._error(401, auth_problem)
+        with emu.lock:
+            wait = emu._take_token()
+            if wait is not None:
+                emu.stats.rate_limited += 1
+        if wait is not None:
+            return self._error(
+                429,
+                "rate limit exceeded",
+                {"Retry-After": f"{wait:.3f}", "Retry-After-Ms": str(max(1, int(wait * 1000)))},
+            )
+        if emu.config.latency_ms:
+            time.sleep(emu.config.latency_ms / 1000)
+        query = parse_qs(parts.query)
+        if route == "v1/lipsync/generate" and method == "POST":
+            return self._generate(body)
+        if route == "v1/lipsync/requests" and method == "GET":
+            return self._list(query)
+        if route.startswith("v1/lipsync/requests/") and method == "GET":
+            return self._get(route.rsplit("/", 1)[1])
+        if route == "v1/users/me" and method == "GET":
+            return self._send(200, {"name": "emulator user"})
+        return self._error(404, "not found")
+
+    def _generate(self, raw: bytes) -> None:
+        emu = self.server.emulator
+        cfg = emu.config
+        with emu.lock:
+            emu.stats.generate += 1
+        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+            return self._error(400, "content-type must be application/json")
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return self._error(400, "invalid request body")
+        inputs = data.get("inputs") if isinstance(data, dict) else None
+        if not isinstance(inputs, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("url"), str) for i in inputs
+        ):
+            return self._error(400, "invalid request body")
+        if any(i.get("type") not in ("video", "audio") for i in inputs):
+            return self._error(400, 'input type must be "video" or "audio"')
+        videos = [i["url"] for i in inputs if i["type"] == "video"]
+        audios = [i["url"] for i in inputs if i["type"] == "audio"]
+        if len(videos) != 1:
+            return self._error(400, "expected exactly one video input")
+        if len(audios) != 1:
+            return self._error(400, "expected exactly one audio input")
+        ref = data.get("reference_id")
+        asd = bool(data.get("disable_active_speaker_detection", False))
+        with emu.lock:
+            if cfg.token_limit is not None and emu.stats.accepted >= cfg.token_limit:
+                limited = True
+            else:
+                limited = False
+                fail = cfg.p500 > 0 and emu._random.random() < cfg.p500
+                if fail:
+                    emu.stats.errors_500 += 1
+                else:
+                    req = emu._create(
+                        ref if isinstance(ref, str) else None, videos[0], audios[0], asd
+                    )
+                    drop = (
+                        cfg.drop_after_accept > 0 and emu._random.random() < cfg.drop_after_accept
+                    )
+                    if drop:
+                        emu.stats.dropped += 1
+        if limited:
+            return self._error(cfg.token_limit_status, "token limit reached")
+        if fail:
+            return self._error(500, "internal error")
+        if drop:
+            # The job exists, but the client never hears so: the case reference_id look-ups solve.
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        return self._send(200, {"status": "success", "request_id": req.id})
+
+    def _views(self, ids: list[str]) -> list[dict[str, Any]]:
+        emu = self.server.emulator
+        root = f"http://{self.headers.get('Host') or '127.0.0.1'}/"
+        return [emu.requests[i].view(emu.config, root) for i in ids]
+
+    def _list(self, query: dict[str, list[str]]) -> None:
+        emu = self.server.emulator
+        try:
+            limit = max(1, min(100, int(query.get("limit", ["20"])[0])))
+            offset = max(0, int(query.get("offset", ["0"])[0]))
+        except ValueError:
+            return self._error(400, "invalid request")
+        ref = query.get("reference_id", [None])[0]
+        with emu.lock:
+            emu.stats.lookups += 1
+            ids = list(emu.by_reference.get(ref, [])) if ref is not None else list(emu.requests)
+            page = self._views(ids[offset : offset + limit])
+        return self._send(
+            200, {"data": page, "pagination": {"limit": limit, "offset": offset, "total": len(ids)}}
+        )
+
+    def _get(self, key: str) -> None:
+        emu = self.server.emulator
+        with emu.lock:
+            ids = [key] if key in emu.requests else emu.by_reference.get(key, [])[-1:]
+            views = self._views(ids)
+        if not views:
+            return self._error(404, "not found")
+        return self._send(200, views[0])
+
+    def _output(self, path: str) -> None:
+        emu = self.server.emulator
+        request_id = path.rsplit("/", 1)[1].removesuffix(".mp4")
+        with emu.lock:
+            known = request_id in emu.requests
+        if not known:
+            return self._error(404, "not found")
+        return self._send(
+            200, output_content(request_id, emu.config.output_bytes), content_type="video/mp4"
+        )
+
+    def _control(self, method: str, path: str, body: bytes) -> None:
+        """Test hooks for an emulator running in another process."""
+        emu = self.server.emulator
+        if path == "/_emulator/ledger" and method == "GET":
+            return self._send(200, emu.accepted())
+        if path == "/_emulator/stats" and method == "GET":
+            with emu.lock:
+                return self._send(200, asdict(emu.stats))
+        if path == "/_emulator/config" and method == "POST":
+            try:
+                emu.update(**json.loads(body or b"{}"))
+            except (ValueError, TypeError, AttributeError) as exc:
+                return self._error(400, f"bad config: {exc}")
+            return self._send(200, asdict(emu.config))
+        return self._error(404, "not found")

@@ -1,0 +1,82 @@
+"""One governor per process for every request: a rate limit, a cap on requests in flight, and a
+global pause when the server says Retry-After (every worker waits, not just the one told)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+class Stopped(Exception):
+    """The stop event was set while waiting for a slot."""
+
+
+class Governor:
+    def __init__(
+        self,
+        rate: float | None = None,
+        concurrency: int = 4,
+        burst: int = 1,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._clock = clock
+        self._slots = threading.BoundedSemaphore(max(1, concurrency))
+        self._lock = threading.Lock()
+        self._tat = 0.0  # GCRA's theoretical arrival time of the next request
+        self._pause_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request for `seconds` from now (the server asked for it)."""
+        with self._lock:
+            until = self._clock() + seconds
+            if until > self._pause_until:
+                self._pause_until = until
+                # After a pause, start again at the steady rate rather than in a burst.
+                self._tat = max(self._tat, until)
+
+    @property
+    def paused_for(self) -> float:
+        return max(0.0, self._pause_until - self._clock())
+
+    def _reserve(self) -> float:
+        """Book the next send time; returns how long to wait for it."""
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._pause_until)
+            if self.rate is None:
+                return start - now
+            interval = 1.0 / self.rate
+            send_at = max(start, self._tat - (self.burst - 1) * interval)
+            self._tat = max(self._tat, send_at) + interval
+            return send_at - now
+
+    def wait_turn(self, stop: threading.Event) -> None:
+        """Block until the rate limit and any pause allow one more request."""
+        while True:
+            delay = self._reserve()
+            if delay > 0 and stop.wait(delay):
+                raise Stopped
+            if stop.is_set():
+                raise Stopped
+            # A pause may have begun while we slept on an earlier booking: book again.
+            if self._clock() >= self._pause_until:
+                return
+
+    @contextmanager
+    def slot(self, stop: threading.Event) -> Iterator[None]:
+        """One request: a place among those in flight, then a turn under the rate."""
+        while not self._slots.acquire(timeout=0.2):
+            if stop.is_set():
+                raise Stopped
+        try:
+            self.wait_turn(stop)
+            yield
+        finally:
+            self._slots.release()

@@ -1,0 +1,226 @@
+"""Printers (table, JSON, CSV) and the progress display. Media URLs are always shown redacted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from dubrunner.redact import redact_url, scrub
+from dubrunner.store import JobRow
+
+FORMATS = ("table", "json", "csv")
+ROW_FIELDS = (
+    "batch",
+    "reference_id",
+    "state",
+    "request_id",
+    "error",
+    "http_status",
+    "attempts",
+    "video_url",
+    "audio_url",
+    "disable_active_speaker_detection",
+    "source",
+    "created_at",
+    "updated_at",
+    "submitted_at",
+)
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None
+
+
+def row_dict(row: JobRow) -> dict[str, Any]:
+    return {
+        "batch": row.batch,
+        "reference_id": row.reference_id,
+        "state": row.state,
+        "request_id": row.request_id,
+        "error": scrub(row.error) if row.error else None,
+        "http_status": row.http_status,
+        "attempts": row.attempts,
+        "video_url": redact_url(row.video_url),
+        "audio_url": redact_url(row.audio_url),
+        "disable_active_speaker_detection": bool(row.disable_asd),
+        "source": row.source,
+        "created_at": _time(row.created_at),
+        "updated_at": _time(row.updated_at),
+        "submitted_at": _time(row.submitted_at),
+    }
+
+
+def print_json(rows: Sequence[JobRow], out: TextIO) -> None:
+    json.dump([row_dict(r) for r in rows], out, indent=1)
+    out.write("\n")
+
+
+def print_csv(rows: Sequence[JobRow], out: TextIO) -> None:
+    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(row_dict(r))
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_status_table(
+    summary: Sequence[tuple[str, str, int]], rows: Sequence[JobRow], total: int, console: Console
+) -> None:
+    table = Table(title="Jobs by batch and state", title_justify="left")
+    table.add_column("batch")
+    table.add_column("state")
+    table.add_column("jobs", justify="right")
+    for batch, state, n in summary:
+        table.add_row(batch, state, f"{n:,}")
+    console.print(table)
+    if not rows:
+        return
+    jobs = Table(title=f"Jobs ({len(rows):,} of {total:,} shown)", title_justify="left")
+    for name in ("reference_id", "batch", "state", "request_id", "tries", "error", "updated"):
+        jobs.add_column(name, overflow="fold" if name == "error" else "ellipsis")
+    for r in rows:
+        d = row_dict(r)
+        jobs.add_row(
+            d["reference_id"],
+            d["batch"],
+            d["state"],
+            d["request_id"] or "",
+            str(d["attempts"]),
+            _short(d["error"]),
+            (d["updated_at"] or "")[:19].replace("T", " "),
+        )
+    console.print(jobs)
+
+
+def print_job_detail(row: JobRow, attempts: Sequence[dict[str, Any]], console: Console) -> None:
+    d = row_dict(row)
+    table = Table(show_header=False, title=f"Job {row.reference_id}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in d.items():
+        table.add_row(key, "" if value is None else str(value))
+    console.print(table)
+    history = Table(title="Attempts", title_justify="left")
+    for name in ("at", "kind", "outcome", "status", "ms", "request_id / error"):
+        history.add_column(name, overflow="fold")
+    for a in attempts:
+        history.add_row(
+            _time(a["at"]) or "",
+            a["kind"],
+            a["outcome"],
+            str(a["http_status"] or ""),
+            str(a["duration_ms"] or ""),
+            a["request_id"] or scrub(a["error"] or ""),
+        )
+    console.print(history if attempts else "no HTTP attempts yet")
+
+
+class ProgressDisplay:
+    """A live bar on a terminal; a plain line every few seconds otherwise; nothing when quiet."""
+
+    def __init__(self, total: int, done: int, quiet: bool, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total = total
+        self.start_done = done
+        self.quiet = quiet
+        self.console = Console(file=self.stream)
+        self.live = not quiet and self.console.is_terminal
+        self._started = time.monotonic()
+        self._last_line = 0.0
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]submitting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "submit", total=self.total, completed=self.start_done, detail=""
+            )
+            _route_logging_to(self.console)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            _route_logging_to(None)
+
+    def update(self, submitted: int, failed: int, pending: int, note: str = "") -> None:
+        if self.quiet:
+            return
+        done = self.start_done + submitted
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        speed = submitted / elapsed
+        detail = f"failed {failed} · pending {pending} · {speed:.1f} jobs/s"
+        if note:
+            detail += f" · {note}"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done + failed, detail=detail)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= 5.0:
+            self._last_line = now
+            print(f"submitted {done}/{self.total} · {detail}", file=self.stream, flush=True)
+
+
+_handler: logging.Handler | None = None
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    """-v: a line per HTTP attempt; default: warnings and per-job failures; -q: errors only."""
+    global _handler
+    logger = logging.getLogger("dubrunner")
+    logger.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    _route_logging_to(None)
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
+def _route_logging_to(console: Console | None) -> None:
+    """Log through the live display's console so lines don't tear the progress bar."""
+    global _handler
+    logger = logging.getLogger("dubrunner")
+    if _handler is not None:
+        logger.removeHandler(_handler)
+    if console is not None:
+        from rich.logging import RichHandler
+
+        _handler = RichHandler(console=console, show_path=False, show_level=False)
+        _handler.setFormatter(_ScrubbingFormatter("%(message)s"))
+    else:
+        _handler = logging.StreamHandler(sys.stderr)
+        _handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(_handler)

@@ -1,0 +1,35 @@
+"""A job's states and which ones count as what. See DESIGN.md for the life of a job."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    # Loaded from a manifest, or put back by retry/resume; nothing of it is at the API.
+    PENDING = "pending"
+    # Claimed by one worker (owner + lease) and about to be, or being, POSTed. The recovery point:
+    # whoever finds it with an expired lease must look it up by reference_id before sending again.
+    SUBMITTING = "submitting"
+    # The API accepted it: request_id recorded.
+    SUBMITTED = "submitted"
+    # Polled: the API is working on it.
+    PROCESSING = "processing"
+    # Polled: the API finished it (output_url known).
+    COMPLETED = "completed"
+    # Rejected by the API for its own fault, retries exhausted, or failed remotely.
+    FAILED = "failed"
+    # The job that met a batch-wide stop (auth, token limit); fix the cause, then resume.
+    HALTED = "halted"
+    # Taken out of the batch by `dubrunner cancel` before it was ever sent.
+    CANCELLED = "cancelled"
+
+
+# States in which the API holds a request for the job (it was paid for).
+AT_API = frozenset({State.SUBMITTED, State.PROCESSING, State.COMPLETED})
+# States a worker may claim from.
+CLAIMABLE = frozenset({State.PENDING})
+# States `resume` puts back to pending before working.
+RESUMABLE = frozenset({State.HALTED})
+# States `retry` may put back to pending.
+RETRYABLE = frozenset({State.FAILED, State.HALTED})

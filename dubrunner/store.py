@@ -1,0 +1,611 @@
+"""The only module that runs SQL: load, claim, record outcomes, leases, summaries.
+
+Every write is one short transaction, and every transition of a claimed job is guarded where the
+data lives (`WHERE id = :id AND state = 'submitting' AND owner = :me`): zero rows means someone else
+moved the job, and the caller drops it. No transaction is ever open across an HTTP call.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from dubrunner.manifest import JobSpec
+from dubrunner.models import Attempt, Job
+from dubrunner.states import AT_API, State
+
+DEFAULT_DB = "sqlite:///./dubrunner.db"
+_CHUNK = 500
+# States in which the API may hold a request for the job: its URLs can no longer change.
+_SENT_STATES = frozenset({State.SUBMITTING, *AT_API})
+
+
+class StoreError(Exception):
+    """The database cannot be used (unreachable, locked, not a dubrunner database...)."""
+
+
+class LoadConflict(Exception):
+    """The manifest contradicts what the database already holds; nothing was written."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(problems[0])
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def database_url(value: str | None) -> str:
+    """A SQLAlchemy URL from `--db`: a URL as it is, anything else is a SQLite file path."""
+    if not value:
+        return DEFAULT_DB
+    if "://" in value:
+        return value
+    return "sqlite:///" + str(Path(value).expanduser().absolute())
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: int
+    reference_id: str
+    video_url: str
+    audio_url: str
+    disable_asd: bool
+    lookup_needed: bool
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    kind: str  # generate | lookup
+    outcome: str
+    http_status: int | None
+    error: str | None
+    duration_ms: int | None
+    request_id: str | None = None
+
+
+@dataclass(slots=True)
+class LoadPlan:
+    batch: str
+    new: list[JobSpec] = field(default_factory=list)
+    changed: list[tuple[int, JobSpec]] = field(default_factory=list)
+    unchanged: int = 0
+    already_submitted: int = 0  # among unchanged: the API already holds them
+    to_send: int = 0  # what a run would send: new + changed + unchanged not yet at the API
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A job as shown to people and scripts."""
+
+    batch: str
+    reference_id: str
+    state: str
+    request_id: str | None
+    error: str | None
+    http_status: int | None
+    attempts: int
+    video_url: str
+    audio_url: str
+    disable_asd: bool
+    source: str | None
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None
+    owner: str | None
+    lookup_needed: bool
+
+
+_ROW_COLUMNS = (
+    Job.batch,
+    Job.reference_id,
+    Job.state,
+    Job.request_id,
+    Job.last_error,
+    Job.last_http_status,
+    Job.attempts,
+    Job.video_url,
+    Job.audio_url,
+    Job.disable_asd,
+    Job.source,
+    Job.created_at,
+    Job.updated_at,
+    Job.submitted_at,
+    Job.owner,
+    Job.lookup_needed,
+)
+_CLAIM_COLUMNS = (
+    Job.id,
+    Job.reference_id,
+    Job.video_url,
+    Job.audio_url,
+    Job.disable_asd,
+    Job.lookup_needed,
+    Job.attempts,
+)
+
+
+def _migrations_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    packaged = here / "_migrations"  # a wheel install (see pyproject's force-include)
+    return packaged if packaged.is_dir() else here.parent / "migrations"
+
+
+def alembic_config(connection: Connection | None = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_migrations_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migration_head() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Store:
+    def __init__(self, url: str | None = None, *, pool_size: int = 5, migrate: bool = True) -> None:
+        self.url = database_url(url)
+        try:
+            parsed = sa.engine.make_url(self.url)
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"not a database URL or path: {exc}") from None
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size}
+        if self.is_sqlite:
+            database = parsed.database or ""
+            if database in ("", ":memory:"):
+                raise StoreError("an in-memory SQLite database cannot hold a batch; give a file")
+            _create_private_file(Path(database))
+            kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+        try:
+            self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        except (ImportError, sa.exc.ArgumentError) as exc:
+            raise StoreError(f"cannot use {parsed.render_as_string()}: {exc}") from None
+        if self.is_sqlite:
+            _setup_sqlite(self.engine)
+        if migrate:
+            self.upgrade()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions ----------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE, so it never deadlocks on upgrade)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(_db_message(exc)) from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(dubrunner_readonly=True)
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(_db_message(exc)) from None
+
+    # -- schema ----------
+
+    def current_revision(self) -> str | None:
+        with self._read() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Bring the schema to the newest migration; safe when several processes start at once."""
+        head = migration_head()
+        try:
+            current = self.current_revision()
+        except SQLAlchemyError as exc:
+            raise StoreError(_db_message(exc)) from None
+        if current == head:
+            return current, head
+        from alembic import command
+
+        try:
+            with self._write() as conn:
+                if not self.is_sqlite and conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
+                # Another process may have migrated while we waited for the lock.
+                if _revision(conn) != head:
+                    command.upgrade(alembic_config(conn), "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the database: {_db_message(exc)}") from None
+        return current, head
+
+    # -- loading ----------
+
+    def load(
+        self, batch: str, specs: Sequence[JobSpec], source: str, *, dry_run: bool = False
+    ) -> LoadPlan:
+        """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none."""
+        plan = LoadPlan(batch=batch)
+        conflicts: list[str] = []
+        with self._write() as conn:
+            existing: dict[str, Any] = {}
+            for chunk in _chunks([s.reference_id for s in specs]):
+                for row in conn.execute(
+                    select(
+                        Job.id,
+                        Job.reference_id,
+                        Job.batch,
+                        Job.video_url,
+                        Job.audio_url,
+                        Job.disable_asd,
+                        Job.state,
+                        Job.request_id,
+                        Job.lookup_needed,
+                    ).where(Job.reference_id.in_(chunk))
+                ):
+                    existing[row.reference_id] = row
+            for spec in specs:
+                found = existing.get(spec.reference_id)
+                if found is None:
+                    plan.new.append(spec)
+                    continue
+                where = f"{source}:{spec.line}"
+                if found.batch != batch:
+                    conflicts.append(
+                        f"{where}: reference_id {spec.reference_id!r} already belongs to batch "
+                        f"{found.batch!r}; reference_ids are unique across the database"
+                    )
+                elif (found.video_url, found.audio_url, bool(found.disable_asd)) == (
+                    spec.video_url,
+                    spec.audio_url,
+                    spec.disable_asd,
+                ):
+                    plan.unchanged += 1
+                    if found.state in AT_API:
+                        plan.already_submitted += 1
+                    elif found.state in (State.PENDING, State.HALTED):
+                        plan.to_send += 1
+                elif found.state in _SENT_STATES or found.request_id or found.lookup_needed:
+                    conflicts.append(
+                        f"{where}: reference_id {spec.reference_id!r} was already sent to the API "
+                        f"with other URLs or settings (state {found.state}); give the changed job a "
+                        "new reference_id"
+                    )
+                else:
+                    plan.changed.append((found.id, spec))
+            if conflicts:
+                raise LoadConflict(conflicts)
+            plan.to_send += len(plan.new) + len(plan.changed)
+            if dry_run:
+                conn.rollback()
+                return plan
+            now = utcnow()
+            for chunk in _chunks(plan.new, 5000):
+                conn.execute(
+                    insert(Job),
+                    [
+                        {
+                            "batch": batch,
+                            "reference_id": s.reference_id,
+                            "video_url": s.video_url,
+                            "audio_url": s.audio_url,
+                            "disable_asd": s.disable_asd,
+                            "source": f"{source}:{s.line}",
+                            "state": State.PENDING,
+                            "attempts": 0,
+                            "lookup_needed": False,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for s in chunk
+                    ],
+                )
+            for job_id, spec in plan.changed:
+                conn.execute(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .values(
+                        video_url=spec.video_url,
+                        audio_url=spec.audio_url,
+                        disable_asd=spec.disable_asd,
+                        source=f"{source}:{spec.line}",
+                        state=State.PENDING,
+                        last_error=None,
+                        last_http_status=None,
+                        owner=None,
+                        lease_expires=None,
+                        updated_at=now,
+                    )
+                )
+        return plan
+
+    # -- the worker's transitions ----------
+
+    def reset_halted(self, batch: str | None) -> int:
+        """Halted jobs go back to pending: the cause (tokens, a credential) was fixed meanwhile."""
+        stmt = update(Job).where(Job.state == State.HALTED)
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self._write() as conn:
+            return conn.execute(stmt.values(state=State.PENDING, updated_at=utcnow())).rowcount
+
+    def claim(
+        self, owner: str, batch: str | None, limit: int, lease_seconds: float
+    ) -> list[ClaimedJob]:
+        """Atomically take up to `limit` jobs: first those of dead workers, then pending ones.
+
+        A job reclaimed from an expired lease comes with lookup_needed set: its POST may have
+        landed, so the caller must ask the API by reference_id before sending it again.
+        """
+        now = time.time()
+        lease = now + lease_seconds
+        claimed: list[ClaimedJob] = []
+        with self._write() as conn:
+            expired = select(Job.id).where(Job.state == State.SUBMITTING, Job.lease_expires < now)
+            pending = select(Job.id).where(Job.state == State.PENDING)
+            if batch is not None:
+                expired = expired.where(Job.batch == batch)
+                pending = pending.where(Job.batch == batch)
+            for query, extra in (
+                (expired, {"lookup_needed": True}),
+                (pending, {"state": State.SUBMITTING}),
+            ):
+                room = limit - len(claimed)
+                if room <= 0:
+                    break
+                ids = query.order_by(Job.id).limit(room).with_for_update(skip_locked=True)
+                rows = conn.execute(
+                    update(Job)
+                    .where(Job.id.in_(ids))
+                    .values(owner=owner, lease_expires=lease, updated_at=utcnow(), **extra)
+                    .returning(*_CLAIM_COLUMNS)
+                ).all()
+                claimed.extend(ClaimedJob(*row) for row in rows)
+        claimed.sort(key=lambda j: j.id)
+        return claimed
+
+    def renew_leases(self, owner: str, lease_seconds: float) -> int:
+        with self._write() as conn:
+            return conn.execute(
+                update(Job)
+                .where(Job.owner == owner, Job.state == State.SUBMITTING)
+                .values(lease_expires=time.time() + lease_seconds)
+            ).rowcount
+
+    def expire_leases(self, owner: str) -> int:
+        """On the way out with requests maybe still in flight: let the next run reclaim them now."""
+        with self._write() as conn:
+            return conn.execute(
+                update(Job)
+                .where(Job.owner == owner, Job.state == State.SUBMITTING)
+                .values(lease_expires=0.0, lookup_needed=True)
+            ).rowcount
+
+    def owners_of_submitting(self, batch: str | None) -> list[str]:
+        stmt = select(Job.owner).where(Job.state == State.SUBMITTING, Job.owner.is_not(None))
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self._read() as conn:
+            return [o for o in conn.execute(stmt.distinct()).scalars() if o]
+
+    def expire_owner(self, owner: str) -> int:
+        """A dead worker's claims become reclaimable now (they will be looked up first)."""
+        with self._write() as conn:
+            return conn.execute(
+                update(Job)
+                .where(Job.owner == owner, Job.state == State.SUBMITTING)
+                .values(lease_expires=0.0, lookup_needed=True)
+            ).rowcount
+
+    def transition(
+        self,
+        job_id: int,
+        owner: str,
+        attempt: AttemptRecord | None,
+        worker: str,
+        **values: Any,
+    ) -> bool:
+        """Move a job this worker holds, and log the attempt, in one commit.
+
+        False when the job is no longer ours (a lease expired and someone reclaimed it).
+        """
+        now = utcnow()
+        values.setdefault("updated_at", now)
+        if values.get("state", State.SUBMITTING) != State.SUBMITTING:
+            values.setdefault("owner", None)
+            values.setdefault("lease_expires", None)
+        with self._write() as conn:
+            moved = conn.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == State.SUBMITTING, Job.owner == owner)
+                .values(**values)
+            ).rowcount
+            if attempt is not None:
+                conn.execute(
+                    insert(Attempt),
+                    {
+                        "job_id": job_id,
+                        "at": now,
+                        "kind": attempt.kind,
+                        "outcome": attempt.outcome,
+                        "http_status": attempt.http_status,
+                        "error": attempt.error,
+                        "request_id": attempt.request_id,
+                        "duration_ms": attempt.duration_ms,
+                        "worker": worker,
+                    },
+                )
+        return bool(moved)
+
+    def release(self, job_ids: Iterable[int], owner: str) -> int:
+        """Give back claimed jobs that were never sent (a stop came first)."""
+        ids = list(job_ids)
+        if not ids:
+            return 0
+        with self._write() as conn:
+            return conn.execute(
+                update(Job)
+                .where(Job.id.in_(ids), Job.state == State.SUBMITTING, Job.owner == owner)
+                .values(state=State.PENDING, owner=None, lease_expires=None, updated_at=utcnow())
+            ).rowcount
+
+    # -- operator actions ----------
+
+    def retry(self, batch: str | None, states: Sequence[str], error: str | None) -> int:
+        stmt = update(Job).where(Job.state.in_(list(states)))
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        if error:
+            stmt = stmt.where(Job.last_error.contains(error, autoescape=True))
+        with self._write() as conn:
+            return conn.execute(
+                stmt.values(
+                    state=State.PENDING, owner=None, lease_expires=None, updated_at=utcnow()
+                )
+            ).rowcount
+
+    def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> int:
+        stmt = update(Job).where(Job.state == State.PENDING)
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        if reference_ids:
+            stmt = stmt.where(Job.reference_id.in_(list(reference_ids)))
+        with self._write() as conn:
+            return conn.execute(stmt.values(state=State.CANCELLED, updated_at=utcnow())).rowcount
+
+    # -- queries ----------
+
+    def counts(self, batch: str | None = None) -> dict[str, int]:
+        stmt = select(Job.state, func.count()).group_by(Job.state)
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self._read() as conn:
+            return {state: n for state, n in conn.execute(stmt)}
+
+    def summary(self, batch: str | None = None) -> list[tuple[str, str, int]]:
+        """(batch, state, count) for every batch and state present."""
+        stmt = (
+            select(Job.batch, Job.state, func.count())
+            .group_by(Job.batch, Job.state)
+            .order_by(Job.batch, Job.state)
+        )
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self._read() as conn:
+            return [(b, s, n) for b, s, n in conn.execute(stmt)]
+
+    def batches(self) -> list[str]:
+        with self._read() as conn:
+            return list(conn.execute(select(Job.batch).distinct().order_by(Job.batch)).scalars())
+
+    def rows(
+        self,
+        batch: str | None = None,
+        states: Sequence[str] = (),
+        limit: int | None = None,
+        reference_ids: Sequence[str] = (),
+    ) -> list[JobRow]:
+        stmt = select(*_ROW_COLUMNS).order_by(Job.id)
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        if states:
+            stmt = stmt.where(Job.state.in_(list(states)))
+        if reference_ids:
+            stmt = stmt.where(Job.reference_id.in_(list(reference_ids)))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._read() as conn:
+            return [JobRow(*row) for row in conn.execute(stmt)]  # type: ignore[call-arg]
+
+    def attempts_of(self, reference_id: str) -> list[dict[str, Any]]:
+        stmt = (
+            select(
+                Attempt.at,
+                Attempt.kind,
+                Attempt.outcome,
+                Attempt.http_status,
+                Attempt.error,
+                Attempt.request_id,
+                Attempt.duration_ms,
+                Attempt.worker,
+            )
+            .join(Job, Job.id == Attempt.job_id)
+            .where(Job.reference_id == reference_id)
+            .order_by(Attempt.id)
+        )
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def _revision(conn: Connection) -> str | None:
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (it names every media URL)."""
+    if path.exists():
+        return
+    if not path.parent.is_dir():
+        raise StoreError(f"cannot create the database {path}: no such directory {path.parent}")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create the database {path}: {exc.strerror}") from None
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below), so pysqlite must not.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        readonly = conn.get_execution_options().get("dubrunner_readonly")
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _db_message(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc).split("\n")[0]
+    if "file is not a database" in text:
+        return "the file is not a SQLite database"
+    if "unable to open database file" in text:
+        return "cannot open the database file"
+    return f"database error: {text}"

@@ -1,0 +1,454 @@
+"""Claim → (look up) → send → classify → record, on a few threads, until the work runs out or a
+stop comes. Each outcome is committed the moment it is known; a request_id is never held only in
+memory, and a job whose POST may have landed is always looked up before it is sent again."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
+from tenacity.stop import stop_when_event_set
+
+from dubrunner.api import Answer, ApiClient
+from dubrunner.errors import (
+    RETRYABLE,
+    Action,
+    FilterIgnored,
+    Outcome,
+    ResponseTooLarge,
+    classify_answer,
+    classify_direct_lookup,
+    classify_exception,
+    classify_lookup,
+)
+from dubrunner.governor import Governor, Stopped
+from dubrunner.redact import scrub
+from dubrunner.states import State
+from dubrunner.store import AttemptRecord, ClaimedJob, Store, StoreError, utcnow
+
+log = logging.getLogger("dubrunner")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    concurrency: int = 4
+    max_attempts: int = 8
+    lease_seconds: float = 120.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    grace_seconds: float = 30.0  # after a stop, how long in-flight requests may take
+    read_timeout: float = 60.0
+
+
+@dataclass
+class RunReport:
+    submitted: int = 0
+    failed: int = 0
+    halted: int = 0
+    retries: int = 0
+    requests: int = 0
+    found_by_lookup: int = 0
+    lost: int = 0  # jobs another worker took over (our lease had lapsed)
+    halt_message: str | None = None
+    fatal: str | None = None
+    interrupted: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class _Lost(Exception):
+    """The job is no longer ours: drop it."""
+
+
+@dataclass
+class _JobRun:
+    job: ClaimedJob
+    lookup_needed: bool
+    posts: int = 0
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when the owner is provably a dead process on this host."""
+    try:
+        host, pid_text, _ = owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        api: ApiClient,
+        governor: Governor,
+        options: WorkerOptions,
+        batch: str | None,
+    ) -> None:
+        self.store = store
+        self.api = api
+        self.governor = governor
+        self.options = options
+        self.batch = batch
+        self.owner = worker_id()
+        self.stop = threading.Event()
+        self.report = RunReport()
+        self._lock = threading.Lock()
+        self._queue: deque[ClaimedJob] = deque()
+        self._exhausted = False
+        self._renewed_at = time.monotonic()
+        self._heartbeat_stop = threading.Event()
+
+    # -- control ----------
+
+    def request_stop(self) -> None:
+        """Ctrl-C / SIGTERM: claim nothing more, let what is in flight finish."""
+        with self._lock:
+            self.report.interrupted = True
+        self.stop.set()
+
+    def _halt(self, message: str) -> None:
+        with self._lock:
+            if self.report.halt_message is None:
+                self.report.halt_message = message
+        self.stop.set()
+
+    def _fatal(self, message: str) -> None:
+        with self._lock:
+            if self.report.fatal is None:
+                self.report.fatal = message
+        self.stop.set()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self.report, name, getattr(self.report, name) + n)
+
+    # -- the run ----------
+
+    def run(self, tick: Callable[[], None] | None = None) -> RunReport:
+        """Work until nothing is left to claim or a stop; call `tick` from this thread meanwhile."""
+        self._reclaim_dead_owners()
+        threads = [
+            threading.Thread(target=self._thread_main, name=f"worker-{i}", daemon=True)
+            for i in range(self.options.concurrency)
+        ]
+        heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        heartbeat.start()
+        for t in threads:
+            t.start()
+        stopped_at: float | None = None
+        try:
+            while any(t.is_alive() for t in threads):
+                threads[0].join(0.1) if threads[0].is_alive() else time.sleep(0.1)
+                if tick is not None:
+                    tick()
+                if self.stop.is_set():
+                    stopped_at = stopped_at or time.monotonic()
+                    if time.monotonic() - stopped_at > self.options.grace_seconds:
+                        log.warning("in-flight requests did not finish in time; leaving them")
+                        break
+        finally:
+            self._heartbeat_stop.set()
+            self._release_queue()
+            if any(t.is_alive() for t in threads):
+                # Their POSTs may land: the next run must look them up, and may do so at once.
+                try:
+                    self.store.expire_leases(self.owner)
+                except StoreError as exc:
+                    log.warning("could not hand back in-flight jobs: %s", exc)
+            if tick is not None:
+                tick()
+        return self.report
+
+    def _reclaim_dead_owners(self) -> None:
+        owners = self.store.owners_of_submitting(self.batch)
+        for owner in owners:
+            if owner_is_dead(owner):
+                n = self.store.expire_owner(owner)
+                log.info("reclaiming %d job(s) of a dead worker (%s)", n, owner)
+
+    def _heartbeat(self) -> None:
+        period = max(0.5, self.options.lease_seconds / 12)
+        while not self._heartbeat_stop.wait(period):
+            try:
+                self.store.renew_leases(self.owner, self.options.lease_seconds)
+                self._renewed_at = time.monotonic()
+            except StoreError as exc:
+                log.warning("could not renew leases: %s", exc)
+
+    def _lease_is_safe(self) -> bool:
+        """Only send while our lease will outlive the request by a margin: otherwise a reclaimer
+        could look the job up before our POST lands, find nothing, and send it a second time."""
+        budget = self.options.lease_seconds - self.options.read_timeout - 10.0
+        return time.monotonic() - self._renewed_at < max(budget, self.options.lease_seconds / 3)
+
+    def _next_job(self) -> ClaimedJob | None:
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            if self._exhausted or self.stop.is_set():
+                return None
+            chunk = max(1, min(self.options.concurrency, 64))
+            jobs = self.store.claim(self.owner, self.batch, chunk, self.options.lease_seconds)
+            self._renewed_at = time.monotonic()
+            if not jobs:
+                self._exhausted = True
+                return None
+            self._queue.extend(jobs[1:])
+            return jobs[0]
+
+    def _release_queue(self) -> None:
+        with self._lock:
+            ids = [j.id for j in self._queue]
+            self._queue.clear()
+        if ids:
+            try:
+                self.store.release(ids, self.owner)
+            except StoreError as exc:
+                log.warning("could not release %d claimed job(s): %s", len(ids), exc)
+
+    def _thread_main(self) -> None:
+        while not self.stop.is_set():
+            try:
+                job = self._next_job()
+                if job is None:
+                    return
+                self._process(_JobRun(job, job.lookup_needed))
+            except _Lost:
+                self._count("lost")
+            except StoreError as exc:
+                self._fatal(f"the database failed: {exc}")
+            except Exception as exc:  # a bug: stop safely, say so
+                log.exception("unexpected error in a worker")
+                self._fatal(f"internal error: {type(exc).__name__}: {scrub(str(exc))}")
+
+    # -- one job ----------
+
+    def _wait(self, state: RetryCallState) -> float:
+        assert state.outcome is not None
+        outcome: Outcome = state.outcome.result()
+        if outcome.retry_after is not None:
+            return float(outcome.retry_after)
+        n = state.attempt_number - 1
+        backoff = min(self.options.backoff_max, self.options.backoff_base * 2.0**n)
+        return backoff * (1 - 0.25 * random.random())
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)
+
+    def _process(self, run: _JobRun) -> None:
+        retrying = Retrying(
+            stop=stop_after_attempt(self.options.max_attempts) | stop_when_event_set(self.stop),
+            wait=self._wait,
+            retry=retry_if_result(lambda o: o.action in RETRYABLE),
+            sleep=self._sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+            before_sleep=self._before_sleep,
+        )
+        outcome: Outcome = retrying(self._attempt, run)
+        if outcome.action not in RETRYABLE:
+            return
+        job = run.job
+        if self.stop.is_set():
+            # Interrupted or halted: hand it back, remembering whether a look-up is owed.
+            self._move(run, None, state=State.PENDING, lookup_needed=run.lookup_needed)
+            return
+        message = f"gave up after {self.options.max_attempts} attempts: {outcome.message}"
+        self._move(
+            run, None, state=State.FAILED, last_error=message, lookup_needed=run.lookup_needed
+        )
+        self._count("failed")
+        log.info("%s failed: %s", job.reference_id, message)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self._count("retries")
+
+    def _move(self, run: _JobRun, attempt: AttemptRecord | None, **values: Any) -> None:
+        if not self.store.transition(run.job.id, self.owner, attempt, self.owner, **values):
+            log.warning("%s was taken over by another worker; dropping it", run.job.reference_id)
+            raise _Lost
+
+    def _call(self, fn: Callable[[], Answer]) -> tuple[Answer | None, BaseException | None]:
+        self._count("requests")
+        try:
+            with self.governor.slot(self.stop):
+                return fn(), None
+        except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
+            return None, exc
+
+    def _attempt(self, run: _JobRun) -> Outcome:
+        job = run.job
+        if run.lookup_needed:
+            outcome = self._lookup(run)
+            if outcome.action is not Action.ACCEPTED or outcome.request_id:
+                return outcome
+            run.lookup_needed = False
+        if not self._lease_is_safe():
+            self._fatal("lost contact with the database (leases not renewed); stopping safely")
+            return Outcome(Action.RETRY, "stopped: lease not renewed")
+        started = time.monotonic()
+        try:
+            answer, exc = self._call(
+                lambda: self.api.generate(
+                    job.video_url,
+                    job.audio_url,
+                    job.reference_id,
+                    job.disable_asd,
+                    retry_count=run.posts,
+                )
+            )
+        except Stopped:
+            return Outcome(Action.RETRY, "stopped before sending")
+        run.posts += 1
+        if answer is not None:
+            outcome = classify_answer(answer.status, answer.headers, answer.body)
+        else:
+            assert exc is not None
+            outcome = classify_exception(exc)
+        duration = int((time.monotonic() - started) * 1000)
+        if outcome.retry_after:
+            self.governor.pause(outcome.retry_after)
+        message = scrub(outcome.message)
+        attempt = AttemptRecord(
+            "generate",
+            outcome.action.value,
+            outcome.status,
+            None if outcome.action is Action.ACCEPTED else message,
+            duration,
+            outcome.request_id,
+        )
+        values: dict[str, Any] = {
+            "attempts": job.attempts + run.posts,
+            "last_http_status": outcome.status,
+            "last_error": None if outcome.action is Action.ACCEPTED else message,
+        }
+        action = outcome.action
+        if action is Action.ACCEPTED:
+            values.update(
+                state=State.SUBMITTED,
+                request_id=outcome.request_id,
+                submitted_at=utcnow(),
+                lookup_needed=False,
+            )
+        elif action is Action.RETRY:
+            values.update(
+                lookup_needed=False, lease_expires=time.time() + self.options.lease_seconds
+            )
+        elif action is Action.AMBIGUOUS:
+            run.lookup_needed = True
+            values.update(
+                lookup_needed=True, lease_expires=time.time() + self.options.lease_seconds
+            )
+        elif action is Action.FAIL_JOB:
+            values.update(state=State.FAILED, lookup_needed=False)
+        else:
+            values.update(state=State.HALTED, lookup_needed=False)
+        self._move(run, attempt, **values)
+        log.debug(
+            "%s POST → %s %s (%d ms)",
+            job.reference_id,
+            outcome.status or "-",
+            outcome.request_id or message,
+            duration,
+        )
+        if action is Action.ACCEPTED:
+            self._count("submitted")
+        elif action is Action.FAIL_JOB:
+            self._count("failed")
+            log.info("%s failed: %s", job.reference_id, message)
+        elif action is Action.HALT_BATCH:
+            self._count("halted")
+            self._halt(message)
+        return outcome
+
+    def _lookup(self, run: _JobRun) -> Outcome:
+        """Ask the API whether an earlier POST of this job landed."""
+        job = run.job
+        started = time.monotonic()
+        request_id: str | None = None
+        try:
+            answer, exc = self._call(lambda: self.api.find_by_reference(job.reference_id))
+            if answer is not None:
+                try:
+                    request_id, outcome = classify_lookup(
+                        answer.status, answer.headers, answer.body, job.reference_id
+                    )
+                except FilterIgnored:
+                    answer, exc = self._call(lambda: self.api.get_request(job.reference_id))
+                    if answer is not None:
+                        request_id, outcome = classify_direct_lookup(
+                            answer.status, answer.headers, answer.body, job.reference_id
+                        )
+            if answer is None:
+                assert exc is not None
+                outcome = classify_exception(exc, idempotent=True)
+        except Stopped:
+            return Outcome(Action.RETRY, "stopped before the look-up")
+        duration = int((time.monotonic() - started) * 1000)
+        if outcome.retry_after:
+            self.governor.pause(outcome.retry_after)
+        if outcome.action is Action.ACCEPTED:
+            kind = "found" if request_id else "not_found"
+        else:
+            kind = outcome.action.value
+        message = scrub(outcome.message)
+        attempt = AttemptRecord(
+            "lookup",
+            kind,
+            outcome.status,
+            None if outcome.action is Action.ACCEPTED else message,
+            duration,
+            request_id,
+        )
+        log.debug(
+            "%s look-up → %s %s", job.reference_id, outcome.status or "-", request_id or message
+        )
+        if request_id:
+            self._move(
+                run,
+                attempt,
+                state=State.SUBMITTED,
+                request_id=request_id,
+                submitted_at=utcnow(),
+                lookup_needed=False,
+                last_error=None,
+            )
+            self._count("submitted")
+            self._count("found_by_lookup")
+        elif outcome.action is Action.HALT_BATCH:
+            self._move(
+                run,
+                attempt,
+                state=State.HALTED,
+                last_error=message,
+                last_http_status=outcome.status,
+                lookup_needed=True,
+            )
+            self._count("halted")
+            self._halt(message)
+        else:
+            self._move(run, attempt, lease_expires=time.time() + self.options.lease_seconds)
+        return outcome
