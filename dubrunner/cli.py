@@ -515,7 +515,8 @@ def emulator(
 
 def main() -> None:
     try:
-        cli.main(prog_name="dubrunner", standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of raising it.
+        code = cli.main(prog_name="dubrunner", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -535,4 +536,4 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

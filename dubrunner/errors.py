@@ -36,6 +36,13 @@ class Outcome:
     request_id: str | None = None
     retry_after: float | None = None  # seconds the server asked us to wait
 
+    @property
+    def throttled(self) -> bool:
+        """The server asked us to slow down: no fault of the job's, so no attempt spent."""
+        return self.action is Action.RETRY and (
+            self.status == 429 or self.message.strip().lower() == "rate limit exceeded"
+        )
+
 
 # Every documented error message. Keys are lower case; matching ignores case and surrounding space.
 MESSAGE_RULES: dict[str, Action] = {

@@ -292,9 +292,9 @@ class Store:
                         plan.to_send += 1
                 elif found.state in _SENT_STATES or found.request_id or found.lookup_needed:
                     conflicts.append(
-                        f"{where}: reference_id {spec.reference_id!r} was already sent to the API "
-                        f"with other URLs or settings (state {found.state}); give the changed job a "
-                        "new reference_id"
+                        f"{where}: reference_id {spec.reference_id!r} was already sent to the "
+                        f"API with other URLs or settings (state {found.state}); give the changed "
+                        "job a new reference_id"
                     )
                 else:
                     plan.changed.append((found.id, spec))

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
-from tenacity.stop import stop_when_event_set
+from tenacity import RetryCallState, Retrying, retry_if_result
 
 from dubrunner.api import Answer, ApiClient
 from dubrunner.errors import (
@@ -38,6 +37,9 @@ from dubrunner.states import State
 from dubrunner.store import AttemptRecord, ClaimedJob, Store, StoreError, utcnow
 
 log = logging.getLogger("dubrunner")
+
+# A job may be told "slow down" this many times its --max-attempts before it gives up.
+THROTTLE_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class _JobRun:
     job: ClaimedJob
     lookup_needed: bool
     posts: int = 0
+    tries: int = 0  # attempts that count against --max-attempts
+    throttled: int = 0  # answers that only said "slow down"
 
 
 def worker_id() -> str:
@@ -247,12 +251,21 @@ class Worker:
 
     # -- one job ----------
 
+    def _should_stop(self, state: RetryCallState) -> bool:
+        run: _JobRun = state.args[0]
+        return (
+            self.stop.is_set()
+            or run.tries >= self.options.max_attempts
+            or run.throttled >= self.options.max_attempts * THROTTLE_FACTOR
+        )
+
     def _wait(self, state: RetryCallState) -> float:
         assert state.outcome is not None
         outcome: Outcome = state.outcome.result()
         if outcome.retry_after is not None:
             return float(outcome.retry_after)
-        n = state.attempt_number - 1
+        run: _JobRun = state.args[0]
+        n = (run.throttled if outcome.throttled else run.tries) - 1
         backoff = min(self.options.backoff_max, self.options.backoff_base * 2.0**n)
         return backoff * (1 - 0.25 * random.random())
 
@@ -261,14 +274,14 @@ class Worker:
 
     def _process(self, run: _JobRun) -> None:
         retrying = Retrying(
-            stop=stop_after_attempt(self.options.max_attempts) | stop_when_event_set(self.stop),
+            stop=self._should_stop,
             wait=self._wait,
             retry=retry_if_result(lambda o: o.action in RETRYABLE),
             sleep=self._sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
             before_sleep=self._before_sleep,
         )
-        outcome: Outcome = retrying(self._attempt, run)
+        outcome: Outcome = retrying(self._counted_attempt, run)
         if outcome.action not in RETRYABLE:
             return
         job = run.job
@@ -276,7 +289,7 @@ class Worker:
             # Interrupted or halted: hand it back, remembering whether a look-up is owed.
             self._move(run, None, state=State.PENDING, lookup_needed=run.lookup_needed)
             return
-        message = f"gave up after {self.options.max_attempts} attempts: {outcome.message}"
+        message = f"gave up after {run.tries + run.throttled} attempts: {outcome.message}"
         self._move(
             run, None, state=State.FAILED, last_error=message, lookup_needed=run.lookup_needed
         )
@@ -298,6 +311,14 @@ class Worker:
                 return fn(), None
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
             return None, exc
+
+    def _counted_attempt(self, run: _JobRun) -> Outcome:
+        outcome = self._attempt(run)
+        if outcome.throttled:
+            run.throttled += 1
+        else:
+            run.tries += 1
+        return outcome
 
     def _attempt(self, run: _JobRun) -> Outcome:
         job = run.job

@@ -1,0 +1,121 @@
+"""The command line through click's CliRunner: help, exit codes, usage errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from dubrunner.cli import cli
+from tests.conftest import db_rows, write_manifest
+
+
+def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name, command in group.commands.items():
+        out.append((*prefix, name))
+        if isinstance(command, click.Group):
+            out.extend(all_commands(command, (*prefix, name)))
+    return out
+
+
+@pytest.mark.parametrize("path", all_commands(cli), ids=" ".join)
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+    command = cli
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    assert command.help, f"{' '.join(path)} has no help text"
+
+
+def test_no_credentials_is_a_usage_error_and_writes_nothing(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    db = tmp_path / "j.db"
+    result = CliRunner().invoke(
+        cli,
+        ["submit", str(manifest), "--db", str(db)],
+        env={"CHAMELAION_API_KEY": "", "CHAMELAION_BEARER_TOKEN": ""},
+    )
+    assert result.exit_code == 2
+    assert "set CHAMELAION_API_KEY or CHAMELAION_BEARER_TOKEN" in result.output
+    assert not db.exists()
+
+
+def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    result = CliRunner().invoke(
+        cli,
+        ["submit", str(manifest), "--db", str(tmp_path / "j.db")],
+        env={
+            "CHAMELAION_API_KEY": "k-123456",
+            "CHAMELAION_BASE_URL": "http://api.example.com/api/",
+        },
+    )
+    assert result.exit_code == 2
+    assert "refusing to send credentials over plain http" in result.output
+
+
+def test_options_from_the_environment(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    db = tmp_path / "env.db"
+    result = CliRunner().invoke(
+        cli, ["submit", str(manifest), "--dry-run"], env={"DUBRUNNER_DB": str(db)}
+    )
+    assert result.exit_code == 0, result.output
+    assert db.exists()
+    bad = CliRunner().invoke(
+        cli, ["submit", str(manifest)], env={"DUBRUNNER_CONCURRENCY": "0", "DUBRUNNER_DB": str(db)}
+    )
+    assert bad.exit_code == 2
+    assert "--concurrency" in bad.output
+
+
+def test_retry_and_cancel_say_how_many(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.yaml", 4)
+    db = str(tmp_path / "j.db")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["submit", str(manifest), "--dry-run", "--db", db]).exit_code == 0
+    assert db_rows(Path(db), "SELECT count(*) FROM jobs") == [(0,)]
+    from dubrunner.store import Store
+
+    store = Store(db)
+    from dubrunner.manifest import load
+
+    m = load(manifest)
+    store.load(m.batch, m.jobs, str(manifest))
+    store.close()
+    result = runner.invoke(cli, ["cancel", "--ref", "b-ep00001", "--db", db])
+    assert result.exit_code == 0 and "1 pending job(s) cancelled" in result.output
+    assert "say which jobs" in runner.invoke(cli, ["cancel", "--db", db]).output
+    result = runner.invoke(cli, ["retry", "--batch", "b", "--db", db])
+    assert result.exit_code == 0 and "0 job(s) put back to pending" in result.output
+
+
+def test_resume_of_an_unknown_batch(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["resume", "--batch", "nope", "--db", str(tmp_path / "j.db")],
+        env={"CHAMELAION_API_KEY": "k-123456"},
+    )
+    assert result.exit_code == 2 and "no batch 'nope'" in result.output
+
+
+def test_db_upgrade_and_bad_database(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["db", "upgrade", "--db", str(tmp_path / "n.db")])
+    assert result.exit_code == 0 and "database at revision" in result.output
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database at all" * 50)
+    result = runner.invoke(cli, ["status", "--db", str(junk)])
+    assert result.exit_code == 2
+    assert "not a SQLite database" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and "dubrunner" in result.output

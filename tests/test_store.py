@@ -1,0 +1,105 @@
+"""The job table on a real SQLite file: claims are atomic, transitions are guarded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dubrunner.manifest import JobSpec
+from dubrunner.states import State
+from dubrunner.store import LoadConflict, Store, StoreError
+
+
+def specs(n: int, prefix: str = "r") -> list[JobSpec]:
+    return [
+        JobSpec(f"{prefix}{i}", f"https://v.test/{i}", f"https://a.test/{i}", False, i + 2)
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(str(tmp_path / "s.db"), pool_size=8)
+    yield s
+    s.close()
+
+
+def test_file_is_private_and_in_wal_mode(tmp_path: Path, store: Store) -> None:
+    path = tmp_path / "s.db"
+    assert path.stat().st_mode & 0o077 == 0
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_load_is_all_or_nothing(store: Store) -> None:
+    plan = store.load("b1", specs(5), "m.yaml")
+    assert len(plan.new) == 5
+    # A reference_id of another batch: the whole load is refused.
+    with pytest.raises(LoadConflict) as info:
+        store.load("b2", [*specs(3, "new"), specs(1)[0]], "other.yaml")
+    assert "already belongs to batch 'b1'" in info.value.problems[0]
+    assert "other.yaml:2" in info.value.problems[0]
+    assert store.counts() == {"pending": 5}
+    assert store.load("b1", specs(5), "m.yaml").unchanged == 5
+
+
+def test_concurrent_claims_never_overlap(tmp_path: Path, store: Store) -> None:
+    store.load("b", specs(400), "m.yaml")
+    stores = [Store(str(tmp_path / "s.db"), pool_size=2) for _ in range(4)]
+    taken: list[list[int]] = [[] for _ in stores]
+
+    def claim_all(i: int) -> None:
+        while jobs := stores[i].claim(f"w{i}", "b", 7, 60):
+            taken[i].extend(j.id for j in jobs)
+
+    threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [job for ids in taken for job in ids]
+    assert len(every) == 400 == len(set(every))
+    for s in stores:
+        s.close()
+
+
+def test_expired_lease_is_reclaimed_with_a_lookup(store: Store) -> None:
+    store.load("b", specs(2), "m.yaml")
+    first = store.claim("dead", "b", 2, lease_seconds=0.05)
+    assert [j.lookup_needed for j in first] == [False, False]
+    assert store.claim("alive", "b", 5, 60) == []  # leases still valid
+    time.sleep(0.1)
+    again = store.claim("alive", "b", 5, 60)
+    assert [j.id for j in again] == [j.id for j in first]
+    assert all(j.lookup_needed for j in again)
+    # The dead owner's late answer no longer moves the job.
+    assert not store.transition(first[0].id, "dead", None, "dead", state=State.SUBMITTED)
+    assert store.transition(first[0].id, "alive", None, "alive", state=State.SUBMITTED)
+    assert store.counts() == {"submitted": 1, "submitting": 1}
+
+
+def test_release_retry_and_cancel(store: Store) -> None:
+    store.load("b", specs(4), "m.yaml")
+    jobs = store.claim("me", "b", 4, 60)
+    assert store.release([jobs[0].id], "me") == 1
+    store.transition(jobs[1].id, "me", None, "me", state=State.FAILED, last_error="no face")
+    store.transition(jobs[2].id, "me", None, "me", state=State.HALTED, last_error="token limit")
+    store.transition(jobs[3].id, "me", None, "me", state=State.SUBMITTED, request_id="x")
+    assert store.retry("b", [State.FAILED], "face") == 1
+    assert store.retry("b", [State.FAILED, State.HALTED], None) == 1
+    assert store.counts() == {"pending": 3, "submitted": 1}
+    assert store.cancel("b", ["r0"]) == 1
+    assert store.cancel("b", []) == 2
+    assert store.counts() == {"cancelled": 3, "submitted": 1}
+
+
+def test_bad_database_is_a_store_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a SQLite database"):
+        Store(str(junk))
+    with pytest.raises(StoreError, match="no such directory"):
+        Store(str(tmp_path / "missing" / "x.db"))
