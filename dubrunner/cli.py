@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-from rich.console import Console
 
 from dubrunner import __version__
 from dubrunner.api import ApiClient, ConfigError, Credentials
@@ -26,6 +25,7 @@ from dubrunner.output import (
     print_json,
     print_status_table,
     setup_logging,
+    table_console,
 )
 from dubrunner.redact import scrub
 from dubrunner.runner import EXIT_INTERRUPTED, EXIT_USAGE, BatchResult, BatchRun
@@ -350,7 +350,7 @@ def status(
 ) -> None:
     """Where is every job? A summary per batch and state, then the rows; or one job in full."""
     store = open_store()
-    console = Console(soft_wrap=False)
+    console = table_console()
     if reference_id:
         rows = store.rows(reference_ids=[reference_id])
         if not rows:

@@ -84,6 +84,12 @@ def _short(text: str | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def table_console() -> Console:
+    """A terminal's own width; piped output gets room for whole ids instead of 80 columns."""
+    console = Console(soft_wrap=False)
+    return console if console.is_terminal else Console(soft_wrap=False, width=200)
+
+
 def print_status_table(
     summary: Sequence[tuple[str, str, int]], rows: Sequence[JobRow], total: int, console: Console
 ) -> None:
@@ -97,19 +103,29 @@ def print_status_table(
     if not rows:
         return
     jobs = Table(title=f"Jobs ({len(rows):,} of {total:,} shown)", title_justify="left")
-    for name in ("reference_id", "batch", "state", "request_id", "tries", "error", "updated"):
-        jobs.add_column(name, overflow="fold" if name == "error" else "ellipsis")
+    one_batch = len({b for b, _s, _n in summary}) == 1
+    ref_width = min(40, max(len(r.reference_id) for r in rows))
+    jobs.add_column("reference_id", no_wrap=True, min_width=ref_width)
+    if not one_batch:
+        jobs.add_column("batch", no_wrap=True)
+    jobs.add_column("state", no_wrap=True)
+    jobs.add_column("request_id", no_wrap=True, min_width=36)
+    jobs.add_column("tries", justify="right")
+    jobs.add_column("updated (UTC)", no_wrap=True)
+    jobs.add_column("error", overflow="fold", ratio=1)
     for r in rows:
         d = row_dict(r)
-        jobs.add_row(
-            d["reference_id"],
-            d["batch"],
+        cells = [d["reference_id"]]
+        if not one_batch:
+            cells.append(d["batch"])
+        cells += [
             d["state"],
             d["request_id"] or "",
             str(d["attempts"]),
-            _short(d["error"]),
             (d["updated_at"] or "")[:19].replace("T", " "),
-        )
+            _short(d["error"], 80),
+        ]
+        jobs.add_row(*cells)
     console.print(jobs)
 
 
