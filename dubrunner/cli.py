@@ -99,15 +99,54 @@ def worker_options(fn: F) -> F:
             help="Tries per job before it fails.",
         ),
         click.option(
+            "--retry-wait",
+            type=click.FloatRange(min=0),
+            default=0.5,
+            show_default=True,
+            envvar="DUBRUNNER_RETRY_WAIT",
+            help="First wait before a retry, in seconds; it doubles each time (with jitter).",
+        ),
+        click.option(
+            "--request-timeout",
+            type=click.FloatRange(min=0.1),
+            default=60.0,
+            show_default=True,
+            envvar="DUBRUNNER_REQUEST_TIMEOUT",
+            help="Seconds to wait for an answer; claims are leased for twice that.",
+        ),
+        click.option(
             "--allow-insecure-http",
             is_flag=True,
             envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
             help="Allow credentials over plain http to a host other than loopback.",
         ),
     ]
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        concurrency: int,
+        rate: float | None,
+        burst: int,
+        max_attempts: int,
+        retry_wait: float,
+        request_timeout: float,
+        **kwargs: Any,
+    ) -> Any:
+        options = WorkerOptions(
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            backoff_base=retry_wait,
+            request_timeout=request_timeout,
+            rate=rate,
+            burst=burst,
+        )
+        return fn(*args, options=options, **kwargs)
+
+    decorated: Any = wrapper
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
 
 
 def open_store() -> Store:
@@ -120,11 +159,12 @@ def open_store() -> Store:
     return store
 
 
-def make_api(concurrency: int, allow_insecure_http: bool) -> ApiClient:
+def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
     try:
         return ApiClient(
             Credentials.from_env(),
-            max_connections=concurrency + 2,
+            max_connections=options.concurrency + 2,
+            read_timeout=options.request_timeout,
             allow_insecure_http=allow_insecure_http,
         )
     except ConfigError as exc:
@@ -199,10 +239,7 @@ def validate(manifest: str, max_manifest_bytes: int, max_jobs: int) -> None:
 @common_options
 def submit(
     manifest: str,
-    concurrency: int,
-    rate: float | None,
-    burst: int,
-    max_attempts: int,
+    options: WorkerOptions,
     allow_insecure_http: bool,
     max_manifest_bytes: int,
     max_jobs: int,
@@ -210,7 +247,7 @@ def submit(
 ) -> None:
     """Load MANIFEST into the job table and submit every job not yet at the API."""
     m = read_manifest(manifest, max_manifest_bytes, max_jobs)
-    api = None if dry_run else make_api(concurrency, allow_insecure_http)
+    api = None if dry_run else make_api(options, allow_insecure_http)
     store = open_store()
     try:
         plan = store.load(m.batch, m.jobs, manifest, dry_run=dry_run)
@@ -229,50 +266,29 @@ def submit(
         return
     say(summary)
     assert api is not None
-    run_batch(store, api, m.batch, concurrency, rate, burst, max_attempts)
+    run_batch(store, api, m.batch, options)
 
 
 @cli.command()
 @click.option("--batch", help="Only this batch [default: every batch].")
 @worker_options
 @common_options
-def resume(
-    batch: str | None,
-    concurrency: int,
-    rate: float | None,
-    burst: int,
-    max_attempts: int,
-    allow_insecure_http: bool,
-) -> None:
+def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool) -> None:
     """Continue pending and halted jobs, and reclaim those of dead workers (looked up first)."""
-    api = make_api(concurrency, allow_insecure_http)
+    api = make_api(options, allow_insecure_http)
     store = open_store()
     if batch is not None and batch not in store.batches():
         raise UserError(f"no batch {batch!r} in the database")
-    run_batch(store, api, batch, concurrency, rate, burst, max_attempts)
+    run_batch(store, api, batch, options)
 
 
-def run_batch(
-    store: Store,
-    api: ApiClient,
-    batch: str | None,
-    concurrency: int,
-    rate: float | None,
-    burst: int,
-    max_attempts: int,
-) -> NoReturn:
+def run_batch(store: Store, api: ApiClient, batch: str | None, options: WorkerOptions) -> NoReturn:
     ctx = click.get_current_context()
     ctx.call_on_close(api.close)
-    options = WorkerOptions(concurrency=concurrency, max_attempts=max_attempts)
-    backoff = os.environ.get("DUBRUNNER_BACKOFF_BASE")
-    if backoff:  # tests and impatient users: the first retry wait, in seconds
-        options = WorkerOptions(
-            concurrency=concurrency, max_attempts=max_attempts, backoff_base=float(backoff)
-        )
     counts = store.counts(batch)
     total = sum(n for s, n in counts.items() if s != State.CANCELLED)
     done = sum(counts.get(s, 0) for s in AT_API)
-    run = BatchRun(store, api, batch, options, rate, burst)
+    run = BatchRun(store, api, batch, options)
     quiet = bool(ctx.meta.get("quiet"))
     with ProgressDisplay(total, done, quiet) as progress, _signals(run):
         report = run.worker.report

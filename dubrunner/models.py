@@ -49,6 +49,8 @@ class Job(Base):
     lookup_needed: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires: Mapped[float | None] = mapped_column(Float)
+    # From when the job may be looked up if its owner is provably dead (see worker.WorkerOptions).
+    settle_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime)

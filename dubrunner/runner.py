@@ -87,12 +87,10 @@ class BatchRun:
         api: ApiClient,
         batch: str | None,
         options: WorkerOptions,
-        rate: float | None = None,
-        burst: int = 1,
     ) -> None:
         self.store = store
         self.batch = batch
-        self.governor = Governor(rate, options.concurrency, burst)
+        self.governor = Governor(options.rate, options.concurrency, options.burst)
         self.worker = Worker(store, api, self.governor, options, batch)
 
     def request_stop(self) -> None:

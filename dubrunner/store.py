@@ -57,6 +57,35 @@ def database_url(value: str | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """How long a claim holds, derived from the request timeout R (the time the server is assumed
+    to act on a POST within, if it ever does).
+
+    A worker renews its leases every `heartbeat` and sends a POST only while its last renewal is
+    under two heartbeats old. So a job's last POST left before renewal + 2·heartbeat and was acted
+    on before renewal + 2·heartbeat + R = `settle_at`: from then on a look-up by reference_id gives
+    the true answer. Anyone may reclaim at `lease_expires` (renewal + 2R, later than settle_at); a
+    worker on the same host that is provably dead may be reclaimed at settle_at.
+    """
+
+    request_timeout: float = 60.0
+
+    @property
+    def heartbeat(self) -> float:
+        return max(0.05, self.request_timeout / 6)
+
+    @property
+    def seconds(self) -> float:
+        return 2 * self.request_timeout
+
+    def values(self, renewed_at: float) -> dict[str, float]:
+        return {
+            "lease_expires": renewed_at + self.seconds,
+            "settle_at": renewed_at + 2 * self.heartbeat + self.request_timeout,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedJob:
     id: int
     reference_id: str
@@ -354,16 +383,13 @@ class Store:
         with self._write() as conn:
             return conn.execute(stmt.values(state=State.PENDING, updated_at=utcnow())).rowcount
 
-    def claim(
-        self, owner: str, batch: str | None, limit: int, lease_seconds: float
-    ) -> list[ClaimedJob]:
+    def claim(self, owner: str, batch: str | None, limit: int, lease: Lease) -> list[ClaimedJob]:
         """Atomically take up to `limit` jobs: first those of dead workers, then pending ones.
 
         A job reclaimed from an expired lease comes with lookup_needed set: its POST may have
         landed, so the caller must ask the API by reference_id before sending it again.
         """
         now = time.time()
-        lease = now + lease_seconds
         claimed: list[ClaimedJob] = []
         with self._write() as conn:
             expired = select(Job.id).where(Job.state == State.SUBMITTING, Job.lease_expires < now)
@@ -382,28 +408,30 @@ class Store:
                 rows = conn.execute(
                     update(Job)
                     .where(Job.id.in_(ids))
-                    .values(owner=owner, lease_expires=lease, updated_at=utcnow(), **extra)
+                    .values(owner=owner, updated_at=utcnow(), **lease.values(now), **extra)
                     .returning(*_CLAIM_COLUMNS)
                 ).all()
                 claimed.extend(ClaimedJob(*row) for row in rows)
         claimed.sort(key=lambda j: j.id)
         return claimed
 
-    def renew_leases(self, owner: str, lease_seconds: float) -> int:
+    def renew_leases(self, owner: str, lease: Lease) -> int:
         with self._write() as conn:
             return conn.execute(
                 update(Job)
                 .where(Job.owner == owner, Job.state == State.SUBMITTING)
-                .values(lease_expires=time.time() + lease_seconds)
+                .values(**lease.values(time.time()))
             ).rowcount
 
-    def expire_leases(self, owner: str) -> int:
-        """On the way out with requests maybe still in flight: let the next run reclaim them now."""
+    def abandon_leases(self, owner: str, lease: Lease) -> int:
+        """On the way out with requests maybe in flight: the next run looks them up once the
+        server has had time to act on them."""
+        settle = time.time() + lease.request_timeout
         with self._write() as conn:
             return conn.execute(
                 update(Job)
                 .where(Job.owner == owner, Job.state == State.SUBMITTING)
-                .values(lease_expires=0.0, lookup_needed=True)
+                .values(lease_expires=settle, settle_at=settle, lookup_needed=True)
             ).rowcount
 
     def owners_of_submitting(self, batch: str | None) -> list[str]:
@@ -413,14 +441,33 @@ class Store:
         with self._read() as conn:
             return [o for o in conn.execute(stmt.distinct()).scalars() if o]
 
-    def expire_owner(self, owner: str) -> int:
-        """A dead worker's claims become reclaimable now (they will be looked up first)."""
+    def mark_owner_dead(self, owner: str) -> int:
+        """A provably dead worker's jobs become reclaimable at their settle time."""
         with self._write() as conn:
             return conn.execute(
                 update(Job)
                 .where(Job.owner == owner, Job.state == State.SUBMITTING)
-                .values(lease_expires=0.0, lookup_needed=True)
+                .values(
+                    lease_expires=sa.func.min(Job.lease_expires, Job.settle_at)
+                    if self.is_sqlite
+                    else sa.func.least(Job.lease_expires, Job.settle_at),
+                    lookup_needed=True,
+                )
             ).rowcount
+
+    def soonest_reclaim(self, batch: str | None, owners: Iterable[str]) -> float | None:
+        """When the first of these owners' submitting jobs becomes reclaimable (Unix time)."""
+        names = list(owners)
+        if not names:
+            return None
+        stmt = select(func.min(Job.lease_expires)).where(
+            Job.state == State.SUBMITTING, Job.owner.in_(names)
+        )
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self._read() as conn:
+            value = conn.execute(stmt).scalar()
+        return float(value) if value is not None else None
 
     def transition(
         self,
@@ -439,6 +486,7 @@ class Store:
         if values.get("state", State.SUBMITTING) != State.SUBMITTING:
             values.setdefault("owner", None)
             values.setdefault("lease_expires", None)
+            values.setdefault("settle_at", None)
         with self._write() as conn:
             moved = conn.execute(
                 update(Job)
@@ -471,7 +519,13 @@ class Store:
             return conn.execute(
                 update(Job)
                 .where(Job.id.in_(ids), Job.state == State.SUBMITTING, Job.owner == owner)
-                .values(state=State.PENDING, owner=None, lease_expires=None, updated_at=utcnow())
+                .values(
+                    state=State.PENDING,
+                    owner=None,
+                    lease_expires=None,
+                    settle_at=None,
+                    updated_at=utcnow(),
+                )
             ).rowcount
 
     # -- operator actions ----------
@@ -485,7 +539,11 @@ class Store:
         with self._write() as conn:
             return conn.execute(
                 stmt.values(
-                    state=State.PENDING, owner=None, lease_expires=None, updated_at=utcnow()
+                    state=State.PENDING,
+                    owner=None,
+                    lease_expires=None,
+                    settle_at=None,
+                    updated_at=utcnow(),
                 )
             ).rowcount
 

@@ -34,7 +34,7 @@ from dubrunner.errors import (
 from dubrunner.governor import Governor, Stopped
 from dubrunner.redact import scrub
 from dubrunner.states import State
-from dubrunner.store import AttemptRecord, ClaimedJob, Store, StoreError, utcnow
+from dubrunner.store import AttemptRecord, ClaimedJob, Lease, Store, StoreError, utcnow
 
 log = logging.getLogger("dubrunner")
 
@@ -46,11 +46,16 @@ THROTTLE_FACTOR = 10
 class WorkerOptions:
     concurrency: int = 4
     max_attempts: int = 8
-    lease_seconds: float = 120.0
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     grace_seconds: float = 30.0  # after a stop, how long in-flight requests may take
-    read_timeout: float = 60.0
+    request_timeout: float = 60.0  # the HTTP read timeout; leases derive from it (store.Lease)
+    rate: float | None = None  # requests per second, for the governor
+    burst: int = 1
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.request_timeout)
 
 
 @dataclass
@@ -125,6 +130,7 @@ class Worker:
         self._exhausted = False
         self._renewed_at = time.monotonic()
         self._heartbeat_stop = threading.Event()
+        self._dead_owners: set[str] = set()
 
     # -- control ----------
 
@@ -178,9 +184,9 @@ class Worker:
             self._heartbeat_stop.set()
             self._release_queue()
             if any(t.is_alive() for t in threads):
-                # Their POSTs may land: the next run must look them up, and may do so at once.
+                # Their POSTs may still land: the next run looks them up once they have settled.
                 try:
-                    self.store.expire_leases(self.owner)
+                    self.store.abandon_leases(self.owner, self.options.lease)
                 except StoreError as exc:
                     log.warning("could not hand back in-flight jobs: %s", exc)
             if tick is not None:
@@ -188,41 +194,47 @@ class Worker:
         return self.report
 
     def _reclaim_dead_owners(self) -> None:
-        owners = self.store.owners_of_submitting(self.batch)
-        for owner in owners:
-            if owner_is_dead(owner):
-                n = self.store.expire_owner(owner)
-                log.info("reclaiming %d job(s) of a dead worker (%s)", n, owner)
+        for owner in self.store.owners_of_submitting(self.batch):
+            if owner not in self._dead_owners and owner_is_dead(owner):
+                self._dead_owners.add(owner)
+                n = self.store.mark_owner_dead(owner)
+                log.info("%d job(s) of a dead worker (%s) will be looked up", n, owner)
 
     def _heartbeat(self) -> None:
-        period = max(0.5, self.options.lease_seconds / 12)
-        while not self._heartbeat_stop.wait(period):
+        lease = self.options.lease
+        while not self._heartbeat_stop.wait(lease.heartbeat):
             try:
-                self.store.renew_leases(self.owner, self.options.lease_seconds)
+                self.store.renew_leases(self.owner, lease)
                 self._renewed_at = time.monotonic()
             except StoreError as exc:
                 log.warning("could not renew leases: %s", exc)
 
-    def _lease_is_safe(self) -> bool:
-        """Only send while our lease will outlive the request by a margin: otherwise a reclaimer
-        could look the job up before our POST lands, find nothing, and send it a second time."""
-        budget = self.options.lease_seconds - self.options.read_timeout - 10.0
-        return time.monotonic() - self._renewed_at < max(budget, self.options.lease_seconds / 3)
+    def _lease_is_fresh(self) -> bool:
+        """Send only while our leases were renewed under two heartbeats ago (see store.Lease)."""
+        return time.monotonic() - self._renewed_at < 2 * self.options.lease.heartbeat
 
     def _next_job(self) -> ClaimedJob | None:
         with self._lock:
-            if self._queue:
-                return self._queue.popleft()
-            if self._exhausted or self.stop.is_set():
-                return None
-            chunk = max(1, min(self.options.concurrency, 64))
-            jobs = self.store.claim(self.owner, self.batch, chunk, self.options.lease_seconds)
-            self._renewed_at = time.monotonic()
-            if not jobs:
-                self._exhausted = True
-                return None
-            self._queue.extend(jobs[1:])
-            return jobs[0]
+            while True:
+                if self._queue:
+                    return self._queue.popleft()
+                if self._exhausted or self.stop.is_set():
+                    return None
+                chunk = max(1, min(self.options.concurrency, 64))
+                jobs = self.store.claim(self.owner, self.batch, chunk, self.options.lease)
+                if jobs:
+                    self._queue.extend(jobs)
+                    continue
+                # Jobs of a dead worker may still be settling: wait for them rather than leave
+                # them behind (their POSTs may land until then; after it, a look-up is reliable).
+                at = self.store.soonest_reclaim(self.batch, self._dead_owners)
+                if at is None:
+                    self._exhausted = True
+                    return None
+                delay = max(0.05, at - time.time())
+                log.info("waiting %.1f s for jobs of a dead worker to settle", delay)
+                if self.stop.wait(delay):
+                    return None
 
     def _release_queue(self) -> None:
         with self._lock:
@@ -304,6 +316,15 @@ class Worker:
             log.warning("%s was taken over by another worker; dropping it", run.job.reference_id)
             raise _Lost
 
+    def _generate_if_lease_fresh(
+        self, video: str, audio: str, reference_id: str, disable_asd: bool, retry_count: int
+    ) -> Answer:
+        # Checked after the governor's wait, right before the bytes leave.
+        if not self._lease_is_fresh():
+            self._fatal("leases could not be renewed (is the database reachable?); stopped safely")
+            raise Stopped
+        return self.api.generate(video, audio, reference_id, disable_asd, retry_count=retry_count)
+
     def _call(self, fn: Callable[[], Answer]) -> tuple[Answer | None, BaseException | None]:
         self._count("requests")
         try:
@@ -327,13 +348,10 @@ class Worker:
             if outcome.action is not Action.ACCEPTED or outcome.request_id:
                 return outcome
             run.lookup_needed = False
-        if not self._lease_is_safe():
-            self._fatal("lost contact with the database (leases not renewed); stopping safely")
-            return Outcome(Action.RETRY, "stopped: lease not renewed")
         started = time.monotonic()
         try:
             answer, exc = self._call(
-                lambda: self.api.generate(
+                lambda: self._generate_if_lease_fresh(
                     job.video_url,
                     job.audio_url,
                     job.reference_id,
@@ -375,14 +393,10 @@ class Worker:
                 lookup_needed=False,
             )
         elif action is Action.RETRY:
-            values.update(
-                lookup_needed=False, lease_expires=time.time() + self.options.lease_seconds
-            )
+            values.update(lookup_needed=False)
         elif action is Action.AMBIGUOUS:
             run.lookup_needed = True
-            values.update(
-                lookup_needed=True, lease_expires=time.time() + self.options.lease_seconds
-            )
+            values.update(lookup_needed=True)
         elif action is Action.FAIL_JOB:
             values.update(state=State.FAILED, lookup_needed=False)
         else:
@@ -471,5 +485,5 @@ class Worker:
             self._count("halted")
             self._halt(message)
         else:
-            self._move(run, attempt, lease_expires=time.time() + self.options.lease_seconds)
+            self._move(run, attempt)
         return outcome

@@ -40,7 +40,7 @@ def env(emulator: Emulator, db_path: Path) -> dict[str, str]:
         CHAMELAION_BASE_URL=emulator.base_url,
         CHAMELAION_API_KEY=TOKEN,
         DUBRUNNER_DB=str(db_path),
-        DUBRUNNER_BACKOFF_BASE="0.02",
+        DUBRUNNER_RETRY_WAIT="0.02",
     )
     return base
 

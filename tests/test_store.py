@@ -10,7 +10,9 @@ import pytest
 
 from dubrunner.manifest import JobSpec
 from dubrunner.states import State
-from dubrunner.store import LoadConflict, Store, StoreError
+from dubrunner.store import Lease, LoadConflict, Store, StoreError
+
+LONG = Lease(60)
 
 
 def specs(n: int, prefix: str = "r") -> list[JobSpec]:
@@ -52,7 +54,7 @@ def test_concurrent_claims_never_overlap(tmp_path: Path, store: Store) -> None:
     taken: list[list[int]] = [[] for _ in stores]
 
     def claim_all(i: int) -> None:
-        while jobs := stores[i].claim(f"w{i}", "b", 7, 60):
+        while jobs := stores[i].claim(f"w{i}", "b", 7, LONG):
             taken[i].extend(j.id for j in jobs)
 
     threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(4)]
@@ -68,11 +70,11 @@ def test_concurrent_claims_never_overlap(tmp_path: Path, store: Store) -> None:
 
 def test_expired_lease_is_reclaimed_with_a_lookup(store: Store) -> None:
     store.load("b", specs(2), "m.yaml")
-    first = store.claim("dead", "b", 2, lease_seconds=0.05)
+    first = store.claim("dead", "b", 2, Lease(0.025))
     assert [j.lookup_needed for j in first] == [False, False]
-    assert store.claim("alive", "b", 5, 60) == []  # leases still valid
+    assert store.claim("alive", "b", 5, LONG) == []  # leases still valid
     time.sleep(0.1)
-    again = store.claim("alive", "b", 5, 60)
+    again = store.claim("alive", "b", 5, LONG)
     assert [j.id for j in again] == [j.id for j in first]
     assert all(j.lookup_needed for j in again)
     # The dead owner's late answer no longer moves the job.
@@ -83,7 +85,7 @@ def test_expired_lease_is_reclaimed_with_a_lookup(store: Store) -> None:
 
 def test_release_retry_and_cancel(store: Store) -> None:
     store.load("b", specs(4), "m.yaml")
-    jobs = store.claim("me", "b", 4, 60)
+    jobs = store.claim("me", "b", 4, LONG)
     assert store.release([jobs[0].id], "me") == 1
     store.transition(jobs[1].id, "me", None, "me", state=State.FAILED, last_error="no face")
     store.transition(jobs[2].id, "me", None, "me", state=State.HALTED, last_error="token limit")

@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("lookup_needed", sa.Boolean(), nullable=False),
         sa.Column("owner", sa.String(length=200), nullable=True),
         sa.Column("lease_expires", sa.Float(), nullable=True),
+        sa.Column("settle_at", sa.Float(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.Column("submitted_at", sa.DateTime(), nullable=True),
