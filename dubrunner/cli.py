@@ -296,6 +296,8 @@ def run_batch(store: Store, api: ApiClient, batch: str | None, options: WorkerOp
         def tick() -> None:
             pending = total - done - report.submitted - report.failed - report.halted
             note = "paused by the server" if run.governor.paused_for > 0 else ""
+            if run.worker.waiting_for_others:
+                note = "waiting for jobs other workers hold"
             progress.update(report.submitted, report.failed, max(pending, 0), note)
 
         try:

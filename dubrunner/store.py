@@ -455,13 +455,11 @@ class Store:
                 )
             ).rowcount
 
-    def soonest_reclaim(self, batch: str | None, owners: Iterable[str]) -> float | None:
-        """When the first of these owners' submitting jobs becomes reclaimable (Unix time)."""
-        names = list(owners)
-        if not names:
-            return None
+    def soonest_reclaim(self, batch: str | None, exclude_owner: str) -> float | None:
+        """When the first job that another worker holds becomes reclaimable (Unix time), or None
+        when no other worker holds any."""
         stmt = select(func.min(Job.lease_expires)).where(
-            Job.state == State.SUBMITTING, Job.owner.in_(names)
+            Job.state == State.SUBMITTING, Job.owner != exclude_owner
         )
         if batch is not None:
             stmt = stmt.where(Job.batch == batch)

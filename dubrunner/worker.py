@@ -131,6 +131,7 @@ class Worker:
         self._renewed_at = time.monotonic()
         self._heartbeat_stop = threading.Event()
         self._dead_owners: set[str] = set()
+        self.waiting_for_others = False
 
     # -- control ----------
 
@@ -225,16 +226,17 @@ class Worker:
                 if jobs:
                     self._queue.extend(jobs)
                     continue
-                # Jobs of a dead worker may still be settling: wait for them rather than leave
-                # them behind (their POSTs may land until then; after it, a look-up is reliable).
-                at = self.store.soonest_reclaim(self.batch, self._dead_owners)
+                # Others still hold jobs of this batch: they will land, come back to pending, or
+                # their lease will lapse and we reclaim them. Work is done only when none is left.
+                at = self.store.soonest_reclaim(self.batch, exclude_owner=self.owner)
                 if at is None:
                     self._exhausted = True
                     return None
-                delay = max(0.05, at - time.time())
-                log.info("waiting %.1f s for jobs of a dead worker to settle", delay)
-                if self.stop.wait(delay):
+                self.waiting_for_others = True
+                self._reclaim_dead_owners()  # one may have died meanwhile: no need to wait 2R
+                if self.stop.wait(min(1.0, max(0.05, at - time.time()))):
                     return None
+                self.waiting_for_others = False
 
     def _release_queue(self) -> None:
         with self._lock:

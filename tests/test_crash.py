@@ -1,0 +1,173 @@
+"""Crash safety, proven by really killing and interrupting processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from dubrunner.emulator import Emulator
+from dubrunner.manifest import load
+from dubrunner.states import State
+from dubrunner.store import Lease, Store
+from tests.conftest import TOKEN, assert_exactly_once, db_rows, run_cli, states, write_manifest
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dubrunner", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def submitted(db_path: Path) -> int:
+    if not db_path.exists():
+        return 0
+    try:
+        return db_rows(db_path, "SELECT count(*) FROM jobs WHERE state = 'submitted'")[0][0]
+    except Exception:  # the schema may not exist yet
+        return 0
+
+
+def test_sigkill_at_random_moments_then_resume(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    emulator.update(latency_ms=40)
+    manifest = write_manifest(tmp_path / "m.yaml", 400)
+    env = {**env, "DUBRUNNER_REQUEST_TIMEOUT": "1.5", "DUBRUNNER_CONCURRENCY": "6"}
+    rng = random.Random(int(os.environ.get("DUBRUNNER_TEST_SEED", "20261125")))
+    kills = 0
+    progress = []
+    while kills < 8 and submitted(db_path) < 330:
+        args = ["submit", str(manifest)] if kills == 0 else ["resume"]
+        proc = start(args, env)
+        time.sleep(rng.uniform(0.6, 1.4))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+        progress.append(submitted(db_path))
+    assert kills >= 5, progress
+    assert progress[-1] < 400, "the kills came too late to interrupt anything"
+    final = run_cli(["resume"], env, timeout=180)
+    assert final.code == 0, final.err
+    assert_exactly_once(emulator, db_path, 400)
+    # Jobs caught mid-request were looked up, not resent blindly.
+    lookups = db_rows(db_path, "SELECT count(*) FROM attempts WHERE kind = 'lookup'")[0][0]
+    assert lookups > 0
+
+
+def test_sigint_finishes_in_flight_work_and_exits_130(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    emulator.update(latency_ms=50)
+    manifest = write_manifest(tmp_path / "m.yaml", 300)
+    proc = start(["submit", str(manifest), "--concurrency", "4"], env)
+    deadline = time.monotonic() + 60
+    while submitted(db_path) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "dubrunner resume --batch b" in err
+    assert "Traceback" not in err
+    counts = states(db_path)
+    assert State.SUBMITTING not in counts, counts
+    assert 20 <= counts["submitted"] < 300
+    final = run_cli(["resume"], env)
+    assert final.code == 0, final.err
+    assert_exactly_once(emulator, db_path, 300)
+
+
+def test_four_workers_on_one_sqlite_file(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    emulator.update(latency_ms=5)
+    manifest = write_manifest(tmp_path / "m.yaml", 1000)
+    m = load(manifest)
+    store = Store(str(db_path))
+    store.load(m.batch, m.jobs, str(manifest))
+    store.close()
+    procs = [start(["resume", "--concurrency", "4"], env) for _ in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    assert_exactly_once(emulator, db_path, 1000)
+    workers = db_rows(db_path, "SELECT count(DISTINCT worker) FROM attempts")[0][0]
+    assert workers >= 2  # the work was shared
+
+
+def dead_owner() -> str:
+    """An owner name for a process of this host that surely no longer exists."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}:deadbeef"
+
+
+def test_dead_workers_job_whose_post_landed_is_found_not_resent(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    manifest = write_manifest(tmp_path / "m.yaml", 2)
+    m = load(manifest)
+    store = Store(str(db_path))
+    store.load(m.batch, m.jobs, str(manifest))
+    claimed = store.claim(dead_owner(), m.batch, 2, Lease(0.3))
+    store.close()
+    assert len(claimed) == 2
+    # The dead worker's POST of the first job reached the API; its answer never came back.
+    first = claimed[0]
+    answer = httpx.post(
+        emulator.base_url + "v1/lipsync/generate",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json={
+            "inputs": [
+                {"type": "video", "url": first.video_url},
+                {"type": "audio", "url": first.audio_url},
+            ],
+            "reference_id": first.reference_id,
+        },
+    )
+    landed = answer.json()["request_id"]
+    r = run_cli(["resume"], env)
+    assert r.code == 0, r.err
+    assert_exactly_once(emulator, db_path, 2)
+    assert emulator.stats.generate == 2  # the landed one by the dead worker, one by resume
+    row = db_rows(db_path, "SELECT request_id FROM jobs WHERE reference_id = ?", first.reference_id)
+    assert row == [(landed,)]
+    outcomes = db_rows(db_path, "SELECT outcome FROM attempts WHERE kind='lookup' ORDER BY id")
+    assert sorted(o for (o,) in outcomes) == ["found", "not_found"]
+
+
+def test_another_workers_claim_is_respected_until_its_lease_lapses(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    m = load(manifest)
+    store = Store(str(db_path))
+    store.load(m.batch, m.jobs, str(manifest))
+    # This very test process (alive) holds one job and then stops renewing its lease.
+    mine = f"{socket.gethostname()}:{os.getpid()}:live0001"
+    held = store.claim(mine, m.batch, 1, Lease(1.0))[0]
+    store.close()
+    lease_expires = db_rows(db_path, "SELECT lease_expires FROM jobs WHERE id = ?", held.id)[0][0]
+    r = run_cli(["resume"], env)
+    assert r.code == 0, r.err
+    assert_exactly_once(emulator, db_path, 3)
+    # Nobody touched the held job before its lease lapsed, and then it was looked up first.
+    first = db_rows(
+        db_path,
+        "SELECT kind, strftime('%s', at) + 0.0 FROM attempts WHERE job_id = ? ORDER BY id",
+        held.id,
+    )
+    assert first[0][0] == "lookup"
+    assert first[0][1] >= int(lease_expires)
