@@ -15,6 +15,8 @@ import click
 
 from dubrunner import __version__
 from dubrunner.api import ApiClient, ConfigError, Credentials
+from dubrunner.fetcher import Fetcher
+from dubrunner.governor import Governor
 from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
 from dubrunner.manifest import load as load_manifest
 from dubrunner.output import (
@@ -26,7 +28,9 @@ from dubrunner.output import (
     print_status_table,
     setup_logging,
     table_console,
+    write_export,
 )
+from dubrunner.poller import Poller
 from dubrunner.redact import scrub
 from dubrunner.runner import EXIT_INTERRUPTED, EXIT_USAGE, BatchResult, BatchRun
 from dubrunner.states import AT_API, RETRYABLE, State
@@ -149,6 +153,24 @@ def worker_options(fn: F) -> F:
     return decorated  # type: ignore[no-any-return]
 
 
+def poll_options(fn: F) -> F:
+    fn = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        default=None,
+        envvar="DUBRUNNER_POLL_TIMEOUT",
+        help="With --wait: give up after this many seconds [default: never].",
+    )(fn)
+    return click.option(
+        "--interval",
+        type=click.FloatRange(min=0.01),
+        default=5.0,
+        show_default=True,
+        envvar="DUBRUNNER_POLL_INTERVAL",
+        help="Seconds between rounds at first; grows by half each round, up to a minute.",
+    )(fn)
+
+
 def open_store() -> Store:
     ctx = click.get_current_context()
     try:
@@ -236,11 +258,23 @@ def validate(manifest: str, max_manifest_bytes: int, max_jobs: int) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Load nothing, send nothing: show what a run would do."
 )
+@click.option("--wait", is_flag=True, help="Then poll until every job has ended.")
+@click.option(
+    "--fetch",
+    "fetch_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Then poll to the end and download the outputs into this directory.",
+)
+@poll_options
 @common_options
 def submit(
     manifest: str,
     options: WorkerOptions,
     allow_insecure_http: bool,
+    wait: bool,
+    fetch_dir: Path | None,
+    interval: float,
+    timeout: float | None,
     max_manifest_bytes: int,
     max_jobs: int,
     dry_run: bool,
@@ -266,7 +300,19 @@ def submit(
         return
     say(summary)
     assert api is not None
-    run_batch(store, api, m.batch, options)
+    click.get_current_context().call_on_close(api.close)
+    result = run_batch(store, api, m.batch, options)
+    if result.exit_code != 0 or not (wait or fetch_dir):
+        finish(result)
+    say(result.sentence())
+    code = run_poll(store, api, m.batch, options, True, interval, timeout)
+    if code == 0 and fetch_dir is not None:
+        code = run_fetch(store, m.batch, fetch_dir, min(options.concurrency, 8))
+    elif fetch_dir is not None and code == 1:
+        # Some failed remotely: still download the ones that completed.
+        fetched = run_fetch(store, m.batch, fetch_dir, min(options.concurrency, 8))
+        code = fetched if fetched == EXIT_INTERRUPTED else code
+    raise click.exceptions.Exit(code)
 
 
 @cli.command()
@@ -276,41 +322,47 @@ def submit(
 def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool) -> None:
     """Continue pending and halted jobs, and reclaim those of dead workers (looked up first)."""
     api = make_api(options, allow_insecure_http)
+    click.get_current_context().call_on_close(api.close)
     store = open_store()
-    if batch is not None and batch not in store.batches():
-        raise UserError(f"no batch {batch!r} in the database")
-    run_batch(store, api, batch, options)
+    check_batch(store, batch)
+    finish(run_batch(store, api, batch, options))
 
 
-def run_batch(store: Store, api: ApiClient, batch: str | None, options: WorkerOptions) -> NoReturn:
+def run_batch(
+    store: Store, api: ApiClient, batch: str | None, options: WorkerOptions
+) -> BatchResult:
     ctx = click.get_current_context()
-    ctx.call_on_close(api.close)
     counts = store.counts(batch)
     total = sum(n for s, n in counts.items() if s != State.CANCELLED)
     done = sum(counts.get(s, 0) for s in AT_API)
     run = BatchRun(store, api, batch, options)
-    quiet = bool(ctx.meta.get("quiet"))
-    with ProgressDisplay(total, done, quiet) as progress, _signals(run):
-        report = run.worker.report
+    report = run.worker.report
+    with ProgressDisplay("submitting", total, quiet(ctx)) as progress, _signals(run.request_stop):
 
         def tick() -> None:
             pending = total - done - report.submitted - report.failed - report.halted
-            note = "paused by the server" if run.governor.paused_for > 0 else ""
+            detail = f"failed {report.failed} · pending {max(pending, 0)} · "
+            detail += f"{progress.rate(report.submitted):.1f} jobs/s"
+            if run.governor.paused_for > 0:
+                detail += " · paused by the server"
             if run.worker.waiting_for_others:
-                note = "waiting for jobs other workers hold"
-            progress.update(report.submitted, report.failed, max(pending, 0), note)
+                detail += " · waiting for jobs other workers hold"
+            progress.update(done + report.submitted + report.failed, detail)
 
         try:
-            result = run.execute(tick)
+            return run.execute(tick)
         except StoreError as exc:
             raise UserError(f"the database failed: {exc}") from None
-    finish(result, quiet)
 
 
-def finish(result: BatchResult, quiet: bool) -> NoReturn:
+def quiet(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("quiet"))
+
+
+def finish(result: BatchResult) -> NoReturn:
     sentence = result.sentence()
     if result.exit_code == 0:
-        if not quiet:
+        if not quiet(click.get_current_context()):
             click.echo(sentence, err=True)
     else:
         click.echo(("error: " if result.report.fatal else "") + sentence, err=True)
@@ -321,15 +373,15 @@ def finish(result: BatchResult, quiet: bool) -> NoReturn:
 class _signals:
     """First Ctrl-C / SIGTERM: stop claiming, let in-flight requests finish. Second: quit now."""
 
-    def __init__(self, run: BatchRun) -> None:
-        self.run = run
+    def __init__(self, request_stop: Callable[[], None]) -> None:
+        self.request_stop = request_stop
         self.count = 0
         self.previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.count += 1
         if self.count == 1:
-            self.run.request_stop()
+            self.request_stop()
             click.echo(
                 "\nstopping: letting in-flight requests finish (press Ctrl-C again to quit now)",
                 err=True,
@@ -346,6 +398,163 @@ class _signals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def run_poll(
+    store: Store,
+    api: ApiClient,
+    batch: str | None,
+    options: WorkerOptions,
+    wait: bool,
+    interval: float,
+    timeout: float | None,
+) -> int:
+    """Poll; print one sentence; return the exit code."""
+    ctx = click.get_current_context()
+    poller = Poller(
+        store,
+        api,
+        Governor(options.rate, options.concurrency, options.burst),
+        batch,
+        options.concurrency,
+    )
+    total = poller.remaining()
+    report = poller.report
+    label = "polling" if wait else "polling once"
+    with ProgressDisplay(label, total, quiet(ctx)) as progress, _signals(poller.request_stop):
+
+        def tick() -> None:
+            progress.update(
+                report.completed + report.failed,
+                f"round {report.rounds + 1} · completed {report.completed} · failed "
+                f"{report.failed} · {report.requests} requests",
+            )
+
+        poller.run(wait, interval, timeout, tick)
+    counts = store.counts(batch)
+    still = counts.get(State.SUBMITTED, 0) + counts.get(State.PROCESSING, 0)
+    failed_remote = store.count_remote_failures(batch)
+    where = f"batch {batch}" if batch else "all batches"
+    summary = (
+        f"{where}: {counts.get(State.COMPLETED, 0)} completed, {failed_remote} failed remotely, "
+        f"{still} still processing"
+    )
+    if report.halt_message:
+        click.echo(f"error: {report.halt_message}; {summary} — fix it, then poll again", err=True)
+        return 1
+    if report.fatal:
+        click.echo(f"error: {report.fatal}; {summary}", err=True)
+        return 1
+    if report.interrupted:
+        click.echo(f"interrupted: {summary}", err=True)
+        return EXIT_INTERRUPTED
+    if report.timed_out:
+        click.echo(f"error: timed out waiting; {summary}", err=True)
+        return 1
+    if not quiet(ctx):
+        click.echo(summary, err=True)
+    if wait and (still or failed_remote):
+        return 1
+    return 0
+
+
+def run_fetch(store: Store, batch: str | None, out: Path, concurrency: int) -> int:
+    ctx = click.get_current_context()
+    fetcher = Fetcher(store, out, batch, concurrency)
+    total = store.count_in_states(batch, [State.COMPLETED])
+    report = fetcher.report
+    with (
+        ProgressDisplay("downloading", total, quiet(ctx)) as progress,
+        _signals(fetcher.request_stop),
+    ):
+
+        def tick() -> None:
+            done = report.downloaded + report.skipped + report.failed
+            progress.update(
+                done,
+                f"{report.bytes / 1e6:.1f} MB · {progress.rate(report.bytes) / 1e6:.1f} MB/s"
+                f" · failed {report.failed}",
+            )
+
+        fetcher.run(tick)
+    summary = (
+        f"{report.downloaded} downloaded ({report.bytes / 1e6:.1f} MB, {report.resumed} resumed), "
+        f"{report.skipped} already there, {report.failed} failed, into {out}"
+    )
+    if report.fatal:
+        click.echo(f"error: {report.fatal}; {summary}", err=True)
+        return 1
+    if report.interrupted:
+        click.echo(f"interrupted: {summary}", err=True)
+        return EXIT_INTERRUPTED
+    if report.failed:
+        click.echo(f"error: {summary} — see `dubrunner status --format json`", err=True)
+        return 1
+    if not quiet(ctx):
+        click.echo(summary, err=True)
+    return 0
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch [default: every batch].")
+@click.option("--wait", is_flag=True, help="Poll in rounds until every job has ended.")
+@poll_options
+@worker_options
+@common_options
+def poll(
+    batch: str | None,
+    wait: bool,
+    interval: float,
+    timeout: float | None,
+    options: WorkerOptions,
+    allow_insecure_http: bool,
+) -> None:
+    """Ask the API how every submitted job is doing: one request per job per round."""
+    api = make_api(options, allow_insecure_http)
+    click.get_current_context().call_on_close(api.close)
+    store = open_store()
+    check_batch(store, batch)
+    raise click.exceptions.Exit(run_poll(store, api, batch, options, wait, interval, timeout))
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch [default: every batch].")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DUBRUNNER_FETCH_OUT",
+    help="Directory; files go to OUT/<batch>/<reference_id>.<ext>.",
+)
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@common_options
+def fetch(batch: str | None, out: Path, concurrency: int) -> None:
+    """Download every completed job's output (resumed, verified by SHA-256, never twice)."""
+    store = open_store()
+    check_batch(store, batch)
+    raise click.exceptions.Exit(run_fetch(store, batch, out, concurrency))
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch [default: every batch].")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
+)
+@click.option("--out", "out", type=click.File("w"), default="-", help="File [default: stdout].")
+@common_options
+def export(batch: str | None, fmt: str, out: Any) -> None:
+    """One row per job: the deliverable (reference_id, URLs, request_id, state, output, sha256)."""
+    store = open_store()
+    check_batch(store, batch)
+    n = write_export(store.iter_rows(batch), fmt, out)
+    if out is not sys.stdout:
+        say(f"{n} job(s) exported to {out.name}")
+
+
+def check_batch(store: Store, batch: str | None) -> None:
+    if batch is not None and batch not in store.batches():
+        raise UserError(f"no batch {batch!r} in the database")
 
 
 @cli.command()

@@ -38,6 +38,7 @@ class EmulatorConfig:
     complete_after: float = 1.0  # seconds from accepted to COMPLETED/FAILED
     fail_marker: str = "FAIL"  # a video URL containing it fails remotely
     output_bytes: int = 64 * 1024  # size of the generated output file
+    output_rate: float | None = None  # bytes per second when serving outputs (None: at once)
     seed: int | None = None
 
 
@@ -98,6 +99,9 @@ class Stats:
     errors_500: int = 0
     dropped: int = 0
     lookups: int = 0
+    polls: int = 0
+    downloads: int = 0
+    range_requests: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
 
 
@@ -392,6 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _get(self, key: str) -> None:
         emu = self.server.emulator
         with emu.lock:
+            emu.stats.polls += 1
             ids = [key] if key in emu.requests else emu.by_reference.get(key, [])[-1:]
             views = self._views(ids)
         if not views:
@@ -403,11 +408,38 @@ class _Handler(BaseHTTPRequestHandler):
         request_id = path.rsplit("/", 1)[1].removesuffix(".mp4")
         with emu.lock:
             known = request_id in emu.requests
+            emu.stats.downloads += 1
         if not known:
             return self._error(404, "not found")
-        return self._send(
-            200, output_content(request_id, emu.config.output_bytes), content_type="video/mp4"
-        )
+        content = output_content(request_id, emu.config.output_bytes)
+        start = 0
+        status = 200
+        extra: dict[str, str] = {"Accept-Ranges": "bytes"}
+        ranged = self.headers.get("Range", "")
+        if ranged.startswith("bytes=") and ranged.endswith("-"):
+            with emu.lock:
+                emu.stats.range_requests += 1
+            try:
+                start = int(ranged[len("bytes=") : -1])
+            except ValueError:
+                start = -1
+            if not 0 <= start < len(content):
+                return self._send(416, b"", {"Content-Range": f"bytes */{len(content)}"})
+            status = 206
+            extra["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
+        body = content[start:]
+        rate = emu.config.output_rate
+        if not rate:
+            return self._send(status, body, extra, content_type="video/mp4")
+        # Slowly, for tests that interrupt a download halfway.
+        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Content-Type: video/mp4"]
+        head += [f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in extra.items())]
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        step = max(1, int(rate / 20))
+        for i in range(0, len(body), step):
+            self.wfile.write(body[i : i + step])
+            time.sleep(step / rate)
+        return None
 
     def _control(self, method: str, path: str, body: bytes) -> None:
         """Test hooks for an emulator running in another process."""

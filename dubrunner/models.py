@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -54,6 +55,19 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # What polling learned, kept verbatim (the API does not enumerate its statuses).
+    remote_status: Mapped[str | None] = mapped_column(String(40))
+    remote_error: Mapped[str | None] = mapped_column(Text)
+    output_url: Mapped[str | None] = mapped_column(Text)
+    remote_started_at: Mapped[str | None] = mapped_column(String(40))
+    remote_finished_at: Mapped[str | None] = mapped_column(String(40))
+    polled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # The download of the output: downloaded | failed (None: not tried).
+    download_state: Mapped[str | None] = mapped_column(String(20))
+    download_error: Mapped[str | None] = mapped_column(Text)
+    local_path: Mapped[str | None] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_jobs_batch_state", "batch", "state"),

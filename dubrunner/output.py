@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -40,6 +40,28 @@ ROW_FIELDS = (
     "created_at",
     "updated_at",
     "submitted_at",
+    "remote_status",
+    "remote_error",
+    "output_url",
+    "download_state",
+    "download_error",
+    "local_path",
+    "size_bytes",
+    "sha256",
+)
+EXPORT_FIELDS = (
+    "batch",
+    "reference_id",
+    "video_url",
+    "audio_url",
+    "request_id",
+    "state",
+    "remote_status",
+    "output_url",
+    "local_path",
+    "size_bytes",
+    "sha256",
+    "error",
 )
 
 
@@ -63,7 +85,37 @@ def row_dict(row: JobRow) -> dict[str, Any]:
         "created_at": _time(row.created_at),
         "updated_at": _time(row.updated_at),
         "submitted_at": _time(row.submitted_at),
+        "remote_status": row.remote_status,
+        "remote_error": row.remote_error,
+        "output_url": redact_url(row.output_url) if row.output_url else None,
+        "download_state": row.download_state,
+        "download_error": row.download_error,
+        "local_path": row.local_path,
+        "size_bytes": row.size_bytes,
+        "sha256": row.sha256,
     }
+
+
+def export_dict(row: JobRow) -> dict[str, Any]:
+    d = row_dict(row)
+    d["error"] = d["error"] or d["remote_error"] or d["download_error"]
+    return {k: d[k] for k in EXPORT_FIELDS}
+
+
+def write_export(rows: Iterable[JobRow], fmt: str, out: TextIO) -> int:
+    """Stream rows as CSV (with a header) or JSON lines; returns how many."""
+    n = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(export_dict(row))
+            n += 1
+    else:
+        for row in rows:
+            out.write(json.dumps(export_dict(row)) + "\n")
+            n += 1
+    return n
 
 
 def print_json(rows: Sequence[JobRow], out: TextIO) -> None:
@@ -111,6 +163,8 @@ def print_status_table(
     jobs.add_column("state", no_wrap=True)
     jobs.add_column("request_id", no_wrap=True, min_width=36)
     jobs.add_column("tries", justify="right")
+    jobs.add_column("remote", no_wrap=True)
+    jobs.add_column("on disk", no_wrap=True)
     jobs.add_column("updated (UTC)", no_wrap=True)
     jobs.add_column("error", overflow="fold", ratio=1)
     for r in rows:
@@ -122,6 +176,8 @@ def print_status_table(
             d["state"],
             d["request_id"] or "",
             str(d["attempts"]),
+            d["remote_status"] or "",
+            "yes" if d["download_state"] == "downloaded" else d["download_state"] or "",
             (d["updated_at"] or "")[:19].replace("T", " "),
             _short(d["error"], 80),
         ]
@@ -155,14 +211,16 @@ def print_job_detail(row: JobRow, attempts: Sequence[dict[str, Any]], console: C
 class ProgressDisplay:
     """A live bar on a terminal; a plain line every few seconds otherwise; nothing when quiet."""
 
-    def __init__(self, total: int, done: int, quiet: bool, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, label: str, total: int | None, quiet: bool, stream: TextIO | None = None
+    ) -> None:
+        self.label = label
         self.stream = stream or sys.stderr
         self.total = total
-        self.start_done = done
         self.quiet = quiet
         self.console = Console(file=self.stream)
         self.live = not quiet and self.console.is_terminal
-        self._started = time.monotonic()
+        self.started = time.monotonic()
         self._last_line = 0.0
         self._progress: Progress | None = None
         self._task: Any = None
@@ -170,18 +228,15 @@ class ProgressDisplay:
     def __enter__(self) -> ProgressDisplay:
         if self.live:
             self._progress = Progress(
-                TextColumn("[bold]submitting"),
+                TextColumn(f"[bold]{self.label}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[detail]}"),
                 TimeRemainingColumn(),
                 console=self.console,
-                transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task(
-                "submit", total=self.total, completed=self.start_done, detail=""
-            )
+            self._task = self._progress.add_task(self.label, total=self.total, detail="")
             _route_logging_to(self.console)
         return self
 
@@ -190,22 +245,20 @@ class ProgressDisplay:
             self._progress.stop()
             _route_logging_to(None)
 
-    def update(self, submitted: int, failed: int, pending: int, note: str = "") -> None:
+    def rate(self, count: int) -> float:
+        return count / max(time.monotonic() - self.started, 1e-6)
+
+    def update(self, completed: int, detail: str) -> None:
         if self.quiet:
             return
-        done = self.start_done + submitted
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        speed = submitted / elapsed
-        detail = f"failed {failed} · pending {pending} · {speed:.1f} jobs/s"
-        if note:
-            detail += f" · {note}"
         if self._progress is not None:
-            self._progress.update(self._task, completed=done + failed, detail=detail)
+            self._progress.update(self._task, completed=completed, detail=detail)
             return
         now = time.monotonic()
         if now - self._last_line >= 5.0:
             self._last_line = now
-            print(f"submitted {done}/{self.total} · {detail}", file=self.stream, flush=True)
+            of = f"/{self.total}" if self.total is not None else ""
+            print(f"{self.label} {completed}{of} · {detail}", file=self.stream, flush=True)
 
 
 _handler: logging.Handler | None = None

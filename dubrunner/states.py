@@ -33,3 +33,32 @@ CLAIMABLE = frozenset({State.PENDING})
 RESUMABLE = frozenset({State.HALTED})
 # States `retry` may put back to pending.
 RETRYABLE = frozenset({State.FAILED, State.HALTED})
+
+# Remote statuses (the API does not enumerate them; vendors of this kind use these). Matching
+# ignores case; anything not listed here is taken as "still going" and kept verbatim.
+REMOTE_DONE = frozenset({"completed", "complete", "succeeded", "success", "done", "finished"})
+REMOTE_FAILED = frozenset(
+    {
+        "failed",
+        "failure",
+        "error",
+        "rejected",
+        "canceled",
+        "cancelled",
+        "timed_out",
+        "timeout",
+        "expired",
+    }
+)
+# States whose remote request is still to be polled.
+POLLABLE = frozenset({State.SUBMITTED, State.PROCESSING})
+
+
+def state_for_remote(status: str | None) -> State:
+    """dubrunner's state for a remote status: an end only when it clearly says so."""
+    key = (status or "").strip().lower().replace("-", "_").replace(" ", "_")
+    if key in REMOTE_DONE:
+        return State.COMPLETED
+    if key in REMOTE_FAILED:
+        return State.FAILED
+    return State.PROCESSING

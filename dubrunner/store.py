@@ -7,14 +7,19 @@ moved the job, and the caller drops it. No transaction is ever open across an HT
 
 from __future__ import annotations
 
+import functools
 import os
+import queue
+import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event, func, insert, select, update
@@ -23,9 +28,10 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from dubrunner.manifest import JobSpec
 from dubrunner.models import Attempt, Job
-from dubrunner.states import AT_API, State
+from dubrunner.states import AT_API, POLLABLE, State
 
 DEFAULT_DB = "sqlite:///./dubrunner.db"
+T = TypeVar("T")
 _CHUNK = 500
 # States in which the API may hold a request for the job: its URLs can no longer change.
 _SENT_STATES = frozenset({State.SUBMITTING, *AT_API})
@@ -97,6 +103,25 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class PollTarget:
+    id: int
+    reference_id: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchTarget:
+    id: int
+    batch: str
+    reference_id: str
+    output_url: str
+    download_state: str | None
+    local_path: str | None
+    size_bytes: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptRecord:
     kind: str  # generate | lookup
     outcome: str
@@ -136,6 +161,16 @@ class JobRow:
     submitted_at: datetime | None
     owner: str | None
     lookup_needed: bool
+    remote_status: str | None
+    remote_error: str | None
+    output_url: str | None
+    remote_started_at: str | None
+    remote_finished_at: str | None
+    download_state: str | None
+    download_error: str | None
+    local_path: str | None
+    size_bytes: int | None
+    sha256: str | None
 
 
 _ROW_COLUMNS = (
@@ -155,6 +190,16 @@ _ROW_COLUMNS = (
     Job.submitted_at,
     Job.owner,
     Job.lookup_needed,
+    Job.remote_status,
+    Job.remote_error,
+    Job.output_url,
+    Job.remote_started_at,
+    Job.remote_finished_at,
+    Job.download_state,
+    Job.download_error,
+    Job.local_path,
+    Job.size_bytes,
+    Job.sha256,
 )
 _CLAIM_COLUMNS = (
     Job.id,
@@ -165,6 +210,78 @@ _CLAIM_COLUMNS = (
     Job.lookup_needed,
     Job.attempts,
 )
+
+
+class _GroupCommitter:
+    """One writer thread per process: every write waiting in the queue goes into one transaction.
+
+    Callers block until their write is committed, so each outcome is still durable the moment the
+    caller moves on; but N threads cost one commit, and nobody sleeps on SQLite's write lock.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.queue: queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        # Attempt rows of the batch being committed: inserted with one executemany.
+        self.attempt_rows: list[dict[str, Any]] | None = None
+        self.thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, op: Callable[[Connection], T]) -> T:
+        future: Future[T] = Future()
+        self.queue.put((op, future))
+        return future.result()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
+        try:
+            with self.store._write() as conn:
+                self.attempt_rows = []
+                results = [op(conn) for op, _ in batch]
+                if self.attempt_rows:
+                    conn.execute(_INSERT_ATTEMPT, self.attempt_rows)
+        except StoreError as exc:
+            for _, future in batch:
+                future.set_exception(StoreError(str(exc)))
+            return
+        except Exception:
+            if len(batch) == 1:
+                batch[0][1].set_exception(sys.exc_info()[1] or RuntimeError("write failed"))
+                return
+            for item in batch:  # one bad write must not sink the others: alone, each
+                self._commit([item])
+            return
+        finally:
+            self.attempt_rows = None
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
 
 
 def _migrations_dir() -> Path:
@@ -217,11 +334,40 @@ class Store:
             raise StoreError(f"cannot use {parsed.render_as_string()}: {exc}") from None
         if self.is_sqlite:
             _setup_sqlite(self.engine)
+        self._committer: _GroupCommitter | None = None
         if migrate:
             self.upgrade()
 
+    def start_group_commit(self) -> None:
+        """From now on this process's frequent writes share commits (see _GroupCommitter)."""
+        if self._committer is None:
+            self._committer = _GroupCommitter(self)
+
     def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
         self.engine.dispose()
+
+    def _insert_attempt(
+        self, conn: Connection, job_id: int, attempt: AttemptRecord, worker: str, at: datetime
+    ) -> None:
+        row = _attempt_row(job_id, attempt, worker, at)
+        committer = self._committer
+        if (
+            committer is not None
+            and committer.attempt_rows is not None
+            and threading.current_thread() is committer.thread
+        ):
+            committer.attempt_rows.append(row)  # inside a group commit: one executemany later
+        else:
+            conn.execute(_INSERT_ATTEMPT, row)
+
+    def _run_write(self, op: Callable[[Connection], T]) -> T:
+        if self._committer is not None:
+            return self._committer.submit(op)
+        with self._write() as conn:
+            return op(conn)
 
     # -- transactions ----------
 
@@ -390,13 +536,14 @@ class Store:
         landed, so the caller must ask the API by reference_id before sending it again.
         """
         now = time.time()
-        claimed: list[ClaimedJob] = []
-        with self._write() as conn:
-            expired = select(Job.id).where(Job.state == State.SUBMITTING, Job.lease_expires < now)
-            pending = select(Job.id).where(Job.state == State.PENDING)
-            if batch is not None:
-                expired = expired.where(Job.batch == batch)
-                pending = pending.where(Job.batch == batch)
+        expired = select(Job.id).where(Job.state == State.SUBMITTING, Job.lease_expires < now)
+        pending = select(Job.id).where(Job.state == State.PENDING)
+        if batch is not None:
+            expired = expired.where(Job.batch == batch)
+            pending = pending.where(Job.batch == batch)
+
+        def op(conn: Connection) -> list[ClaimedJob]:
+            claimed: list[ClaimedJob] = []
             for query, extra in (
                 (expired, {"lookup_needed": True}),
                 (pending, {"state": State.SUBMITTING}),
@@ -412,16 +559,18 @@ class Store:
                     .returning(*_CLAIM_COLUMNS)
                 ).all()
                 claimed.extend(ClaimedJob(*row) for row in rows)
-        claimed.sort(key=lambda j: j.id)
-        return claimed
+            claimed.sort(key=lambda j: j.id)
+            return claimed
+
+        return self._run_write(op)
 
     def renew_leases(self, owner: str, lease: Lease) -> int:
-        with self._write() as conn:
-            return conn.execute(
-                update(Job)
-                .where(Job.owner == owner, Job.state == State.SUBMITTING)
-                .values(**lease.values(time.time()))
-            ).rowcount
+        stmt = (
+            update(Job)
+            .where(Job.owner == owner, Job.state == State.SUBMITTING)
+            .values(**lease.values(time.time()))
+        )
+        return self._run_write(lambda conn: int(conn.execute(stmt).rowcount))
 
     def abandon_leases(self, owner: str, lease: Lease) -> int:
         """On the way out with requests maybe in flight: the next run looks them up once the
@@ -485,28 +634,17 @@ class Store:
             values.setdefault("owner", None)
             values.setdefault("lease_expires", None)
             values.setdefault("settle_at", None)
-        with self._write() as conn:
-            moved = conn.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == State.SUBMITTING, Job.owner == owner)
-                .values(**values)
-            ).rowcount
+        stmt = _transition_statement(tuple(sorted(values)))
+        params = {f"v_{k}": v for k, v in values.items()}
+        params.update(w_id=job_id, w_owner=owner)
+
+        def op(conn: Connection) -> bool:
+            moved = conn.execute(stmt, params).rowcount
             if attempt is not None:
-                conn.execute(
-                    insert(Attempt),
-                    {
-                        "job_id": job_id,
-                        "at": now,
-                        "kind": attempt.kind,
-                        "outcome": attempt.outcome,
-                        "http_status": attempt.http_status,
-                        "error": attempt.error,
-                        "request_id": attempt.request_id,
-                        "duration_ms": attempt.duration_ms,
-                        "worker": worker,
-                    },
-                )
-        return bool(moved)
+                self._insert_attempt(conn, job_id, attempt, worker, now)
+            return bool(moved)
+
+        return self._run_write(op)
 
     def release(self, job_ids: Iterable[int], owner: str) -> int:
         """Give back claimed jobs that were never sent (a stop came first)."""
@@ -525,6 +663,74 @@ class Store:
                     updated_at=utcnow(),
                 )
             ).rowcount
+
+    # -- results ------------------------------------------------------------------------------
+
+    def poll_targets(self, batch: str | None, after_id: int, limit: int) -> list[PollTarget]:
+        """The next page of jobs whose remote request has not ended (keyset: memory stays flat)."""
+        stmt = (
+            select(Job.id, Job.reference_id, Job.request_id)
+            .where(Job.state.in_(list(POLLABLE)), Job.id > after_id, Job.request_id.is_not(None))
+            .order_by(Job.id)
+            .limit(limit)
+        )
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self._read() as conn:
+            return [PollTarget(**row._mapping) for row in conn.execute(stmt)]
+
+    def record_poll(
+        self, job_id: int, attempt: AttemptRecord | None, worker: str, **values: Any
+    ) -> bool:
+        """What a poll learned; guarded so that an ended job never moves again."""
+        now = utcnow()
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_(list(POLLABLE)))
+            .values(polled_at=now, updated_at=now, **values)
+        )
+
+        def op(conn: Connection) -> bool:
+            moved = conn.execute(stmt).rowcount
+            if attempt is not None:
+                self._insert_attempt(conn, job_id, attempt, worker, now)
+            return bool(moved)
+
+        return self._run_write(op)
+
+    def fetch_targets(self, batch: str | None, after_id: int, limit: int) -> list[FetchTarget]:
+        stmt = (
+            select(
+                Job.id,
+                Job.batch,
+                Job.reference_id,
+                Job.output_url,
+                Job.download_state,
+                Job.local_path,
+                Job.size_bytes,
+                Job.sha256,
+            )
+            .where(Job.state == State.COMPLETED, Job.output_url.is_not(None), Job.id > after_id)
+            .order_by(Job.id)
+            .limit(limit)
+        )
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self._read() as conn:
+            return [FetchTarget(**row._mapping) for row in conn.execute(stmt)]
+
+    def record_download(
+        self, job_id: int, attempt: AttemptRecord | None, worker: str, **values: Any
+    ) -> None:
+        now = utcnow()
+        stmt = update(Job).where(Job.id == job_id).values(updated_at=now, **values)
+
+        def op(conn: Connection) -> None:
+            conn.execute(stmt)
+            if attempt is not None:
+                self._insert_attempt(conn, job_id, attempt, worker, now)
+
+        self._run_write(op)
 
     # -- operator actions ----------
 
@@ -563,6 +769,13 @@ class Store:
         with self._read() as conn:
             return {state: n for state, n in conn.execute(stmt)}
 
+    def count_in_states(self, batch: str | None, states: Sequence[str]) -> int:
+        stmt = select(func.count()).select_from(Job).where(Job.state.in_(list(states)))
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
     def summary(self, batch: str | None = None) -> list[tuple[str, str, int]]:
         """(batch, state, count) for every batch and state present."""
         stmt = (
@@ -598,6 +811,32 @@ class Store:
         with self._read() as conn:
             return [JobRow(*row) for row in conn.execute(stmt)]  # type: ignore[call-arg]
 
+    def iter_rows(self, batch: str | None = None, page: int = 1000) -> Iterator[JobRow]:
+        """Every job, in pages (memory stays flat however large the table)."""
+        after = 0
+        while True:
+            stmt = select(Job.id, *_ROW_COLUMNS).where(Job.id > after).order_by(Job.id).limit(page)
+            if batch is not None:
+                stmt = stmt.where(Job.batch == batch)
+            with self._read() as conn:
+                rows = conn.execute(stmt).all()
+            if not rows:
+                return
+            after = rows[-1][0]
+            for row in rows:
+                yield JobRow(*row[1:])  # type: ignore[call-arg]
+
+    def count_remote_failures(self, batch: str | None) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(Job)
+            .where(Job.state == State.FAILED, Job.remote_status.is_not(None))
+        )
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
     def attempts_of(self, reference_id: str) -> list[dict[str, Any]]:
         stmt = (
             select(
@@ -616,6 +855,37 @@ class Store:
         )
         with self._read() as conn:
             return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+@functools.lru_cache(maxsize=128)
+def _transition_statement(keys: tuple[str, ...]) -> sa.Update:
+    """One compiled statement per set of columns: the hot path pays no SQL compilation."""
+    return (
+        update(Job)
+        .where(
+            Job.id == sa.bindparam("w_id"),
+            Job.state == State.SUBMITTING,
+            Job.owner == sa.bindparam("w_owner"),
+        )
+        .values({k: sa.bindparam(f"v_{k}") for k in keys})
+    )
+
+
+_INSERT_ATTEMPT = insert(Attempt)
+
+
+def _attempt_row(job_id: int, attempt: AttemptRecord, worker: str, at: datetime) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "at": at,
+        "kind": attempt.kind,
+        "outcome": attempt.outcome,
+        "http_status": attempt.http_status,
+        "error": attempt.error,
+        "request_id": attempt.request_id,
+        "duration_ms": attempt.duration_ms,
+        "worker": worker,
+    }
 
 
 def _revision(conn: Connection) -> str | None:

@@ -132,6 +132,15 @@ class Worker:
         self._heartbeat_stop = threading.Event()
         self._dead_owners: set[str] = set()
         self.waiting_for_others = False
+        # One policy for every job: tenacity keeps per-call state thread-locally (9.x).
+        self._retrying = Retrying(
+            stop=self._should_stop,
+            wait=self._wait,
+            retry=retry_if_result(lambda o: o.action in RETRYABLE),
+            sleep=self._sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+            before_sleep=self._before_sleep,
+        )
 
     # -- control ----------
 
@@ -161,6 +170,7 @@ class Worker:
 
     def run(self, tick: Callable[[], None] | None = None) -> RunReport:
         """Work until nothing is left to claim or a stop; call `tick` from this thread meanwhile."""
+        self.store.start_group_commit()
         self._reclaim_dead_owners()
         threads = [
             threading.Thread(target=self._thread_main, name=f"worker-{i}", daemon=True)
@@ -287,15 +297,7 @@ class Worker:
         self.stop.wait(seconds)
 
     def _process(self, run: _JobRun) -> None:
-        retrying = Retrying(
-            stop=self._should_stop,
-            wait=self._wait,
-            retry=retry_if_result(lambda o: o.action in RETRYABLE),
-            sleep=self._sleep,
-            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-            before_sleep=self._before_sleep,
-        )
-        outcome: Outcome = retrying(self._counted_attempt, run)
+        outcome: Outcome = self._retrying(self._counted_attempt, run)
         if outcome.action not in RETRYABLE:
             return
         job = run.job

@@ -1,0 +1,196 @@
+"""Poll every submitted job's remote request until it ends: one GET per job per round."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from dubrunner.api import ApiClient
+from dubrunner.errors import (
+    Action,
+    ResponseTooLarge,
+    classify_answer,
+    classify_exception,
+)
+from dubrunner.governor import Governor, Stopped
+from dubrunner.redact import scrub
+from dubrunner.states import State, state_for_remote
+from dubrunner.store import AttemptRecord, PollTarget, Store, StoreError
+from dubrunner.worker import worker_id
+
+log = logging.getLogger("dubrunner")
+PAGE = 500
+MAX_INTERVAL = 60.0
+
+
+@dataclass
+class PollReport:
+    rounds: int = 0
+    requests: int = 0
+    completed: int = 0  # ended well during this run
+    failed: int = 0  # ended badly during this run
+    errors: int = 0  # polls that got no usable answer (tried again next round)
+    halt_message: str | None = None
+    fatal: str | None = None
+    interrupted: bool = False
+    timed_out: bool = False
+
+
+def _text(value: object, limit: int) -> str | None:
+    return str(value)[:limit] if isinstance(value, (str, int, float)) and value != "" else None
+
+
+def interpret(view: dict[str, Any]) -> dict[str, Any]:
+    """The job's new columns from `GET v1/lipsync/requests/{id}`."""
+    remote = _text(view.get("status"), 40)
+    state = state_for_remote(remote)
+    output = view.get("output_url")
+    output_url = (
+        output if isinstance(output, str) and output.startswith(("http://", "https://")) else None
+    )
+    error = _text(view.get("error_message"), 500)
+    values: dict[str, Any] = {
+        "state": state,
+        "remote_status": remote,
+        "remote_error": scrub(error) if error else None,
+        "output_url": output_url,
+        "remote_started_at": _text(view.get("started_at"), 40),
+        "remote_finished_at": _text(view.get("finished_at"), 40),
+    }
+    if state is State.FAILED:
+        values["last_error"] = f"failed remotely: {values['remote_error'] or remote}"
+    elif state is State.COMPLETED and output_url is None:
+        values["remote_error"] = "the API reported completion without an output_url"
+    return values
+
+
+class Poller:
+    def __init__(
+        self,
+        store: Store,
+        api: ApiClient,
+        governor: Governor,
+        batch: str | None,
+        concurrency: int,
+    ) -> None:
+        self.store = store
+        self.api = api
+        self.governor = governor
+        self.batch = batch
+        self.concurrency = concurrency
+        self.owner = worker_id()
+        self.stop = threading.Event()
+        self.report = PollReport()
+        self._lock = threading.Lock()
+
+    def request_stop(self) -> None:
+        self.report.interrupted = True
+        self.stop.set()
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            setattr(self.report, name, getattr(self.report, name) + 1)
+
+    def remaining(self) -> int:
+        return self.store.count_in_states(self.batch, [State.SUBMITTED, State.PROCESSING])
+
+    def run(
+        self,
+        wait: bool,
+        interval: float,
+        timeout: float | None,
+        tick: Callable[[], None] | None = None,
+    ) -> PollReport:
+        """One round, or (wait) rounds with a growing interval until every job has ended."""
+        self.store.start_group_commit()
+        thread = threading.Thread(target=self._rounds, args=(wait, interval, timeout), daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+            if tick is not None:
+                tick()
+        return self.report
+
+    def _rounds(self, wait: bool, interval: float, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self.stop.is_set():
+                self._round()
+                self.report.rounds += 1
+                if not wait or self.stop.is_set() or self.remaining() == 0:
+                    return
+                if deadline is not None and time.monotonic() + interval > deadline:
+                    self.report.timed_out = True
+                    return
+                self.stop.wait(interval)
+                interval = min(interval * 1.5, max(interval, MAX_INTERVAL))
+        except StoreError as exc:
+            self.report.fatal = f"the database failed: {exc}"
+        except Exception as exc:  # a bug: say so, stop safely
+            log.exception("unexpected error while polling")
+            self.report.fatal = f"internal error: {type(exc).__name__}: {scrub(str(exc))}"
+
+    def _round(self) -> None:
+        after = 0
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="poll") as pool:
+            while not self.stop.is_set():
+                page = self.store.poll_targets(self.batch, after, PAGE)
+                if not page:
+                    return
+                after = page[-1].id
+                list(pool.map(self._poll_one, page))
+
+    def _poll_one(self, target: PollTarget) -> None:
+        if self.stop.is_set():
+            return
+        started = time.monotonic()
+        self._count("requests")
+        try:
+            with self.governor.slot(self.stop):
+                answer = self.api.get_request(target.request_id)
+            outcome = classify_answer(answer.status, answer.headers, answer.body, idempotent=True)
+            body = answer.body
+        except Stopped:
+            return
+        except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
+            outcome = classify_exception(exc, idempotent=True)
+            body = b""
+        duration = int((time.monotonic() - started) * 1000)
+        if outcome.retry_after:
+            self.governor.pause(outcome.retry_after)
+        if outcome.action is not Action.ACCEPTED:
+            message = scrub(outcome.message)
+            attempt = AttemptRecord("poll", outcome.action.value, outcome.status, message, duration)
+            self.store.record_poll(target.id, attempt, self.owner)
+            self._count("errors")
+            log.debug("%s poll → %s %s", target.reference_id, outcome.status or "-", message)
+            if outcome.action is Action.HALT_BATCH:
+                self.report.halt_message = message
+                self.stop.set()
+            return
+        values = interpret(json.loads(body))
+        state = values["state"]
+        ended: AttemptRecord | None = None
+        if state is not State.PROCESSING:
+            ended = AttemptRecord(
+                "poll",
+                state.value,
+                outcome.status,
+                values.get("last_error"),
+                duration,
+                target.request_id,
+            )
+        if self.store.record_poll(target.id, ended, self.owner, **values):
+            if state is State.COMPLETED:
+                self._count("completed")
+            elif state is State.FAILED:
+                self._count("failed")
+        log.debug("%s poll → %s", target.reference_id, values["remote_status"])

@@ -1,0 +1,174 @@
+"""Results: poll to the end, download the outputs, export the batch."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from dubrunner.emulator import Emulator, output_content
+from dubrunner.poller import interpret
+from dubrunner.states import State
+from tests.conftest import db_rows, run_cli, states, write_manifest
+from tests.test_crash import start
+
+
+def mixed_manifest(path: Path, n: int, failing: set[int]) -> Path:
+    lines = ["batch: s1", "jobs:"]
+    for i in range(n):
+        marker = "FAIL-" if i in failing else ""
+        lines += [
+            f"  - reference_id: s1-e{i:03d}",
+            f"    video: https://cdn.test/{marker}e{i}.mp4",
+            f"    audio: https://cdn.test/e{i}-ja.wav",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_submit_wait_fetch_and_export(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.3, output_bytes=20_000)
+    manifest = mixed_manifest(tmp_path / "s1.yaml", 50, {3, 11, 20, 33, 47})
+    out = tmp_path / "out"
+    r = run_cli(["submit", str(manifest), "--wait", "--fetch", str(out), "--interval", "0.1"], env)
+    assert r.code == 1, r.err  # five failed remotely
+    assert "45 completed, 5 failed remotely, 0 still processing" in r.err
+    assert "45 downloaded" in r.err
+    files = sorted((out / "s1").iterdir())
+    assert len(files) == 45
+    rows = db_rows(
+        db_path,
+        "SELECT reference_id, request_id, state, local_path, sha256, "
+        "size_bytes, last_error, remote_status FROM jobs ORDER BY id",
+    )
+    for ref, request_id, state, local, sha, size, error, remote in rows:
+        if ref in {"s1-e003", "s1-e011", "s1-e020", "s1-e033", "s1-e047"}:
+            assert (state, remote) == ("failed", "FAILED")
+            assert error == "failed remotely: no face found in the video"
+            assert local is None
+            continue
+        assert (state, remote) == ("completed", "COMPLETED")
+        served = output_content(request_id, 20_000)
+        assert Path(local) == out / "s1" / f"{ref}.mp4"
+        assert Path(local).read_bytes() == served
+        assert sha == hashlib.sha256(served).hexdigest() and size == 20_000
+    assert not list(out.rglob("*.part"))
+
+    exported = run_cli(["export", "--batch", "s1"], env)
+    assert exported.code == 0
+    table = list(csv.DictReader(io.StringIO(exported.out)))
+    assert len(table) == 50
+    assert {row["state"] for row in table} == {"completed", "failed"}
+    assert sum(1 for row in table if row["sha256"]) == 45
+    jsonl = run_cli(["export", "--format", "jsonl"], env)
+    assert len([json.loads(line) for line in jsonl.out.splitlines()]) == 50
+
+    # Fetching again downloads nothing: every file is already whole.
+    downloads = emulator.stats.downloads
+    again = run_cli(["fetch", "--out", str(out)], env)
+    assert again.code == 0, again.err
+    assert "0 downloaded" in again.err and "45 already there" in again.err
+    assert emulator.stats.downloads == downloads
+    one = run_cli(["status", "s1-e003"], env)
+    assert "no face found" in one.out and "poll" in one.out
+
+
+def test_download_killed_halfway_resumes_with_range(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    size = 3_000_000
+    emulator.update(output_bytes=size, output_rate=1_000_000)
+    out = tmp_path / "out"
+    proc = start(["fetch", "--out", str(out)], env)
+    part = out / "b" / "b-ep00000.mp4.part"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if part.exists() and 300_000 < part.stat().st_size < size - 300_000:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    halfway = part.stat().st_size
+    assert 0 < halfway < size
+    emulator.update(output_rate=None)
+    r = run_cli(["fetch", "--out", str(out)], env)
+    assert r.code == 0, r.err
+    assert "1 resumed" in r.err
+    assert emulator.stats.range_requests == 1
+    request_id = db_rows(db_path, "SELECT request_id FROM jobs")[0][0]
+    final = out / "b" / "b-ep00000.mp4"
+    assert final.read_bytes() == output_content(request_id, size)
+    assert not part.exists()
+    assert db_rows(db_path, "SELECT sha256, size_bytes FROM jobs") == [
+        (hashlib.sha256(final.read_bytes()).hexdigest(), size)
+    ]
+
+
+def test_expired_output_url_fails_that_download_only(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    # One output URL has expired (the server no longer knows it).
+    db_rows(db_path, "SELECT 1")  # the file exists
+    import sqlite3
+
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "UPDATE jobs SET output_url = output_url || '-expired' WHERE reference_id = 'b-ep00001'"
+        )
+    r = run_cli(["fetch", "--out", str(tmp_path / "o")], env)
+    assert r.code == 1
+    assert "2 downloaded" in r.err and "1 failed" in r.err
+    assert db_rows(
+        db_path, "SELECT download_state, download_error FROM jobs WHERE reference_id = 'b-ep00001'"
+    ) == [("failed", "HTTP 404 for the output URL")]
+
+
+def test_poll_makes_one_get_per_job_per_round(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=3600)
+    manifest = write_manifest(tmp_path / "m.yaml", 5000)
+    assert run_cli(["submit", str(manifest), "--concurrency", "16"], env).code == 0
+    emulator.update(rate=4000.0)
+    for round_ in (1, 2):
+        r = run_cli(["poll", "--concurrency", "16", "--rate", "3000", "--burst", "5"], env)
+        assert r.code == 0, r.err
+        assert "0 completed, 0 failed remotely, 5000 still processing" in r.err
+        assert emulator.stats.polls == 5000 * round_
+    assert emulator.stats.rate_limited == 0
+    assert states(db_path) == {"processing": 5000}
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ("COMPLETED", State.COMPLETED),
+        ("succeeded", State.COMPLETED),
+        ("FAILED", State.FAILED),
+        ("REJECTED", State.FAILED),
+        ("CANCELED", State.FAILED),
+        ("TIMED_OUT", State.FAILED),
+        ("PENDING", State.PROCESSING),
+        ("PROCESSING", State.PROCESSING),
+        ("WARMING_UP", State.PROCESSING),
+        (None, State.PROCESSING),
+    ],
+)
+def test_remote_statuses(status: str | None, state: State) -> None:
+    values = interpret({"status": status, "output_url": "https://o.test/x.mp4"})
+    assert values["state"] is state
+    assert values["remote_status"] == status
