@@ -34,7 +34,7 @@ from dubrunner.poller import Poller
 from dubrunner.redact import scrub
 from dubrunner.runner import EXIT_INTERRUPTED, EXIT_USAGE, BatchResult, BatchRun
 from dubrunner.states import AT_API, RETRYABLE, State
-from dubrunner.store import LoadConflict, Store, StoreError
+from dubrunner.store import LoadConflict, LoadPlan, Store, StoreError
 from dubrunner.worker import WorkerOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -283,18 +283,7 @@ def submit(
     m = read_manifest(manifest, max_manifest_bytes, max_jobs)
     api = None if dry_run else make_api(options, allow_insecure_http)
     store = open_store()
-    try:
-        plan = store.load(m.batch, m.jobs, manifest, dry_run=dry_run)
-    except LoadConflict as exc:
-        for problem in exc.problems[:50]:
-            click.echo(f"error: {problem}", err=True)
-        raise UserError(
-            f"{len(exc.problems)} job(s) conflict with the database; nothing was loaded"
-        ) from None
-    summary = (
-        f"batch {m.batch}: {len(plan.new)} new, {plan.unchanged} unchanged "
-        f"({plan.already_submitted} already submitted), {len(plan.changed)} changed"
-    )
+    plan, summary = load_into(store, m, manifest, dry_run)
     if dry_run:
         click.echo(f"{summary}; a run would send {plan.to_send} job(s)")
         return
@@ -313,6 +302,35 @@ def submit(
         fetched = run_fetch(store, m.batch, fetch_dir, min(options.concurrency, 8))
         code = fetched if fetched == EXIT_INTERRUPTED else code
     raise click.exceptions.Exit(code)
+
+
+def load_into(store: Store, m: Manifest, path: str, dry_run: bool) -> tuple[LoadPlan, str]:
+    try:
+        plan = store.load(m.batch, m.jobs, path, dry_run=dry_run)
+    except LoadConflict as exc:
+        for problem in exc.problems[:50]:
+            click.echo(f"error: {problem}", err=True)
+        raise UserError(
+            f"{len(exc.problems)} job(s) conflict with the database; nothing was loaded"
+        ) from None
+    summary = (
+        f"batch {m.batch}: {len(plan.new)} new, {plan.unchanged} unchanged "
+        f"({plan.already_submitted} already submitted), {len(plan.changed)} changed"
+    )
+    return plan, summary
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@manifest_limits
+@click.option("--dry-run", is_flag=True, help="Write nothing: show what loading would do.")
+@common_options
+def load(manifest: str, max_manifest_bytes: int, max_jobs: int, dry_run: bool) -> None:
+    """Load MANIFEST into the job table without sending anything (workers send: `work`)."""
+    m = read_manifest(manifest, max_manifest_bytes, max_jobs)
+    plan, summary = load_into(open_store(), m, manifest, dry_run)
+    verb = "would send" if dry_run else "to send"
+    click.echo(f"{summary}; {plan.to_send} job(s) {verb}")
 
 
 @cli.command()

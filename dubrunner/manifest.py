@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ MAX_ERRORS_SHOWN = 50
 MAX_REFERENCE_ID = 200
 MAX_URL = 8192
 _REFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]*$")
+_SPACE = re.compile(r"\s")
 _BATCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _TOP_KEYS = frozenset({"batch", "defaults", "jobs"})
 _DEFAULT_KEYS = frozenset({"disable_active_speaker_detection"})
@@ -97,42 +98,137 @@ class _LineList(list[Any]):
     item_lines: list[int]
 
 
-class _Loader(_BaseLoader):
-    """The safe loader, plus line numbers, plus errors for duplicate keys."""
+class _Problem(Exception):
+    def __init__(self, line: int | None, text: str) -> None:
+        self.problem = Problem(line, text)
+        super().__init__(text)
 
 
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Iterator[_LineDict]:
-    data = _LineDict()
-    data.line = node.start_mark.line + 1
-    data.key_lines = {}
-    yield data
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark
-            ) from None
-        if key in data:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        data[key] = loader.construct_object(value_node, deep=True)
-        data.key_lines[key] = value_node.start_mark.line + 1
+_ALLOWED_TAGS = frozenset(
+    {
+        None,
+        "!",
+        "tag:yaml.org,2002:str",
+        "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:bool",
+        "tag:yaml.org,2002:null",
+        "tag:yaml.org,2002:float",
+        "tag:yaml.org,2002:map",
+        "tag:yaml.org,2002:seq",
+    }
+)
 
 
-def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> Iterator[_LineList]:
-    data = _LineList()
-    data.line = node.start_mark.line + 1
-    data.item_lines = [item.start_mark.line + 1 for item in node.value]
-    yield data
-    data.extend(loader.construct_sequence(node, deep=True))
+class _EventReader:
+    """Builds values from the parser's event stream, with line numbers, without keeping the node
+    tree: a 100k-job manifest is read one job at a time. Aliases are shared, never copied (an
+    alias bomb stays small), duplicate keys and non-standard tags are errors."""
+
+    def __init__(self, text: str) -> None:
+        self.events: Iterator[yaml.Event] = yaml.parse(text, Loader=_BaseLoader)
+        self.anchors: dict[str, Any] = {}
+        self.resolver = yaml.resolver.Resolver()
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def next(self) -> yaml.Event:
+        return next(self.events)
+
+    def scalar(self, ev: yaml.ScalarEvent) -> Any:
+        tag = ev.tag if ev.tag not in (None, "!") else None
+        if tag is None:
+            implicit = (ev.implicit[0], ev.implicit[1]) if ev.tag is None else (False, True)
+            tag = self.resolver.resolve(yaml.ScalarNode, ev.value, implicit)  # type: ignore[no-untyped-call]
+        if tag == "tag:yaml.org,2002:str":
+            return ev.value
+        if tag in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+            try:
+                node = yaml.ScalarNode(tag, ev.value, None, None, ev.style)
+                return self.constructor.construct_object(node)
+            except (yaml.YAMLError, ValueError):
+                raise _Problem(_line(ev), f"{ev.value[:40]!r} is not a valid {tag[18:]}") from None
+        if tag == "tag:yaml.org,2002:null":
+            return None
+        return ev.value  # timestamps and the like: plain text here
+
+    def value(self, ev: yaml.Event, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            raise _Problem(_line(ev), f"the YAML is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(ev, yaml.AliasEvent):
+            if ev.anchor not in self.anchors:
+                raise _Problem(_line(ev), f"unknown alias *{ev.anchor}")
+            return self.anchors[ev.anchor]
+        tag = getattr(ev, "tag", None)
+        if tag not in _ALLOWED_TAGS:
+            raise _Problem(_line(ev), f"the tag {str(tag)[:60]} is not allowed in a manifest")
+        result: Any
+        if isinstance(ev, yaml.ScalarEvent):
+            result = self.scalar(ev)
+        elif isinstance(ev, yaml.SequenceStartEvent):
+            result = _LineList()
+            result.line = _line(ev)
+            result.item_lines = []
+            for item in self.items(yaml.SequenceEndEvent):
+                result.item_lines.append(_line(item))
+                result.append(self.value(item, depth + 1))
+        elif isinstance(ev, yaml.MappingStartEvent):
+            result = self.mapping(ev, depth)
+        else:  # pragma: no cover - the parser only yields the kinds above here
+            raise _Problem(_line(ev), f"unexpected YAML {type(ev).__name__}")
+        anchor = getattr(ev, "anchor", None)
+        if anchor:
+            self.anchors[anchor] = result
+        return result
+
+    def items(self, end: type[yaml.Event]) -> Iterator[yaml.Event]:
+        while not isinstance(ev := self.next(), end):
+            yield ev
+
+    def mapping(
+        self,
+        ev: yaml.Event,
+        depth: int,
+        special: Callable[[Any, yaml.Event], bool] | None = None,
+    ) -> _LineDict:
+        data = _LineDict()
+        data.line = _line(ev)
+        data.key_lines = {}
+        for key_ev in self.items(yaml.MappingEndEvent):
+            key = self.value(key_ev, depth + 1)
+            try:
+                hash(key)
+            except TypeError:
+                raise _Problem(_line(key_ev), "a mapping key must be a plain value") from None
+            if key in data:
+                raise _Problem(_line(key_ev), f"duplicate key {_show(key)}")
+            value_ev = self.next()
+            data.key_lines[key] = _line(value_ev)
+            if special is not None and special(key, value_ev):
+                data[key] = None  # consumed by the caller as it streamed by
+                continue
+            value = self.value(value_ev, depth + 1)
+            if key == "<<" and isinstance(value, _LineDict):
+                for k, v in value.items():
+                    data.setdefault(k, v)
+                    data.key_lines.setdefault(k, value.key_lines.get(k, data.line))
+                del data.key_lines[key]
+                continue
+            data[key] = value
+        return data
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+MAX_DEPTH = 50
+
+
+def _line(ev: yaml.Event) -> int:
+    return int(ev.start_mark.line) + 1 if ev.start_mark is not None else 0
+
+
+def _show(value: object, width: int = 40) -> str:
+    """A short, bounded rendering of a user value (never a full repr of a big structure)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = repr(value)
+        return text if len(text) <= width else text[: width - 1] + "…"
+    return _type_name(value)
 
 
 def derive_reference_id(batch: str, video_url: str, audio_url: str) -> str:
@@ -147,7 +243,7 @@ def _check_url(value: object, what: str) -> str | None:
         return f"{what} must be a URL string, not {_type_name(value)}"
     if len(value) > MAX_URL:
         return f"{what} is longer than {MAX_URL} characters"
-    if value != value.strip() or any(c.isspace() for c in value):
+    if _SPACE.search(value):
         return f"{what} contains white space"
     try:
         parts = urlsplit(value)
@@ -208,10 +304,56 @@ def read_text(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     return text
 
 
+@dataclass(slots=True)
+class _RawJob:
+    """A validated job before the batch's name and defaults are known (they may come after)."""
+
+    video: str
+    audio: str
+    reference_id: str | None
+    asd: bool | None
+    line: int
+    index: int
+
+
 def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_JOBS) -> Manifest:
     """Validate a manifest's text. Raises ManifestError listing every problem found."""
+    problems: list[Problem] = []
+    raws: list[_RawJob] = []
+    reader = _EventReader(text)
+    streamed = {"jobs": False}
+
+    def stream_jobs(key: Any, ev: yaml.Event) -> bool:
+        """The jobs list goes by one job at a time: validated, kept compact, the rest dropped."""
+        if key != "jobs" or not isinstance(ev, yaml.SequenceStartEvent) or ev.anchor:
+            return False
+        if ev.tag not in _ALLOWED_TAGS:
+            return False
+        streamed["jobs"] = True
+        for index, item in enumerate(reader.items(yaml.SequenceEndEvent), start=1):
+            if index > max_jobs:
+                raise _Problem(_line(ev), f"more than {max_jobs:,} jobs; the limit is {max_jobs:,}")
+            job = _parse_job(reader.value(item, 2), index, _line(item), problems)
+            if job is not None:
+                raws.append(job)
+        return True
+
     try:
-        doc = yaml.load(text, Loader=_Loader)
+        reader.next()  # the stream starts
+        ev = reader.next()
+        if isinstance(ev, yaml.StreamEndEvent):
+            raise ManifestError(name, [Problem(None, "the manifest is empty")])
+        root = reader.next()
+        if isinstance(root, yaml.MappingStartEvent) and root.tag in _ALLOWED_TAGS:
+            doc: Any = reader.mapping(root, 0, special=stream_jobs)
+            if root.anchor:
+                reader.anchors[root.anchor] = doc
+        else:
+            doc = reader.value(root)
+        reader.next()  # the document ends
+        after = reader.next()
+        if isinstance(after, yaml.DocumentStartEvent):
+            raise _Problem(_line(after), "a manifest is one YAML document; found another")
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(str(p) for p in (exc.context, exc.problem) if p) or "invalid YAML"
@@ -219,7 +361,9 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
             name, [Problem(mark.line + 1 if mark else None, f"YAML syntax error: {what}")]
         ) from None
     except yaml.YAMLError as exc:
-        raise ManifestError(name, [Problem(None, f"YAML error: {exc}")]) from None
+        raise ManifestError(name, [Problem(None, f"YAML error: {str(exc)[:200]}")]) from None
+    except _Problem as exc:
+        raise ManifestError(name, [exc.problem]) from None
     except RecursionError:
         raise ManifestError(name, [Problem(None, "the YAML is nested too deeply")]) from None
 
@@ -230,22 +374,22 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
             name,
             [Problem(1, f"the top level must be a mapping with 'jobs:', not {_type_name(doc)}")],
         )
-    problems: list[Problem] = [
+    problems.extend(
         Problem(
-            _line_of(doc, k, 1), f"unknown top-level key {k!r} (expected batch, defaults, jobs)"
+            _line_of(doc, k, 1),
+            f"unknown top-level key {_show(k)} (expected batch, defaults, jobs)",
         )
         for k in doc
         if k not in _TOP_KEYS
-    ]
+    )
 
     batch = doc.get("batch", default_batch)
     if not isinstance(batch, str) or not _BATCH.match(batch):
-        line = _line_of(doc, "batch", 1)
         problems.append(
             Problem(
-                line,
+                _line_of(doc, "batch", 1),
                 "batch must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
-                f"or digit (got {batch!r:.60})",
+                f"or digit (got {_show(batch, 60)})",
             )
         )
         batch = default_batch
@@ -256,11 +400,11 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
         if not isinstance(defaults, _LineDict):
             problems.append(Problem(_line_of(doc, "defaults", 1), "defaults must be a mapping"))
         else:
-            for k in defaults:
-                if k not in _DEFAULT_KEYS:
-                    problems.append(
-                        Problem(_line_of(defaults, k, None), f"unknown key {k!r} in defaults")
-                    )
+            problems.extend(
+                Problem(_line_of(defaults, k, None), f"unknown key {_show(k)} in defaults")
+                for k in defaults
+                if k not in _DEFAULT_KEYS
+            )
             value = defaults.get("disable_active_speaker_detection", False)
             if isinstance(value, bool):
                 default_asd = value
@@ -272,41 +416,31 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
                     )
                 )
 
-    raw_jobs = doc.get("jobs")
+    jobs_line = _line_of(doc, "jobs", 1)
     if "jobs" not in doc:
         problems.append(Problem(doc.line, "no 'jobs:' list"))
-        raw_jobs = []
-    elif not isinstance(raw_jobs, _LineList):
-        problems.append(Problem(_line_of(doc, "jobs", 1), "jobs must be a list"))
-        raw_jobs = []
-    elif not raw_jobs:
-        problems.append(Problem(_line_of(doc, "jobs", 1), "the jobs list is empty"))
-    if len(raw_jobs) > max_jobs:
-        problems.append(
-            Problem(_line_of(doc, "jobs", 1), f"{len(raw_jobs):,} jobs; the limit is {max_jobs:,}")
-        )
-        raw_jobs = []
+    elif not streamed["jobs"]:
+        problems.append(Problem(jobs_line, "jobs must be a list"))
+    elif not raws and not problems:
+        problems.append(Problem(jobs_line, "the jobs list is empty"))
 
     jobs: list[JobSpec] = []
     seen: dict[str, int] = {}
-    jobs_line = _line_of(doc, "jobs", 1) or 1
-    for index, raw in enumerate(raw_jobs, start=1):
-        item_line = raw_jobs.item_lines[index - 1] if isinstance(raw_jobs, _LineList) else jobs_line
-        spec = _parse_job(raw, index, batch, default_asd, item_line, problems)
-        if spec is None:
-            continue
-        first = seen.get(spec.reference_id)
+    for raw in raws:
+        ref = raw.reference_id or derive_reference_id(batch, raw.video, raw.audio)
+        first = seen.get(ref)
         if first is not None:
             problems.append(
                 Problem(
-                    spec.line,
-                    f"job {index}: reference_id {spec.reference_id!r} is already used by the "
-                    f"job at line {first}",
+                    raw.line,
+                    f"job {raw.index}: reference_id {ref!r} is already used by the job at line "
+                    f"{first}",
                 )
             )
             continue
-        seen[spec.reference_id] = spec.line
-        jobs.append(spec)
+        seen[ref] = raw.line
+        asd = default_asd if raw.asd is None else raw.asd
+        jobs.append(JobSpec(ref, raw.video, raw.audio, asd, raw.line))
 
     if problems:
         problems.sort(key=lambda p: p.line or 0)
@@ -314,14 +448,7 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
     return Manifest(path=name, batch=batch, jobs=jobs)
 
 
-def _parse_job(
-    raw: object,
-    index: int,
-    batch: str,
-    default_asd: bool,
-    item_line: int,
-    problems: list[Problem],
-) -> JobSpec | None:
+def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem]) -> _RawJob | None:
     if not isinstance(raw, _LineDict):
         problems.append(
             Problem(
@@ -341,7 +468,7 @@ def _parse_job(
         if k not in _JOB_KEYS:
             bad(
                 k,
-                f"unknown key {k!r} (expected video, audio or inputs, reference_id, "
+                f"unknown key {_show(k)} (expected video, audio or inputs, reference_id, "
                 "disable_active_speaker_detection)",
             )
 
@@ -353,10 +480,10 @@ def _parse_job(
         inputs = raw["inputs"]
         if not isinstance(inputs, _LineList):
             bad("inputs", "inputs must be a list of {type, url}")
-            inputs = _LineList()
+            inputs = None
         videos: list[object] = []
         audios: list[object] = []
-        for item in inputs:
+        for item in inputs or ():
             if not isinstance(item, _LineDict):
                 bad(
                     "inputs",
@@ -365,7 +492,9 @@ def _parse_job(
                 continue
             extra = [k for k in item if k not in ("type", "url")]
             if extra:
-                problems.append(Problem(item.line, f"job {index}: unknown input key {extra[0]!r}"))
+                problems.append(
+                    Problem(item.line, f"job {index}: unknown input key {_show(extra[0])}")
+                )
             kind = item.get("type")
             if kind == "video":
                 videos.append(item.get("url"))
@@ -375,43 +504,33 @@ def _parse_job(
                 problems.append(
                     Problem(
                         item.key_lines.get("type", item.line),
-                        f'job {index}: input type must be "video" or "audio", not {kind!r:.40}',
+                        f'job {index}: input type must be "video" or "audio", not {_show(kind)}',
                     )
                 )
-        if isinstance(inputs, _LineList) and len(videos) != 1:
-            bad("inputs", f"expected exactly one video input, found {len(videos)}")
-        if isinstance(inputs, _LineList) and len(audios) != 1:
-            bad("inputs", f"expected exactly one audio input, found {len(audios)}")
-        video = videos[0] if len(videos) == 1 else None
-        audio = audios[0] if len(audios) == 1 else None
-        url_key = "inputs"
-        checks = (
-            [(video, "the video url"), (audio, "the audio url")]
-            if len(videos) == len(audios) == 1
-            else []
-        )
-        for value, what in checks:
-            problem = _check_url(value, what)
-            if problem:
-                bad(url_key, problem)
+        if inputs is not None:
+            if len(videos) != 1:
+                bad("inputs", f"expected exactly one video input, found {len(videos)}")
+            if len(audios) != 1:
+                bad("inputs", f"expected exactly one audio input, found {len(audios)}")
+            if len(videos) == len(audios) == 1:
+                video, audio = videos[0], audios[0]
+                for value, what in ((video, "the video url"), (audio, "the audio url")):
+                    problem = _check_url(value, what)
+                    if problem:
+                        bad("inputs", problem)
     else:
         video = raw.get("video")
         audio = raw.get("audio")
-        if "video" not in raw:
-            bad(None, "no video (give video: URL, or inputs:)")
-        else:
-            problem = _check_url(video, "video")
-            if problem:
-                bad("video", problem)
-        if "audio" not in raw:
-            bad(None, "no audio (give audio: URL, or inputs:)")
-        else:
-            problem = _check_url(audio, "audio")
-            if problem:
-                bad("audio", problem)
+        for key, value in (("video", video), ("audio", audio)):
+            if key not in raw:
+                bad(None, f"no {key} (give {key}: URL, or inputs:)")
+            else:
+                problem = _check_url(value, key)
+                if problem:
+                    bad(key, problem)
 
-    asd = raw.get("disable_active_speaker_detection", default_asd)
-    if not isinstance(asd, bool):
+    asd = raw.get("disable_active_speaker_detection")
+    if asd is not None and not isinstance(asd, bool):
         bad(
             "disable_active_speaker_detection",
             "disable_active_speaker_detection must be true or false",
@@ -425,18 +544,17 @@ def _parse_job(
             bad(
                 "reference_id",
                 "reference_id must be text of letters, digits and . _ : / @ + = - "
-                f"(got {reference_id!r:.60})",
+                f"(got {_show(reference_id, 60)})",
             )
         elif len(reference_id) > MAX_REFERENCE_ID:
             bad("reference_id", f"reference_id is longer than {MAX_REFERENCE_ID} characters")
 
     if len(problems) > before:
         return None
-    assert isinstance(video, str) and isinstance(audio, str) and isinstance(asd, bool)
-    if reference_id is None:
-        reference_id = derive_reference_id(batch, video, audio)
-    assert isinstance(reference_id, str)
-    return JobSpec(reference_id, video, audio, asd, line)
+    assert isinstance(video, str) and isinstance(audio, str)
+    assert asd is None or isinstance(asd, bool)
+    assert reference_id is None or isinstance(reference_id, str)
+    return _RawJob(video, audio, reference_id, asd, line, index)
 
 
 def load(
