@@ -39,3 +39,7 @@ test: lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dubrunner.db dubrunner.db-wal dubrunner.db-shm
+
+# Benchmarks against the emulator on loopback; prints a table and writes BENCHMARKS.md.
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,26 +119,43 @@ class ApiClient:
         register_secret(credentials.api_key)
         register_secret(credentials.bearer_token)
         self.base_url = check_base_url(base_url or base_url_from_env(), allow_insecure_http)
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            headers={**credentials.headers(), "user-agent": f"dubrunner/{__version__}"},
-            timeout=httpx.Timeout(
+        self._settings: dict[str, Any] = {
+            "base_url": self.base_url,
+            "headers": {**credentials.headers(), "user-agent": f"dubrunner/{__version__}"},
+            "timeout": httpx.Timeout(
                 connect=connect_timeout,
                 read=read_timeout,
                 write=read_timeout,
                 pool=max(connect_timeout, read_timeout),
             ),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=30.0,
-            ),
-            follow_redirects=False,  # a redirect would carry credentials to somewhere unknown
-            transport=transport,
-        )
+            "follow_redirects": False,  # a redirect would carry credentials somewhere unknown
+            "transport": transport,
+        }
+        self.max_connections = max_connections
+        # One small pool per thread: a shared pool of N connections is scanned, under one lock,
+        # on every request, which costs more CPU than the request itself at N = 32.
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._lock = threading.Lock()
+
+    @property
+    def _client(self) -> httpx.Client:
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            limits = httpx.Limits(
+                max_connections=2, max_keepalive_connections=2, keepalive_expiry=30.0
+            )
+            client = httpx.Client(limits=limits, **self._settings)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def __enter__(self) -> ApiClient:
         return self

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -339,10 +340,47 @@ def load(manifest: str, max_manifest_bytes: int, max_jobs: int, dry_run: bool) -
 @common_options
 def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool) -> None:
     """Continue pending and halted jobs, and reclaim those of dead workers (looked up first)."""
+    work_on(batch, options, allow_insecure_http)
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch [default: every batch].")
+@click.option(
+    "--follow",
+    is_flag=True,
+    envvar="DUBRUNNER_FOLLOW",
+    help="Keep running: take jobs as they are loaded, until stopped (Ctrl-C / SIGTERM).",
+)
+@click.option(
+    "--idle-poll",
+    type=click.FloatRange(min=0.05),
+    default=2.0,
+    show_default=True,
+    help="With --follow: seconds between looks for new jobs when idle.",
+)
+@worker_options
+@common_options
+def work(
+    batch: str | None,
+    follow: bool,
+    idle_poll: float,
+    options: WorkerOptions,
+    allow_insecure_http: bool,
+) -> None:
+    """A worker for jobs loaded by `dubrunner load` (here or on another host)."""
+    if follow:
+        options = dataclasses.replace(options, follow=idle_poll)
+    work_on(batch, options, allow_insecure_http, require_batch=not follow)
+
+
+def work_on(
+    batch: str | None, options: WorkerOptions, allow_insecure_http: bool, require_batch: bool = True
+) -> NoReturn:
     api = make_api(options, allow_insecure_http)
     click.get_current_context().call_on_close(api.close)
     store = open_store()
-    check_batch(store, batch)
+    if require_batch:
+        check_batch(store, batch)
     finish(run_batch(store, api, batch, options))
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -102,6 +103,8 @@ class Stats:
     polls: int = 0
     downloads: int = 0
     range_requests: int = 0
+    first_generate_at: float | None = None  # wall clock of the first and last generate
+    last_generate_at: float | None = None
     by_status: dict[int, int] = field(default_factory=dict)
 
 
@@ -204,6 +207,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     allow_reuse_address = True
     emulator: Emulator
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client killed mid-request is an everyday event here, not worth a traceback.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 _AUTH_EXEMPT = {"health"}
@@ -323,6 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
         cfg = emu.config
         with emu.lock:
             emu.stats.generate += 1
+            now = time.time()
+            emu.stats.first_generate_at = emu.stats.first_generate_at or now
+            emu.stats.last_generate_at = now
         if not (self.headers.get("Content-Type") or "").startswith("application/json"):
             return self._error(400, "content-type must be application/json")
         try:

@@ -212,6 +212,23 @@ _CLAIM_COLUMNS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Update:
+    """A one-row UPDATE (plus maybe an attempt row) that the group committer may run together
+    with others of the same statement in one executemany. Its result: did the row move?"""
+
+    stmt: sa.Update
+    params: dict[str, Any]
+    attempt: dict[str, Any] | None
+
+
+class _Redo(Exception):
+    """A batched UPDATE moved fewer rows than it had: redo the batch one write at a time."""
+
+
+_Write = Callable[[Connection], Any] | _Update
+
+
 class _GroupCommitter:
     """One writer thread per process: every write waiting in the queue goes into one transaction.
 
@@ -219,21 +236,21 @@ class _GroupCommitter:
     caller moves on; but N threads cost one commit, and nobody sleeps on SQLite's write lock.
     """
 
-    MAX_BATCH = 256
+    MAX_BATCH = 512
+    LINGER = 0.002  # seconds to gather a batch: nothing next to a network round trip
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.queue: queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self.queue: queue.SimpleQueue[tuple[_Write, Future[Any]] | None] = queue.SimpleQueue()
         # Attempt rows of the batch being committed: inserted with one executemany.
         self.attempt_rows: list[dict[str, Any]] | None = None
+        self.conn: Connection | None = None
         self.thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, op: Callable[[Connection], T]) -> T:
-        future: Future[T] = Future()
-        self.queue.put((op, future))
+    def submit(self, write: _Write) -> Any:
+        future: Future[Any] = Future()
+        self.queue.put((write, future))
         return future.result()
 
     def close(self) -> None:
@@ -241,47 +258,83 @@ class _GroupCommitter:
         self.thread.join(timeout=30)
 
     def _loop(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._commit(batch)
-            if stop:
-                return
-
-    def _commit(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
         try:
-            with self.store._write() as conn:
+            while True:
+                first = self.queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                deadline = time.monotonic() + self.LINGER
+                while len(batch) < self.MAX_BATCH:
+                    try:
+                        item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._commit(batch)
+                if stop:
+                    return
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+
+    def _connection(self) -> Connection:
+        if self.conn is None or self.conn.closed or self.conn.invalidated:
+            self.conn = self.store.engine.connect()
+        return self.conn
+
+    def _commit(self, batch: list[tuple[_Write, Future[Any]]]) -> None:
+        try:
+            conn = self._connection()
+            with conn.begin():
                 self.attempt_rows = []
-                results = [op(conn) for op, _ in batch]
+                results = self._run(conn, [w for w, _ in batch])
                 if self.attempt_rows:
                     conn.execute(_INSERT_ATTEMPT, self.attempt_rows)
-        except StoreError as exc:
+        except OperationalError as exc:
+            self.conn = None
             for _, future in batch:
-                future.set_exception(StoreError(str(exc)))
+                future.set_exception(StoreError(_db_message(exc)))
             return
         except Exception:
             if len(batch) == 1:
                 batch[0][1].set_exception(sys.exc_info()[1] or RuntimeError("write failed"))
                 return
-            for item in batch:  # one bad write must not sink the others: alone, each
+            for item in batch:  # one bad write (or a lost row) must not sink the others
                 self._commit([item])
             return
         finally:
             self.attempt_rows = None
         for (_, future), result in zip(batch, results, strict=True):
             future.set_result(result)
+
+    def _run(self, conn: Connection, writes: list[_Write]) -> list[Any]:
+        results: list[Any] = [None] * len(writes)
+        groups: dict[int, list[int]] = {}
+        for i, write in enumerate(writes):
+            if isinstance(write, _Update):
+                groups.setdefault(id(write.stmt), []).append(i)
+                if write.attempt is not None:
+                    assert self.attempt_rows is not None
+                    self.attempt_rows.append(write.attempt)
+            else:
+                results[i] = write(conn)
+        for indexes in groups.values():
+            updates = [writes[i] for i in indexes]
+            stmt = updates[0].stmt  # type: ignore[union-attr]
+            if len(indexes) == 1:
+                results[indexes[0]] = conn.execute(stmt, updates[0].params).rowcount == 1  # type: ignore[union-attr]
+                continue
+            moved = conn.execute(stmt, [u.params for u in updates]).rowcount  # type: ignore[union-attr]
+            if moved != len(indexes) or not conn.dialect.supports_sane_multi_rowcount:
+                raise _Redo
+            for i in indexes:
+                results[i] = True
+        return results
 
 
 def _migrations_dir() -> Path:
@@ -349,25 +402,21 @@ class Store:
             self._committer = None
         self.engine.dispose()
 
-    def _insert_attempt(
-        self, conn: Connection, job_id: int, attempt: AttemptRecord, worker: str, at: datetime
-    ) -> None:
-        row = _attempt_row(job_id, attempt, worker, at)
-        committer = self._committer
-        if (
-            committer is not None
-            and committer.attempt_rows is not None
-            and threading.current_thread() is committer.thread
-        ):
-            committer.attempt_rows.append(row)  # inside a group commit: one executemany later
-        else:
-            conn.execute(_INSERT_ATTEMPT, row)
-
     def _run_write(self, op: Callable[[Connection], T]) -> T:
         if self._committer is not None:
-            return self._committer.submit(op)
+            return self._committer.submit(op)  # type: ignore[no-any-return]
         with self._write() as conn:
             return op(conn)
+
+    def _run_update(self, write: _Update) -> bool:
+        """A one-row UPDATE and its attempt row; batched with others under group commit."""
+        if self._committer is not None:
+            return bool(self._committer.submit(write))
+        with self._write() as conn:
+            moved = conn.execute(write.stmt, write.params).rowcount == 1
+            if write.attempt is not None:
+                conn.execute(_INSERT_ATTEMPT, write.attempt)
+            return moved
 
     # -- transactions ----------
 
@@ -428,6 +477,9 @@ class Store:
         plan = LoadPlan(batch=batch)
         conflicts: list[str] = []
         with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two loads of one batch at once would both see its jobs as new: take turns.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:b))"), {"b": batch})
             existing: dict[str, Any] = {}
             for chunk in _chunks([s.reference_id for s in specs]):
                 for row in conn.execute(
@@ -634,17 +686,12 @@ class Store:
             values.setdefault("owner", None)
             values.setdefault("lease_expires", None)
             values.setdefault("settle_at", None)
-        stmt = _transition_statement(tuple(sorted(values)))
         params = {f"v_{k}": v for k, v in values.items()}
         params.update(w_id=job_id, w_owner=owner)
-
-        def op(conn: Connection) -> bool:
-            moved = conn.execute(stmt, params).rowcount
-            if attempt is not None:
-                self._insert_attempt(conn, job_id, attempt, worker, now)
-            return bool(moved)
-
-        return self._run_write(op)
+        row = _attempt_row(job_id, attempt, worker, now) if attempt is not None else None
+        return self._run_update(
+            _Update(_update_statement("owned", tuple(sorted(values))), params, row)
+        )
 
     def release(self, job_ids: Iterable[int], owner: str) -> int:
         """Give back claimed jobs that were never sent (a stop came first)."""
@@ -684,19 +731,13 @@ class Store:
     ) -> bool:
         """What a poll learned; guarded so that an ended job never moves again."""
         now = utcnow()
-        stmt = (
-            update(Job)
-            .where(Job.id == job_id, Job.state.in_(list(POLLABLE)))
-            .values(polled_at=now, updated_at=now, **values)
+        values = {**values, "polled_at": now, "updated_at": now}
+        params = {f"v_{k}": v for k, v in values.items()}
+        params["w_id"] = job_id
+        row = _attempt_row(job_id, attempt, worker, now) if attempt is not None else None
+        return self._run_update(
+            _Update(_update_statement("polled", tuple(sorted(values))), params, row)
         )
-
-        def op(conn: Connection) -> bool:
-            moved = conn.execute(stmt).rowcount
-            if attempt is not None:
-                self._insert_attempt(conn, job_id, attempt, worker, now)
-            return bool(moved)
-
-        return self._run_write(op)
 
     def fetch_targets(self, batch: str | None, after_id: int, limit: int) -> list[FetchTarget]:
         stmt = (
@@ -723,14 +764,11 @@ class Store:
         self, job_id: int, attempt: AttemptRecord | None, worker: str, **values: Any
     ) -> None:
         now = utcnow()
-        stmt = update(Job).where(Job.id == job_id).values(updated_at=now, **values)
-
-        def op(conn: Connection) -> None:
-            conn.execute(stmt)
-            if attempt is not None:
-                self._insert_attempt(conn, job_id, attempt, worker, now)
-
-        self._run_write(op)
+        values = {**values, "updated_at": now}
+        params = {f"v_{k}": v for k, v in values.items()}
+        params["w_id"] = job_id
+        row = _attempt_row(job_id, attempt, worker, now) if attempt is not None else None
+        self._run_update(_Update(_update_statement("any", tuple(sorted(values))), params, row))
 
     # -- operator actions ----------
 
@@ -857,18 +895,18 @@ class Store:
             return [dict(row._mapping) for row in conn.execute(stmt)]
 
 
-@functools.lru_cache(maxsize=128)
-def _transition_statement(keys: tuple[str, ...]) -> sa.Update:
-    """One compiled statement per set of columns: the hot path pays no SQL compilation."""
-    return (
-        update(Job)
-        .where(
-            Job.id == sa.bindparam("w_id"),
-            Job.state == State.SUBMITTING,
-            Job.owner == sa.bindparam("w_owner"),
-        )
-        .values({k: sa.bindparam(f"v_{k}") for k in keys})
-    )
+@functools.lru_cache(maxsize=256)
+def _update_statement(guard: str, keys: tuple[str, ...]) -> sa.Update:
+    """One statement object per guard and set of columns, so the hot path compiles nothing.
+
+    owned: a job this worker holds (submitting, our owner); polled: a job not yet ended.
+    """
+    stmt = update(Job).where(Job.id == sa.bindparam("w_id"))
+    if guard == "owned":
+        stmt = stmt.where(Job.state == State.SUBMITTING, Job.owner == sa.bindparam("w_owner"))
+    elif guard == "polled":
+        stmt = stmt.where(Job.state.in_(list(POLLABLE)))
+    return stmt.values({k: sa.bindparam(f"v_{k}") for k in keys})
 
 
 _INSERT_ATTEMPT = insert(Attempt)

@@ -52,6 +52,9 @@ class WorkerOptions:
     request_timeout: float = 60.0  # the HTTP read timeout; leases derive from it (store.Lease)
     rate: float | None = None  # requests per second, for the governor
     burst: int = 1
+    follow: float | None = (
+        None  # when nothing is left, look for new jobs this often (work --follow)
+    )
 
     @property
     def lease(self) -> Lease:
@@ -125,7 +128,8 @@ class Worker:
         self.owner = worker_id()
         self.stop = threading.Event()
         self.report = RunReport()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the report's counters
+        self._claim_lock = threading.Lock()  # the queue of claimed jobs
         self._queue: deque[ClaimedJob] = deque()
         self._exhausted = False
         self._renewed_at = time.monotonic()
@@ -145,9 +149,10 @@ class Worker:
     # -- control ----------
 
     def request_stop(self) -> None:
-        """Ctrl-C / SIGTERM: claim nothing more, let what is in flight finish."""
-        with self._lock:
-            self.report.interrupted = True
+        """Ctrl-C / SIGTERM: claim nothing more, let what is in flight finish.
+
+        Runs in a signal handler: it takes no lock (the interrupted code might hold it)."""
+        self.report.interrupted = True
         self.stop.set()
 
     def _halt(self, message: str) -> None:
@@ -225,8 +230,8 @@ class Worker:
         return time.monotonic() - self._renewed_at < 2 * self.options.lease.heartbeat
 
     def _next_job(self) -> ClaimedJob | None:
-        with self._lock:
-            while True:
+        while True:
+            with self._claim_lock:  # never held while waiting: others need it, and so do signals
                 if self._queue:
                     return self._queue.popleft()
                 if self._exhausted or self.stop.is_set():
@@ -234,22 +239,25 @@ class Worker:
                 chunk = max(1, min(self.options.concurrency, 64))
                 jobs = self.store.claim(self.owner, self.batch, chunk, self.options.lease)
                 if jobs:
-                    self._queue.extend(jobs)
-                    continue
+                    self._queue.extend(jobs[1:])
+                    return jobs[0]
                 # Others still hold jobs of this batch: they will land, come back to pending, or
                 # their lease will lapse and we reclaim them. Work is done only when none is left.
                 at = self.store.soonest_reclaim(self.batch, exclude_owner=self.owner)
                 if at is None:
-                    self._exhausted = True
-                    return None
-                self.waiting_for_others = True
+                    if self.options.follow is None:
+                        self._exhausted = True
+                        return None
+                    at = time.time() + self.options.follow  # idle: new jobs may be loaded
                 self._reclaim_dead_owners()  # one may have died meanwhile: no need to wait 2R
-                if self.stop.wait(min(1.0, max(0.05, at - time.time()))):
-                    return None
-                self.waiting_for_others = False
+            self.waiting_for_others = True
+            stopped = self.stop.wait(min(1.0, max(0.05, at - time.time())))
+            self.waiting_for_others = False
+            if stopped:
+                return None
 
     def _release_queue(self) -> None:
-        with self._lock:
+        with self._claim_lock:
             ids = [j.id for j in self._queue]
             self._queue.clear()
         if ids:

@@ -6,12 +6,14 @@ import os
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from dubrunner.emulator import Emulator, EmulatorConfig
 
@@ -27,19 +29,87 @@ def emulator() -> Iterator[Emulator]:
         emu.stop()
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "jobs.db"
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+BOTH_DATABASES = pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
+
+
+@dataclass
+class Database:
+    """The job table's database for one test: a SQLite file, or a throwaway PostgreSQL one."""
+
+    url: str
+    kind: str
+    path: Path | None = None
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run SQL written with ? placeholders; the rows as tuples."""
+        if self.path is not None:
+            conn = sqlite3.connect(self.path)
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        parts = sql.split("?")
+        named = parts[0] + "".join(f":p{i}{part}" for i, part in enumerate(parts[1:]))
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(sa.text(named), {f"p{i}": p for i, p in enumerate(params)})
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+
+def _postgres_error() -> str | None:
+    try:
+        engine = sa.create_engine(f"{PG_SERVER}/postgres", connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        engine.dispose()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return None
 
 
 @pytest.fixture
-def env(emulator: Emulator, db_path: Path) -> dict[str, str]:
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        path = tmp_path / "jobs.db"
+        yield Database(f"sqlite:///{path}", "sqlite", path)
+        return
+    problem = _postgres_error()
+    if problem:
+        reason = f"no PostgreSQL server on 127.0.0.1:5432 ({problem})"
+        if os.environ.get("DUBRUNNER_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason + "; DUBRUNNER_REQUIRE_POSTGRES=1 makes that a failure")
+        pytest.skip(reason)
+    name = f"dubrunner_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield Database(f"{PG_SERVER}/{name}", "postgresql")
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def db_path(db: Database) -> Path:
+    assert db.path is not None, "this test reads the SQLite file itself"
+    return db.path
+
+
+@pytest.fixture
+def env(emulator: Emulator, db: Database) -> dict[str, str]:
     """The environment of a user pointed at the emulator, with fast retry backoff."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))}
     base.update(
         CHAMELAION_BASE_URL=emulator.base_url,
         CHAMELAION_API_KEY=TOKEN,
-        DUBRUNNER_DB=str(db_path),
+        DUBRUNNER_DB=db.url,
         DUBRUNNER_RETRY_WAIT="0.02",
     )
     return base
@@ -81,23 +151,21 @@ def write_manifest(
     return path
 
 
-def db_rows(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def db_rows(db: Database | Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    if isinstance(db, Path):
+        db = Database(f"sqlite:///{db}", "sqlite", db)
+    return db.rows(sql, *params)
 
 
-def states(db_path: Path) -> dict[str, int]:
-    return dict(db_rows(db_path, "SELECT state, count(*) FROM jobs GROUP BY state"))  # type: ignore[arg-type]
+def states(db: Database | Path) -> dict[str, int]:
+    return dict(db_rows(db, "SELECT state, count(*) FROM jobs GROUP BY state"))  # type: ignore[arg-type]
 
 
-def assert_exactly_once(emulator: Emulator, db_path: Path, n: int) -> None:
+def assert_exactly_once(emulator: Emulator, db: Database | Path, n: int) -> None:
     """Every job submitted, one accepted request each, and the table holds that request_id."""
     ledger = emulator.accepted()
     assert emulator.duplicates() == {}
-    rows = db_rows(db_path, "SELECT reference_id, state, request_id FROM jobs")
+    rows = db_rows(db, "SELECT reference_id, state, request_id FROM jobs")
     assert len(rows) == n
     for ref, state, request_id in rows:
         assert state == "submitted", (ref, state)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,18 @@ from dubrunner.emulator import Emulator
 from dubrunner.manifest import load
 from dubrunner.states import State
 from dubrunner.store import Lease, Store
-from tests.conftest import TOKEN, assert_exactly_once, db_rows, run_cli, states, write_manifest
+from tests.conftest import (
+    BOTH_DATABASES,
+    TOKEN,
+    Database,
+    assert_exactly_once,
+    db_rows,
+    run_cli,
+    states,
+    write_manifest,
+)
+
+pytestmark = BOTH_DATABASES
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
@@ -30,17 +42,17 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def submitted(db_path: Path) -> int:
-    if not db_path.exists():
+def submitted(db: Database) -> int:
+    if db.path is not None and not db.path.exists():
         return 0
     try:
-        return db_rows(db_path, "SELECT count(*) FROM jobs WHERE state = 'submitted'")[0][0]
+        return int(db_rows(db, "SELECT count(*) FROM jobs WHERE state = 'submitted'")[0][0])
     except Exception:  # the schema may not exist yet
         return 0
 
 
 def test_sigkill_at_random_moments_then_resume(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(latency_ms=40)
     manifest = write_manifest(tmp_path / "m.yaml", 400)
@@ -48,7 +60,7 @@ def test_sigkill_at_random_moments_then_resume(
     rng = random.Random(int(os.environ.get("DUBRUNNER_TEST_SEED", "20261125")))
     kills = 0
     progress = []
-    while kills < 8 and submitted(db_path) < 330:
+    while kills < 8 and submitted(db) < 330:
         args = ["submit", str(manifest)] if kills == 0 else ["resume"]
         proc = start(args, env)
         time.sleep(rng.uniform(0.6, 1.4))
@@ -56,54 +68,54 @@ def test_sigkill_at_random_moments_then_resume(
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(timeout=30)
-        progress.append(submitted(db_path))
+        progress.append(submitted(db))
     assert kills >= 5, progress
     assert progress[-1] < 400, "the kills came too late to interrupt anything"
     final = run_cli(["resume"], env, timeout=180)
     assert final.code == 0, final.err
-    assert_exactly_once(emulator, db_path, 400)
+    assert_exactly_once(emulator, db, 400)
     # Jobs caught mid-request were looked up, not resent blindly.
-    lookups = db_rows(db_path, "SELECT count(*) FROM attempts WHERE kind = 'lookup'")[0][0]
+    lookups = db_rows(db, "SELECT count(*) FROM attempts WHERE kind = 'lookup'")[0][0]
     assert lookups > 0
 
 
 def test_sigint_finishes_in_flight_work_and_exits_130(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(latency_ms=50)
     manifest = write_manifest(tmp_path / "m.yaml", 300)
     proc = start(["submit", str(manifest), "--concurrency", "4"], env)
     deadline = time.monotonic() + 60
-    while submitted(db_path) < 20 and time.monotonic() < deadline:
+    while submitted(db) < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "interrupted:" in err and "dubrunner resume --batch b" in err
     assert "Traceback" not in err
-    counts = states(db_path)
+    counts = states(db)
     assert State.SUBMITTING not in counts, counts
     assert 20 <= counts["submitted"] < 300
     final = run_cli(["resume"], env)
     assert final.code == 0, final.err
-    assert_exactly_once(emulator, db_path, 300)
+    assert_exactly_once(emulator, db, 300)
 
 
 def test_four_workers_on_one_sqlite_file(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(latency_ms=5)
     manifest = write_manifest(tmp_path / "m.yaml", 1000)
     m = load(manifest)
-    store = Store(str(db_path))
+    store = Store(db.url)
     store.load(m.batch, m.jobs, str(manifest))
     store.close()
     procs = [start(["resume", "--concurrency", "4"], env) for _ in range(4)]
     for p in procs:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err
-    assert_exactly_once(emulator, db_path, 1000)
-    workers = db_rows(db_path, "SELECT count(DISTINCT worker) FROM attempts")[0][0]
+    assert_exactly_once(emulator, db, 1000)
+    workers = db_rows(db, "SELECT count(DISTINCT worker) FROM attempts")[0][0]
     assert workers >= 2  # the work was shared
 
 
@@ -115,11 +127,11 @@ def dead_owner() -> str:
 
 
 def test_dead_workers_job_whose_post_landed_is_found_not_resent(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     manifest = write_manifest(tmp_path / "m.yaml", 2)
     m = load(manifest)
-    store = Store(str(db_path))
+    store = Store(db.url)
     store.load(m.batch, m.jobs, str(manifest))
     claimed = store.claim(dead_owner(), m.batch, 2, Lease(0.3))
     store.close()
@@ -140,34 +152,31 @@ def test_dead_workers_job_whose_post_landed_is_found_not_resent(
     landed = answer.json()["request_id"]
     r = run_cli(["resume"], env)
     assert r.code == 0, r.err
-    assert_exactly_once(emulator, db_path, 2)
+    assert_exactly_once(emulator, db, 2)
     assert emulator.stats.generate == 2  # the landed one by the dead worker, one by resume
-    row = db_rows(db_path, "SELECT request_id FROM jobs WHERE reference_id = ?", first.reference_id)
+    row = db_rows(db, "SELECT request_id FROM jobs WHERE reference_id = ?", first.reference_id)
     assert row == [(landed,)]
-    outcomes = db_rows(db_path, "SELECT outcome FROM attempts WHERE kind='lookup' ORDER BY id")
+    outcomes = db_rows(db, "SELECT outcome FROM attempts WHERE kind='lookup' ORDER BY id")
     assert sorted(o for (o,) in outcomes) == ["found", "not_found"]
 
 
 def test_another_workers_claim_is_respected_until_its_lease_lapses(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     manifest = write_manifest(tmp_path / "m.yaml", 3)
     m = load(manifest)
-    store = Store(str(db_path))
+    store = Store(db.url)
     store.load(m.batch, m.jobs, str(manifest))
     # This very test process (alive) holds one job and then stops renewing its lease.
     mine = f"{socket.gethostname()}:{os.getpid()}:live0001"
     held = store.claim(mine, m.batch, 1, Lease(1.0))[0]
     store.close()
-    lease_expires = db_rows(db_path, "SELECT lease_expires FROM jobs WHERE id = ?", held.id)[0][0]
+    lease_expires = db_rows(db, "SELECT lease_expires FROM jobs WHERE id = ?", held.id)[0][0]
     r = run_cli(["resume"], env)
     assert r.code == 0, r.err
-    assert_exactly_once(emulator, db_path, 3)
+    assert_exactly_once(emulator, db, 3)
     # Nobody touched the held job before its lease lapsed, and then it was looked up first.
-    first = db_rows(
-        db_path,
-        "SELECT kind, strftime('%s', at) + 0.0 FROM attempts WHERE job_id = ? ORDER BY id",
-        held.id,
-    )
+    first = db_rows(db, "SELECT kind, at FROM attempts WHERE job_id = ? ORDER BY id", held.id)
     assert first[0][0] == "lookup"
-    assert first[0][1] >= int(lease_expires)
+    at = datetime.fromisoformat(str(first[0][1])).replace(tzinfo=UTC)
+    assert at.timestamp() >= lease_expires - 0.001

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from dubrunner.emulator import Emulator
 from tests.conftest import (
+    BOTH_DATABASES,
     TOKEN,
+    Database,
     assert_exactly_once,
     db_rows,
     run_cli,
@@ -15,21 +17,23 @@ from tests.conftest import (
     write_manifest,
 )
 
+pytestmark = BOTH_DATABASES
+
 
 def test_200_jobs_land_exactly_once(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     manifest = write_manifest(tmp_path / "season.yaml", 200, batch="season")
     r = run_cli(["submit", str(manifest), "--concurrency", "8"], env)
     assert r.code == 0, r.err
     assert "all 200 jobs of batch season submitted" in r.err
-    assert_exactly_once(emulator, db_path, 200)
-    attempts = db_rows(db_path, "SELECT count(*) FROM attempts WHERE kind = 'generate'")[0][0]
+    assert_exactly_once(emulator, db, 200)
+    attempts = db_rows(db, "SELECT count(*) FROM attempts WHERE kind = 'generate'")[0][0]
     assert attempts == 200
 
 
 def test_loading_the_same_manifest_twice_adds_nothing(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     manifest = write_manifest(tmp_path / "m.yaml", 30)
     assert run_cli(["submit", str(manifest)], env).code == 0
@@ -40,22 +44,22 @@ def test_loading_the_same_manifest_twice_adds_nothing(
     assert dry.code == 0
     assert "a run would send 0 job(s)" in dry.out
     assert emulator.stats.generate == 30
-    assert_exactly_once(emulator, db_path, 30)
+    assert_exactly_once(emulator, db, 30)
 
 
 def test_dry_run_loads_and_sends_nothing(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     manifest = write_manifest(tmp_path / "m.yaml", 12)
     r = run_cli(["submit", str(manifest), "--dry-run"], env)
     assert r.code == 0, r.err
     assert "12 new, 0 unchanged (0 already submitted), 0 changed; a run would send 12" in r.out
-    assert db_rows(db_path, "SELECT count(*) FROM jobs") == [(0,)]
+    assert db_rows(db, "SELECT count(*) FROM jobs") == [(0,)]
     assert emulator.stats.requests == 0
 
 
 def test_500s_and_rate_limits_still_land_every_job_once(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(p500=0.15, rate=150.0)
     manifest = write_manifest(tmp_path / "m.yaml", 200)
@@ -63,14 +67,14 @@ def test_500s_and_rate_limits_still_land_every_job_once(
     assert r.code == 0, r.err
     assert emulator.stats.errors_500 > 10
     assert emulator.stats.rate_limited > 0
-    assert_exactly_once(emulator, db_path, 200)
+    assert_exactly_once(emulator, db, 200)
     # A 500 may have stored the job: each was looked up before it was sent again.
-    lookups = db_rows(db_path, "SELECT count(*) FROM attempts WHERE kind = 'lookup'")[0][0]
+    lookups = db_rows(db, "SELECT count(*) FROM attempts WHERE kind = 'lookup'")[0][0]
     assert lookups >= emulator.stats.errors_500
 
 
 def test_token_limit_as_429_halts_then_resume_finishes(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(token_limit=40, token_limit_status=429)
     manifest = write_manifest(tmp_path / "m.yaml", 100)
@@ -81,21 +85,21 @@ def test_token_limit_as_429_halts_then_resume_finishes(
     assert "Traceback" not in r.err
     refused = emulator.stats.by_status.get(429, 0)
     assert 1 <= refused <= 4  # within a handful: only what was already in flight
-    counts = states(db_path)
+    counts = states(db)
     assert counts["submitted"] == 40
     assert counts.get("halted", 0) >= 1
     assert counts.get("halted", 0) + counts.get("pending", 0) == 60
-    halted = db_rows(db_path, "SELECT last_error, last_http_status FROM jobs WHERE state='halted'")
+    halted = db_rows(db, "SELECT last_error, last_http_status FROM jobs WHERE state='halted'")
     assert halted[0] == ("token limit reached", 429)
 
     emulator.update(token_limit=None)
     again = run_cli(["resume"], env)
     assert again.code == 0, again.err
-    assert_exactly_once(emulator, db_path, 100)
+    assert_exactly_once(emulator, db, 100)
 
 
 def test_bad_credentials_stop_after_a_few_requests(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     manifest = write_manifest(tmp_path / "m.yaml", 50)
     env = {**env, "CHAMELAION_API_KEY": "wrong-key-value"}
@@ -109,34 +113,34 @@ def test_bad_credentials_stop_after_a_few_requests(
     # Fix the key, resume: everything lands once.
     fixed = run_cli(["resume", "--batch", "b"], {**env, "CHAMELAION_API_KEY": TOKEN})
     assert fixed.code == 0, fixed.err
-    assert_exactly_once(emulator, db_path, 50)
+    assert_exactly_once(emulator, db, 50)
 
 
 def test_bearer_token_alone_works(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in env.items() if k != "CHAMELAION_API_KEY"}
     env["CHAMELAION_BEARER_TOKEN"] = TOKEN
     manifest = write_manifest(tmp_path / "m.yaml", 5)
     assert run_cli(["submit", str(manifest)], env).code == 0
-    assert_exactly_once(emulator, db_path, 5)
+    assert_exactly_once(emulator, db, 5)
 
 
 def test_dropped_connections_after_accept_are_found_not_resent(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(drop_after_accept=0.10)
     manifest = write_manifest(tmp_path / "m.yaml", 200)
     r = run_cli(["submit", str(manifest), "--concurrency", "8"], env)
     assert r.code == 0, r.err
     assert emulator.stats.dropped > 5
-    assert_exactly_once(emulator, db_path, 200)
-    found = db_rows(db_path, "SELECT count(*) FROM attempts WHERE outcome = 'found'")[0][0]
+    assert_exactly_once(emulator, db, 200)
+    found = db_rows(db, "SELECT count(*) FROM attempts WHERE outcome = 'found'")[0][0]
     assert found == emulator.stats.dropped
 
 
 def test_fixing_a_url_of_a_failed_job_and_submitting_again(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "m.yaml"
     manifest.write_text(
@@ -151,7 +155,7 @@ def test_fixing_a_url_of_a_failed_job_and_submitting_again(
     r = run_cli(["submit", str(manifest)], env)
     assert r.code == 0, r.err
     assert "1 changed" in r.err
-    assert db_rows(db_path, "SELECT audio_url FROM jobs WHERE reference_id='b'") == [
+    assert db_rows(db, "SELECT audio_url FROM jobs WHERE reference_id='b'") == [
         ("https://x.test/b-fixed.wav",)
     ]
     # Once sent, a job's URLs are fixed: changing them again is refused, and nothing is written.
@@ -160,7 +164,7 @@ def test_fixing_a_url_of_a_failed_job_and_submitting_again(
     assert refused.code == 2
     assert "already sent to the API" in refused.err
     assert "m.yaml:4: reference_id 'b'" in refused.err
-    assert db_rows(db_path, "SELECT audio_url FROM jobs WHERE reference_id='b'") == [
+    assert db_rows(db, "SELECT audio_url FROM jobs WHERE reference_id='b'") == [
         ("https://x.test/b-fixed.wav",)
     ]
 

@@ -1,0 +1,313 @@
+"""`make bench`: dubrunner against the emulator on loopback, beside a bare httpx + sqlite3 loop.
+
+Prints a table and writes BENCHMARKS.md. Every dubrunner figure comes from the real command run
+as a subprocess (wall time, user+sys CPU and peak RSS from wait4); the emulator runs in a process
+of its own. Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "bench-token"
+
+
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    rss_mb: float
+    code: int
+    err: str
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> Run:
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dubrunner", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Run(
+        time.monotonic() - started,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,
+        proc.returncode,
+        err[-2000:],
+    )
+
+
+class EmulatorProcess:
+    def __init__(self, workdir: Path, *knobs: str) -> None:
+        port_file = workdir / f"port-{time.monotonic_ns()}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dubrunner",
+                "emulator",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--token",
+                TOKEN,
+                *knobs,
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while not (port_file.exists() and port_file.read_text()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the emulator did not start")
+            time.sleep(0.05)
+        self.root = f"http://127.0.0.1:{port_file.read_text()}/"
+        self.base_url = self.root + "api/"
+
+    def stats(self) -> dict[str, object]:
+        with urllib.request.urlopen(self.root + "_emulator/stats") as resp:
+            data: dict[str, object] = json.load(resp)
+            return data
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def manifest(path: Path, n: int, batch: str) -> Path:
+    with path.open("w") as f:
+        f.write(f"batch: {batch}\njobs:\n")
+        for i in range(n):
+            f.write(
+                f"  - reference_id: {batch}-{i:06d}\n"
+                f"    video: https://cdn.example.com/{batch}/{i}/master.mp4\n"
+                f"    audio: https://cdn.example.com/{batch}/{i}/dub-ja.wav?X-Amz-Signature=ab{i}\n"
+            )
+    return path
+
+
+BARE_LOOP = r"""
+import sqlite3, sys, threading, time, httpx
+base, db, n, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+conn = sqlite3.connect(db)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, ref TEXT, request_id TEXT)")
+conn.executemany("INSERT INTO jobs (ref) VALUES (?)", [(f"bare-{i}",) for i in range(n)])
+conn.commit()
+client = httpx.Client(base_url=base, headers={"Authorization": "Bearer bench-token"},
+                      limits=httpx.Limits(max_connections=threads))
+lock = threading.Lock()
+next_id = [0]
+def work():
+    db_conn = sqlite3.connect(db, timeout=60, check_same_thread=False)
+    db_conn.execute("PRAGMA synchronous=NORMAL")
+    while True:
+        with lock:
+            next_id[0] += 1
+            i = next_id[0]
+        if i > n:
+            return
+        r = client.post("v1/lipsync/generate", json={"inputs": [
+            {"type": "video", "url": f"https://c/{i}.mp4"}, {"type": "audio", "url": f"https://c/{i}.wav"}],
+            "reference_id": f"bare-{time.time_ns()}-{i}"})
+        db_conn.execute("UPDATE jobs SET request_id = ? WHERE id = ?", (r.json()["request_id"], i))
+        db_conn.commit()
+start = time.monotonic()
+ts = [threading.Thread(target=work) for _ in range(threads)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(time.monotonic() - start)
+"""
+
+
+def bare_loop(base_url: str, workdir: Path, n: int, threads: int) -> tuple[float, float]:
+    """(jobs/s, CPU ms per job) of the brief's calibration loop, measured here and now."""
+    db = workdir / f"bare-{time.monotonic_ns()}.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BARE_LOOP, base_url, str(db), str(n), str(threads)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    wall = float(proc.stdout.read().strip())
+    _, _, usage = os.wait4(proc.pid, 0)
+    return n / wall, (usage.ru_utime + usage.ru_stime) / n * 1000
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv
+    rows: list[tuple[str, str, str, str]] = []  # what, measured, target, verdict
+
+    def add(what: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        verdict = "" if ok is None else ("met" if ok else "MISSED")
+        rows.append((what, value, target, verdict))
+        print(f"{what:58} {value:>22}  {target:>14}  {verdict}", flush=True)
+
+    n_big = 20_000 if quick else 100_000
+    n_submit = 2_000 if quick else 5_000
+    with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
+        work = Path(tmp)
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))
+        }
+        env.update(CHAMELAION_API_KEY=TOKEN, DUBRUNNER_DB=str(work / "bench.db"))
+
+        # 1. Load + validate a large manifest.
+        big = manifest(work / "big.yaml", n_big, "big")
+        r = run(["load", str(big)], env, work)
+        assert r.code == 0, r.err
+        add(f"load {n_big:,}-job manifest: wall", f"{r.wall:.2f} s", "< 5 s", r.wall < 5)
+        add(
+            f"load {n_big:,}-job manifest: peak RSS",
+            f"{r.rss_mb:.0f} MB",
+            "< 250 MB",
+            r.rss_mb < 250,
+        )
+
+        # 2. status summary on those rows (in-process: the query, not Python's start-up).
+        sys.path.insert(0, str(ROOT))
+        from dubrunner.store import Store
+
+        store = Store(str(work / "bench.db"))
+        started = time.monotonic()
+        store.summary()
+        summary_s = time.monotonic() - started
+        store.close()
+        add(
+            f"status summary on {n_big:,} rows",
+            f"{summary_s * 1000:.0f} ms",
+            "< 500 ms",
+            summary_s < 0.5,
+        )
+        r = run(["status", "--limit", "20"], env, work)
+        add("`dubrunner status` command, whole (start-up included)", f"{r.wall:.2f} s")
+
+        # 3. Submit throughput at 20 ms latency, concurrency 32, beside the bare loop.
+        emu = EmulatorProcess(work, "--latency-ms", "20", "--complete-after", "3600")
+        env_emu = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(work / "s.db")}
+        run(["load", str(manifest(work / "s.yaml", n_submit, "s"))], env_emu, work)
+        r = run(["resume", "--concurrency", "32"], env_emu, work)
+        assert r.code == 0, r.err
+        ours = n_submit / r.wall
+        cpu_ms = r.cpu / n_submit * 1000
+        bare_rate, bare_cpu = bare_loop(emu.base_url, work, n_submit, 32)
+        ideal = 32 / 0.020
+        add("submit at 20 ms latency, concurrency 32", f"{ours:.0f} jobs/s", ">= 600", ours >= 600)
+        add(
+            "  as a fraction of the ideal concurrency/latency", f"{ours / ideal:.2f} of {ideal:.0f}"
+        )
+        add("  bare httpx + sqlite3 loop, same run", f"{bare_rate:.0f} jobs/s")
+        add("  dubrunner / bare loop", f"{ours / bare_rate:.2f}", ">= 0.6", ours / bare_rate >= 0.6)
+        add(
+            "client CPU per submitted job (whole process)",
+            f"{cpu_ms:.2f} ms",
+            "< 1.5 ms",
+            cpu_ms < 1.5,
+        )
+        add("  bare loop CPU per job", f"{bare_cpu:.2f} ms")
+
+        # 4. Poll throughput on those jobs: one GET each.
+        r = run(["poll", "--concurrency", "32"], env_emu, work)
+        assert r.code == 0, r.err
+        add(
+            f"poll {n_submit:,} jobs (one round), concurrency 32",
+            f"{n_submit / r.wall:.0f} polls/s",
+        )
+        emu.stop()
+
+        # 5. Rate adherence: the server allows 20 req/s, the client is told 20.
+        emu = EmulatorProcess(work, "--rate", "20")
+        n_rate = 100 if quick else 300
+        env_rate = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(work / "r.db")}
+        run(["load", str(manifest(work / "r.yaml", n_rate, "r"))], env_rate, work)
+        started = time.monotonic()
+        r = run(["resume", "--rate", "20", "--concurrency", "8"], env_rate, work)
+        assert r.code == 0, r.err
+        stats = emu.stats()
+        span = float(stats["last_generate_at"]) - float(stats["first_generate_at"])  # type: ignore[arg-type]
+        achieved = (int(stats["generate"]) - 1) / span  # type: ignore[call-overload]
+        refused = int(stats["rate_limited"])  # type: ignore[call-overload]
+        requests = int(stats["requests"])  # type: ignore[call-overload]
+        emu.stop()
+        add(
+            "rate adherence: achieved / allowed (20 req/s), first to last request",
+            f"{achieved / 20:.3f}",
+            ">= 0.95",
+            achieved / 20 >= 0.95,
+        )
+        add("  the same over the whole command, start-up included", f"{n_rate / r.wall / 20:.3f}")
+        add(
+            "  requests answered 429",
+            f"{refused} of {requests} ({refused / requests:.1%})",
+            "< 1 %",
+            refused / requests < 0.01,
+        )
+
+        # 6. A whole large batch, for memory.
+        if not quick:
+            emu = EmulatorProcess(work, "--complete-after", "3600")
+            env_big = {**env, "CHAMELAION_BASE_URL": emu.base_url}
+            r = run(["resume", "--concurrency", "32", "-q"], env_big, work)
+            emu.stop()
+            assert r.code == 0, r.err
+            add(
+                f"submit the {n_big:,}-job batch: peak RSS",
+                f"{r.rss_mb:.0f} MB",
+                "< 250 MB",
+                r.rss_mb < 250,
+            )
+            add(
+                f"submit the {n_big:,}-job batch: throughput (no latency)",
+                f"{n_big / r.wall:.0f} jobs/s",
+            )
+
+    write_report(rows, quick)
+    return 0
+
+
+def write_report(rows: list[tuple[str, str, str, str]], quick: bool) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (tests/benchmarks/bench.py); "
+        + ("a --quick run, with smaller sizes. " if quick else "")
+        + "Client and emulator on one machine, over loopback.",
+        "",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
+        f"{platform.release()}",
+        f"- Python {platform.python_version()}; peak RSS of this run's driver "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "| measure | result | target | |",
+        "| --- | ---: | ---: | --- |",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
+        "",
+    ]
+    notes = ROOT / "tests" / "benchmarks" / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    print(f"\nwrote {ROOT / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
