@@ -46,7 +46,9 @@ class Database:
         if self.path is not None:
             conn = sqlite3.connect(self.path)
             try:
-                return conn.execute(sql, params).fetchall()
+                rows = conn.execute(sql, params).fetchall()
+                conn.commit()
+                return rows
             finally:
                 conn.close()
         parts = sql.split("?")

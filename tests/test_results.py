@@ -15,7 +15,7 @@ import pytest
 from dubrunner.emulator import Emulator, output_content
 from dubrunner.poller import interpret
 from dubrunner.states import State
-from tests.conftest import db_rows, run_cli, states, write_manifest
+from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, states, write_manifest
 from tests.test_crash import start
 
 
@@ -32,8 +32,9 @@ def mixed_manifest(path: Path, n: int, failing: set[int]) -> Path:
     return path
 
 
+@BOTH_DATABASES
 def test_submit_wait_fetch_and_export(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(complete_after=0.3, output_bytes=20_000)
     manifest = mixed_manifest(tmp_path / "s1.yaml", 50, {3, 11, 20, 33, 47})
@@ -45,7 +46,7 @@ def test_submit_wait_fetch_and_export(
     files = sorted((out / "s1").iterdir())
     assert len(files) == 45
     rows = db_rows(
-        db_path,
+        db,
         "SELECT reference_id, request_id, state, local_path, sha256, "
         "size_bytes, last_error, remote_status FROM jobs ORDER BY id",
     )
@@ -81,8 +82,9 @@ def test_submit_wait_fetch_and_export(
     assert "no face found" in one.out and "poll" in one.out
 
 
+@BOTH_DATABASES
 def test_download_killed_halfway_resumes_with_range(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(complete_after=0.05)
     manifest = write_manifest(tmp_path / "m.yaml", 1)
@@ -106,39 +108,36 @@ def test_download_killed_halfway_resumes_with_range(
     assert r.code == 0, r.err
     assert "1 resumed" in r.err
     assert emulator.stats.range_requests == 1
-    request_id = db_rows(db_path, "SELECT request_id FROM jobs")[0][0]
+    request_id = db_rows(db, "SELECT request_id FROM jobs")[0][0]
     final = out / "b" / "b-ep00000.mp4"
     assert final.read_bytes() == output_content(request_id, size)
     assert not part.exists()
-    assert db_rows(db_path, "SELECT sha256, size_bytes FROM jobs") == [
+    assert db_rows(db, "SELECT sha256, size_bytes FROM jobs") == [
         (hashlib.sha256(final.read_bytes()).hexdigest(), size)
     ]
 
 
+@BOTH_DATABASES
 def test_expired_output_url_fails_that_download_only(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(complete_after=0.05)
     manifest = write_manifest(tmp_path / "m.yaml", 3)
     assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
     # One output URL has expired (the server no longer knows it).
-    db_rows(db_path, "SELECT 1")  # the file exists
-    import sqlite3
-
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "UPDATE jobs SET output_url = output_url || '-expired' WHERE reference_id = 'b-ep00001'"
-        )
+    db.rows(
+        "UPDATE jobs SET output_url = output_url || '-expired' WHERE reference_id = 'b-ep00001'"
+    )
     r = run_cli(["fetch", "--out", str(tmp_path / "o")], env)
     assert r.code == 1
     assert "2 downloaded" in r.err and "1 failed" in r.err
     assert db_rows(
-        db_path, "SELECT download_state, download_error FROM jobs WHERE reference_id = 'b-ep00001'"
+        db, "SELECT download_state, download_error FROM jobs WHERE reference_id = 'b-ep00001'"
     ) == [("failed", "HTTP 404 for the output URL")]
 
 
 def test_poll_makes_one_get_per_job_per_round(
-    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(complete_after=3600)
     manifest = write_manifest(tmp_path / "m.yaml", 5000)
@@ -150,7 +149,7 @@ def test_poll_makes_one_get_per_job_per_round(
         assert "0 completed, 0 failed remotely, 5000 still processing" in r.err
         assert emulator.stats.polls == 5000 * round_
     assert emulator.stats.rate_limited == 0
-    assert states(db_path) == {"processing": 5000}
+    assert states(db) == {"processing": 5000}
 
 
 @pytest.mark.parametrize(
