@@ -132,6 +132,8 @@ class ApiClient:
             "transport": transport,
         }
         self.max_connections = max_connections
+        # httpx bounds each read, not the whole answer: a server trickling bytes would never end.
+        self.total_timeout = connect_timeout + read_timeout
         # One small pool per thread: a shared pool of N connections is scanned, under one lock,
         # on every request, which costs more CPU than the request itself at N = 32.
         self._local = threading.local()
@@ -174,6 +176,7 @@ class ApiClient:
     ) -> Answer:
         headers = {"X-Stainless-Retry-Count": str(retry_count)}
         started = time.monotonic()
+        deadline = started + self.total_timeout
         with self._client.stream(method, path, json=json, params=params, headers=headers) as resp:
             chunks: list[bytes] = []
             size = 0
@@ -181,6 +184,10 @@ class ApiClient:
                 size += len(chunk)
                 if size > MAX_BODY:
                     raise ResponseTooLarge(f"the answer is over {MAX_BODY:,} bytes")
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(
+                        f"the answer took over {self.total_timeout:g} s to arrive"
+                    )
                 chunks.append(chunk)
             return Answer(
                 resp.status_code, resp.headers, b"".join(chunks), time.monotonic() - started

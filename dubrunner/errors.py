@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -190,6 +191,9 @@ def classify_answer(
             action = _status_action(status, idempotent)
     if action is Action.AMBIGUOUS and idempotent:
         action = Action.RETRY
+    if 300 <= status < 400:
+        where = urlsplit(headers.get("location", "")).netloc or "elsewhere"
+        message = f"the API redirected to {where} (HTTP {status}): check CHAMELAION_BASE_URL"
     if message.strip().lower() in BUG_MESSAGES:
         message = f"dubrunner bug: the API answered {message!r}; please report it"
     return Outcome(action, message, status, retry_after=retry_after)

@@ -1,0 +1,167 @@
+"""A hostile server on a raw socket: every broken answer ends in a defined job state, no hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import socketserver
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TOKEN, db_rows, run_cli, write_manifest
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: BrokenServer
+
+    def handle(self) -> None:
+        conn: socket.socket = self.request
+        conn.settimeout(10)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            length = next(
+                (
+                    int(v)
+                    for k, _, v in (x.partition(": ") for x in lines[1:])
+                    if k.lower() == "content-length"
+                ),
+                0,
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            if method == "GET" and path.startswith("/api/v1/lipsync/requests"):
+                self.server.lookups += 1
+                payload = json.dumps({"data": [], "pagination": {"total": 0}}).encode()
+                conn.sendall(_response(200, payload))
+                return
+            self.server.posts += 1
+            self.server.behave(conn)
+        except OSError:
+            return
+
+
+def _response(
+    status: int, body: bytes, content_type: str = "application/json", extra: str = ""
+) -> bytes:
+    return (
+        f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n{extra}\r\n"
+    ).encode() + body
+
+
+class BrokenServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, behaviour: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.behaviour = behaviour
+        self.posts = 0
+        self.lookups = 0
+
+    def behave(self, conn: socket.socket) -> None:
+        b = self.behaviour
+        if b == "not_json":
+            conn.sendall(_response(200, b"OK, job queued"))
+        elif b == "no_request_id":
+            conn.sendall(_response(200, b'{"status": "success"}'))
+        elif b == "bad_uuid":
+            conn.sendall(_response(200, b'{"status": "success", "request_id": "job-42"}'))
+        elif b == "html_5xx":
+            conn.sendall(
+                _response(503, b"<html><h1>503 Service Unavailable</h1></html>", "text/html")
+            )
+        elif b == "slow_body":
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+            )
+            for _ in range(500):
+                conn.sendall(b" ")
+                time.sleep(0.05)
+        elif b == "never_starts":
+            time.sleep(8)
+        elif b == "reset_mid_body":
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n"
+            conn.sendall(head + b'\r\n{"status"')
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+        elif b == "redirect":
+            conn.sendall(_response(307, b"", extra="Location: https://evil.example.net/api/\r\n"))
+        elif b == "enormous":
+            conn.sendall(_response(200, b'{"pad": "' + b"x" * (3 * 1024 * 1024) + b'"}'))
+        else:  # pragma: no cover
+            raise AssertionError(b)
+
+
+@pytest.fixture
+def broken(request: pytest.FixtureRequest) -> Iterator[BrokenServer]:
+    server = BrokenServer(request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# behaviour, the job's final state, words its last error must contain, whether it was looked up
+CASES = [
+    ("not_json", "failed", "HTTP 200 without a valid request_id", True),
+    ("no_request_id", "failed", "HTTP 200 without a valid request_id", True),
+    ("bad_uuid", "failed", "HTTP 200 without a valid request_id", True),
+    ("html_5xx", "failed", "HTTP 503 with an HTML body", False),
+    ("slow_body", "failed", "ReadTimeout", True),
+    ("never_starts", "failed", "ReadTimeout", True),
+    ("reset_mid_body", "failed", "", True),
+    ("redirect", "halted", "the API redirected to evil.example.net", False),
+    ("enormous", "failed", "ResponseTooLarge", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("broken", "state", "error", "looked_up"), CASES, indirect=["broken"], ids=[c[0] for c in CASES]
+)
+def test_broken_answers_end_in_a_defined_state(
+    broken: BrokenServer, state: str, error: str, looked_up: bool, tmp_path: Path
+) -> None:
+    db = tmp_path / "jobs.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))}
+    env.update(
+        CHAMELAION_BASE_URL=f"http://127.0.0.1:{broken.server_address[1]}/api/",
+        CHAMELAION_API_KEY=TOKEN,
+        DUBRUNNER_DB=str(db),
+        DUBRUNNER_RETRY_WAIT="0.01",
+    )
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    started = time.monotonic()
+    r = run_cli(
+        ["submit", str(manifest), "--max-attempts", "2", "--request-timeout", "1"], env, timeout=60
+    )
+    assert time.monotonic() - started < 30, "bounded waits"
+    assert r.code == 1, r.err
+    assert "Traceback" not in r.err
+    [(final, last_error, lookup_needed)] = db_rows(
+        db, "SELECT state, last_error, lookup_needed FROM jobs"
+    )
+    assert final == state
+    assert error in (last_error or "")
+    # A maybe-created job is never resent blindly: it was looked up before the second POST,
+    # and it stays marked for a look-up before any later send.
+    assert (broken.lookups > 0) == looked_up
+    assert bool(lookup_needed) == looked_up
+    assert broken.posts == (1 if state == "halted" else 2)
