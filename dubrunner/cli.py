@@ -26,12 +26,14 @@ from dubrunner.output import (
     print_csv,
     print_job_detail,
     print_json,
+    print_media_problems,
     print_status_table,
     setup_logging,
     table_console,
     write_export,
 )
 from dubrunner.poller import Poller
+from dubrunner.preflight import Pair, Preflight, PreflightReport
 from dubrunner.redact import scrub
 from dubrunner.runner import EXIT_INTERRUPTED, EXIT_USAGE, BatchResult, BatchRun
 from dubrunner.states import AT_API, RETRYABLE, State
@@ -172,6 +174,29 @@ def poll_options(fn: F) -> F:
     )(fn)
 
 
+def preflight_options(fn: F) -> F:
+    for option in reversed(
+        [
+            click.option(
+                "--media-concurrency",
+                type=click.IntRange(1, 128),
+                default=8,
+                show_default=True,
+                help="Media URLs checked at once.",
+            ),
+            click.option(
+                "--per-host",
+                type=click.IntRange(1, 32),
+                default=2,
+                show_default=True,
+                help="Media URLs checked at once on any one host.",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 def open_store() -> Store:
     ctx = click.get_current_context()
     try:
@@ -266,6 +291,12 @@ def validate(manifest: str, max_manifest_bytes: int, max_jobs: int) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Then poll to the end and download the outputs into this directory.",
 )
+@click.option(
+    "--preflight",
+    is_flag=True,
+    help="First check every media URL; jobs with bad media fail without being sent.",
+)
+@preflight_options
 @poll_options
 @common_options
 def submit(
@@ -276,6 +307,9 @@ def submit(
     fetch_dir: Path | None,
     interval: float,
     timeout: float | None,
+    preflight: bool,
+    media_concurrency: int,
+    per_host: int,
     max_manifest_bytes: int,
     max_jobs: int,
     dry_run: bool,
@@ -291,6 +325,14 @@ def submit(
     say(summary)
     assert api is not None
     click.get_current_context().call_on_close(api.close)
+    if preflight:
+        report = run_preflight(unsent_pairs(store, m.batch), media_concurrency, per_host)
+        reasons: dict[str, str] = {}
+        for problem in report.problems:
+            reasons.setdefault(
+                problem.reference_id, f"preflight: {problem.which}: {problem.problem}"
+            )
+        store.fail_unsent(m.batch, reasons)
     result = run_batch(store, api, m.batch, options)
     if result.exit_code != 0 or not (wait or fetch_dir):
         finish(result)
@@ -608,6 +650,58 @@ def export(batch: str | None, fmt: str, out: Any) -> None:
         say(f"{n} job(s) exported to {out.name}")
 
 
+def run_preflight(pairs: list[Pair], concurrency: int, per_host: int) -> PreflightReport:
+    ctx = click.get_current_context()
+    preflight = Preflight(concurrency, per_host)
+    try:
+        with (
+            ProgressDisplay("checking media", None, quiet(ctx)) as progress,
+            _signals(preflight.stop.set),
+        ):
+            report = preflight.run(
+                pairs, lambda done, total: progress.update(done, f"{done} of {total} URLs")
+            )
+    finally:
+        preflight.close()
+    if report.problems:
+        print_media_problems(report.problems, table_console())
+    say(
+        f"checked {report.checked} media URL(s) of {report.jobs} job(s): "
+        f"{len(report.bad_references)} job(s) with a problem"
+    )
+    return report
+
+
+@cli.command()
+@click.argument("target")
+@manifest_limits
+@preflight_options
+@common_options
+def check(
+    target: str, max_manifest_bytes: int, max_jobs: int, media_concurrency: int, per_host: int
+) -> None:
+    """Check the media URLs of a manifest file or a batch before paying for anything."""
+    if Path(target).is_file():
+        m = read_manifest(target, max_manifest_bytes, max_jobs)
+        pairs = [Pair(j.reference_id, j.video_url, j.audio_url) for j in m.jobs]
+    else:
+        store = open_store()
+        if target not in store.batches():
+            raise UserError(f"{target!r} is neither a manifest file nor a batch in the database")
+        pairs = unsent_pairs(store, target)
+    report = run_preflight(pairs, media_concurrency, per_host)
+    raise click.exceptions.Exit(1 if report.problems else 0)
+
+
+def unsent_pairs(store: Store, batch: str) -> list[Pair]:
+    unsent = {State.PENDING, State.HALTED, State.FAILED}
+    return [
+        Pair(r.reference_id, r.video_url, r.audio_url)
+        for r in store.iter_rows(batch)
+        if r.state in unsent and not r.request_id
+    ]
+
+
 def check_batch(store: Store, batch: str | None) -> None:
     if batch is not None and batch not in store.batches():
         raise UserError(f"no batch {batch!r} in the database")
@@ -691,6 +785,28 @@ def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
     store = open_store()
     n = store.cancel(batch, refs)
     click.echo(f"{n} pending job(s) cancelled")
+
+
+@cli.command()
+@click.option("--allow-insecure-http", is_flag=True, help="As for submit.")
+@common_options
+def doctor(allow_insecure_http: bool) -> None:
+    """Check the set-up end to end: credentials, the API, the database, the clock."""
+    from rich.table import Table
+
+    from dubrunner.doctor import diagnose
+
+    findings = diagnose(click.get_current_context().meta.get("db"), allow_insecure_http)
+    table = Table(title="dubrunner doctor", title_justify="left")
+    for name in ("check", "", "finding"):
+        table.add_column(name, overflow="fold")
+    for f in findings:
+        table.add_row(f.check, "ok" if f.ok else "PROBLEM", scrub(f.detail))
+    table_console().print(table)
+    bad = [f for f in findings if not f.ok]
+    if bad:
+        click.echo(f"error: {len(bad)} problem(s): " + "; ".join(f.check for f in bad), err=True)
+    raise click.exceptions.Exit(1 if bad else 0)
 
 
 @cli.group()

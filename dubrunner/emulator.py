@@ -9,6 +9,7 @@ emulator is never the bottleneck of a measurement (separate header/body writes m
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import random
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 PREFIX = "/api/"
@@ -242,11 +243,14 @@ class _Handler(BaseHTTPRequestHandler):
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
             f"Content-Type: {content_type}",
             f"Content-Length: {len(body)}",
+            f"Date: {email.utils.formatdate(usegmt=True)}",
         ]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if self.command == "HEAD":
+            body = b""  # a HEAD answer has the headers of a GET's, and no body
         self.wfile.write(head + body)  # one write: no delayed-ACK stall
         emu = self.server.emulator
         with emu.lock:
@@ -284,6 +288,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._route("POST")
 
+    def do_HEAD(self) -> None:
+        self._route("HEAD")
+
     def _route(self, method: str) -> None:
         emu = self.server.emulator
         body = self._body() if method == "POST" else b""
@@ -293,6 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
             emu.stats.requests += 1
         if path.startswith("/outputs/") and method == "GET":
             return self._output(path)
+        if path.startswith("/media/"):
+            return self._media(method, path)
         if path.startswith("/_emulator/"):
             return self._control(method, path, body)
         if not path.startswith(PREFIX):
@@ -451,6 +460,36 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[i : i + step])
             time.sleep(step / rate)
         return None
+
+    # Stand-in media for preflight: /media/<kind>/<anything>, kind telling how it behaves.
+    _MEDIA: ClassVar[dict[str, tuple[str, int]]] = {
+        "video": ("video/mp4", 200_000),
+        "audio": ("audio/wav", 100_000),
+        "html": ("text/html; charset=utf-8", 2_000),
+        "tiny": ("video/mp4", 10),
+        "nohead": ("video/mp4", 200_000),
+    }
+
+    def _media(self, method: str, path: str) -> None:
+        kind = path.split("/")[2] if path.count("/") >= 2 else ""
+        if kind not in self._MEDIA:
+            return self._error(404, "not found")
+        if kind == "nohead" and method == "HEAD":
+            return self._error(405, "method not allowed")
+        content_type, size = self._MEDIA[kind]
+        status, length, extra = 200, size, {"Accept-Ranges": "bytes"}
+        if self.headers.get("Range") == "bytes=0-0":
+            status, length = 206, 1
+            extra["Content-Range"] = f"bytes 0-0/{size}"
+        if method == "HEAD":
+            head = [
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+                f"Content-Type: {content_type}",
+            ]
+            head += [f"Content-Length: {length}", *(f"{k}: {v}" for k, v in extra.items())]
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            return None
+        return self._send(status, b"\0" * length, extra, content_type=content_type)
 
     def _control(self, method: str, path: str, body: bytes) -> None:
         """Test hooks for an emulator running in another process."""

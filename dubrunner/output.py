@@ -185,6 +185,17 @@ def print_status_table(
     console.print(jobs)
 
 
+def print_media_problems(problems: Sequence[Any], console: Console) -> None:
+    table = Table(title=f"Media problems ({len(problems)})", title_justify="left")
+    table.add_column("reference_id", no_wrap=True)
+    table.add_column("input")
+    table.add_column("problem", overflow="fold")
+    table.add_column("url", overflow="fold")
+    for p in problems:
+        table.add_row(p.reference_id, p.which, p.problem, p.url)
+    console.print(table)
+
+
 def print_job_detail(row: JobRow, attempts: Sequence[dict[str, Any]], console: Console) -> None:
     d = row_dict(row)
     table = Table(show_header=False, title=f"Job {row.reference_id}", title_justify="left")

@@ -245,6 +245,7 @@ class _GroupCommitter:
         # Attempt rows of the batch being committed: inserted with one executemany.
         self.attempt_rows: list[dict[str, Any]] | None = None
         self.conn: Connection | None = None
+        self.fallbacks = 0  # batches redone one write at a time (a lost row, or an error)
         self.thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
         self.thread.start()
 
@@ -304,6 +305,7 @@ class _GroupCommitter:
             if len(batch) == 1:
                 batch[0][1].set_exception(sys.exc_info()[1] or RuntimeError("write failed"))
                 return
+            self.fallbacks += 1
             for item in batch:  # one bad write (or a lost row) must not sink the others
                 self._commit([item])
             return
@@ -359,6 +361,12 @@ def migration_head() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -864,6 +872,23 @@ class Store:
             for row in rows:
                 yield JobRow(*row[1:])  # type: ignore[call-arg]
 
+    def fail_unsent(self, batch: str, reasons: dict[str, str]) -> int:
+        """Fail jobs that were never sent (preflight found their media wrong)."""
+        if not reasons:
+            return 0
+        stmt = (
+            update(Job)
+            .where(
+                Job.batch == batch,
+                Job.reference_id == sa.bindparam("ref"),
+                sa.or_(Job.state == State.PENDING, Job.state == State.HALTED),
+            )
+            .values(last_error=sa.bindparam("why"), state=State.FAILED, updated_at=utcnow())
+        )
+        with self._write() as conn:
+            rows = [{"ref": ref, "why": why} for ref, why in reasons.items()]
+            return int(conn.execute(stmt, rows).rowcount)
+
     def count_remote_failures(self, batch: str | None) -> int:
         stmt = (
             select(func.count())
@@ -905,7 +930,8 @@ def _update_statement(guard: str, keys: tuple[str, ...]) -> sa.Update:
     if guard == "owned":
         stmt = stmt.where(Job.state == State.SUBMITTING, Job.owner == sa.bindparam("w_owner"))
     elif guard == "polled":
-        stmt = stmt.where(Job.state.in_(list(POLLABLE)))
+        # OR, not IN: an expanding IN cannot run in an executemany.
+        stmt = stmt.where(sa.or_(*(Job.state == state for state in POLLABLE)))
     return stmt.values({k: sa.bindparam(f"v_{k}") for k in keys})
 
 

@@ -105,3 +105,37 @@ def test_bad_database_is_a_store_error(tmp_path: Path) -> None:
         Store(str(junk))
     with pytest.raises(StoreError, match="no such directory"):
         Store(str(tmp_path / "missing" / "x.db"))
+
+
+def test_group_commit_batches_without_falling_back(store: Store) -> None:
+    store.load("b", specs(200), "m.yaml")
+    jobs = store.claim("me", "b", 200, LONG)
+    store.start_group_commit()
+    committer = store._committer
+    assert committer is not None
+    results: list[bool] = []
+
+    def finish(chunk: list[int]) -> None:
+        for job_id in chunk:
+            results.append(
+                store.transition(
+                    job_id, "me", None, "me", state=State.SUBMITTED, request_id=f"r{job_id}"
+                )
+            )
+            results.append(
+                store.record_poll(
+                    job_id, None, "me", state=State.PROCESSING, remote_status="PROCESSING"
+                )
+            )
+
+    ids = [j.id for j in jobs]
+    threads = [threading.Thread(target=finish, args=(ids[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 400
+    assert committer.fallbacks == 0
+    # A write that finds its row gone (someone else took the job) is told so, alone.
+    assert store.transition(ids[0], "me", None, "me", state=State.FAILED) is False
+    assert store.counts() == {"processing": 200}

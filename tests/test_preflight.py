@@ -1,0 +1,87 @@
+"""Preflight and doctor: problems found before anything is paid for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dubrunner.emulator import Emulator
+from dubrunner.preflight import judge
+from tests.conftest import TOKEN, db_rows, run_cli
+
+
+def media_manifest(path: Path, emulator: Emulator) -> Path:
+    media = emulator.root_url + "media/"
+    jobs = {
+        "good": (f"{media}video/e1.mp4", f"{media}audio/e1.wav?sig=s3cr3t"),
+        "nohead": (f"{media}nohead/e2.mp4", f"{media}audio/e2.wav"),
+        "missing-video": (f"{media}missing/e3.mp4", f"{media}audio/e3.wav"),
+        "html-audio": (f"{media}video/e4.mp4", f"{media}html/e4.wav"),
+        "unreachable": (f"{media}video/e5.mp4", "http://127.0.0.1:9/e5.wav"),
+    }
+    lines = ["batch: media", "jobs:"]
+    for ref, (video, audio) in jobs.items():
+        lines += [f"  - reference_id: {ref}", f"    video: '{video}'", f"    audio: '{audio}'"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_check_reports_bad_media_in_one_table(
+    emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    manifest = media_manifest(tmp_path / "m.yaml", emulator)
+    r = run_cli(["check", str(manifest)], env)
+    assert r.code == 1, r.err
+    assert "missing-video" in r.out and "HTTP 404" in r.out
+    assert "html-audio" in r.out and "serves text/html, not audio" in r.out
+    assert "unreachable" in r.out and "unreachable:" in r.out
+    assert "nohead" not in r.out and "good" not in r.out.split("Media problems")[1].split("\n")[0]
+    assert "s3cr3t" not in r.out + r.err
+    assert "3 job(s) with a problem" in r.err
+    assert emulator.stats.generate == 0
+
+
+def test_submit_preflight_fails_bad_jobs_without_paying(
+    emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
+) -> None:
+    manifest = media_manifest(tmp_path / "m.yaml", emulator)
+    r = run_cli(["submit", str(manifest), "--preflight"], env)
+    assert r.code == 1, r.err
+    assert set(emulator.accepted()) == {"good", "nohead"}
+    assert emulator.stats.generate == 2  # zero POSTs for the three bad jobs
+    failed = dict(
+        db_rows(db_path, "SELECT reference_id, last_error FROM jobs WHERE state='failed'")
+    )
+    assert failed == {
+        "missing-video": "preflight: video: HTTP 404",
+        "html-audio": "preflight: audio: serves text/html, not audio",
+        "unreachable": failed["unreachable"],
+    }
+    assert failed["unreachable"].startswith("preflight: audio: unreachable:")
+    # The batch can be checked again from the database.
+    again = run_cli(["check", "media"], env)
+    assert again.code == 1 and "3 job(s) with a problem" in again.err
+
+
+def test_judge() -> None:
+    assert judge("video", 200, "video/mp4", 10_000) is None
+    assert judge("audio", 206, "application/octet-stream", None) is None
+    assert judge("video", 404, "text/html", 10) == "HTTP 404"
+    assert judge("audio", 200, "text/html; charset=utf-8", 5000) == "serves text/html, not audio"
+    assert (
+        judge("video", 200, "audio/wav", 5000)
+        == "serves audio/wav: audio where the video should be"
+    )
+    assert judge("video", 200, "video/mp4", 0) == "only 0 bytes: too small to be video"
+
+
+def test_doctor(emulator: Emulator, env: dict[str, str]) -> None:
+    ok = run_cli(["doctor"], env)
+    assert ok.code == 0, ok.out + ok.err
+    assert "PROBLEM" not in ok.out and "emulator user" in ok.out
+    bad = run_cli(["doctor"], {**env, "CHAMELAION_API_KEY": "not-the-key-123"})
+    assert bad.code == 1
+    assert "credentials accepted" in bad.out and "invalid token" in bad.out
+    assert "not-the-key-123" not in bad.out + bad.err
+    none = run_cli(["doctor"], {k: v for k, v in env.items() if k != "CHAMELAION_API_KEY"})
+    assert none.code == 1 and "neither CHAMELAION_API_KEY nor" in none.out
+    assert TOKEN not in ok.out
