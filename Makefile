@@ -40,6 +40,10 @@ test: lint
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dubrunner.db dubrunner.db-wal dubrunner.db-shm
 
+# The manifest fuzzer at length (make test runs it briefly, with a fixed seed).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz DUBRUNNER_FUZZ_SUBMITS=300 $(BIN)/pytest tests/test_fuzz.py -p no:cacheprovider
+
 # Benchmarks against the emulator on loopback; prints a table and writes BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench

@@ -380,7 +380,7 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
             f"unknown top-level key {_show(k)} (expected batch, defaults, jobs)",
         )
         for k in doc
-        if k not in _TOP_KEYS
+        if k not in _TOP_KEYS and not (isinstance(k, str) and k.startswith("x-"))
     )
 
     batch = doc.get("batch", default_batch)
@@ -420,7 +420,15 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
     if "jobs" not in doc:
         problems.append(Problem(doc.line, "no 'jobs:' list"))
     elif not streamed["jobs"]:
-        problems.append(Problem(jobs_line, "jobs must be a list"))
+        aliased = isinstance(doc["jobs"], _LineList)
+        problems.append(
+            Problem(
+                jobs_line,
+                "jobs must be a list written in place, not an alias"
+                if aliased
+                else "jobs must be a list",
+            )
+        )
     elif not raws and not problems:
         problems.append(Problem(jobs_line, "the jobs list is empty"))
 

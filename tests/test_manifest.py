@@ -205,3 +205,15 @@ def test_bundled_manifests_are_valid() -> None:
     assert example.batch == "example" and len(example.jobs) == 5
     season = load(root / "season1-ja.yaml")
     assert len(season.jobs) == 50
+
+
+def test_x_keys_hold_anchors_for_reuse() -> None:
+    m = parse(
+        "x-cdn: &video https://cdn.test/master.mp4\n"
+        "jobs:\n"
+        "  - {video: *video, audio: 'https://cdn.test/ja.wav', reference_id: ja}\n"
+        "  - {video: *video, audio: 'https://cdn.test/de.wav', reference_id: de}\n",
+        "x.yaml",
+        "x",
+    )
+    assert [j.video_url for j in m.jobs] == ["https://cdn.test/master.mp4"] * 2
