@@ -537,22 +537,28 @@ def run_poll(
         f"{where}: {counts.get(State.COMPLETED, 0)} completed, {failed_remote} failed remotely, "
         f"{still} still processing"
     )
+    failure = None
     if report.halt_message:
-        click.echo(f"error: {report.halt_message}; {summary} — fix it, then poll again", err=True)
+        failure = f"{report.halt_message}; {summary} — fix it, then poll again"
+    elif report.timed_out:
+        failure = f"timed out waiting; {summary}"
+    code = conclude(summary, failure, report.interrupted, report.fatal)
+    return 1 if code == 0 and wait and (still or failed_remote) else code
+
+
+def conclude(summary: str, failure: str | None, interrupted: bool, fatal: str | None) -> int:
+    """The closing line of a poll or fetch, and its exit code."""
+    if fatal:
+        click.echo(f"error: {fatal}; {summary}", err=True)
         return 1
-    if report.fatal:
-        click.echo(f"error: {report.fatal}; {summary}", err=True)
-        return 1
-    if report.interrupted:
+    if interrupted:
         click.echo(f"interrupted: {summary}", err=True)
         return EXIT_INTERRUPTED
-    if report.timed_out:
-        click.echo(f"error: timed out waiting; {summary}", err=True)
+    if failure:
+        click.echo(f"error: {failure}", err=True)
         return 1
-    if not quiet(ctx):
+    if not quiet(click.get_current_context()):
         click.echo(summary, err=True)
-    if wait and (still or failed_remote):
-        return 1
     return 0
 
 
@@ -579,18 +585,8 @@ def run_fetch(store: Store, batch: str | None, out: Path, concurrency: int) -> i
         f"{report.downloaded} downloaded ({report.bytes / 1e6:.1f} MB, {report.resumed} resumed), "
         f"{report.skipped} already there, {report.failed} failed, into {out}"
     )
-    if report.fatal:
-        click.echo(f"error: {report.fatal}; {summary}", err=True)
-        return 1
-    if report.interrupted:
-        click.echo(f"interrupted: {summary}", err=True)
-        return EXIT_INTERRUPTED
-    if report.failed:
-        click.echo(f"error: {summary} — see `dubrunner status --format json`", err=True)
-        return 1
-    if not quiet(ctx):
-        click.echo(summary, err=True)
-    return 0
+    failure = f"{summary} — see `dubrunner status --format json`" if report.failed else None
+    return conclude(summary, failure, report.interrupted, report.fatal)
 
 
 @cli.command()

@@ -228,6 +228,14 @@ class FilterIgnored(Exception):
     trustworthy, so an empty page would not prove that the job is absent."""
 
 
+def _lookup_answer(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+    """A look-up's answer as a GET; its failure is never the job's fault, so never FAIL_JOB."""
+    outcome = classify_answer(status, headers, body, idempotent=True)
+    if outcome.action is Action.FAIL_JOB:
+        return Outcome(Action.RETRY, f"look-up failed: {outcome.message}", status)
+    return outcome
+
+
 def classify_lookup(
     status: int, headers: Mapping[str, str], body: bytes, reference_id: str
 ) -> tuple[str | None, Outcome]:
@@ -236,10 +244,8 @@ def classify_lookup(
     ACCEPTED with a request_id: the job exists. ACCEPTED with None: it provably does not.
     Anything else is an error; a lookup error is never the job's fault, so never FAIL_JOB.
     """
-    outcome = classify_answer(status, headers, body, idempotent=True)
+    outcome = _lookup_answer(status, headers, body)
     if outcome.action is not Action.ACCEPTED:
-        if outcome.action is Action.FAIL_JOB:
-            outcome = Outcome(Action.RETRY, f"look-up failed: {outcome.message}", status)
         return None, outcome
     data = json.loads(body)
     items = data.get("data") if isinstance(data, dict) else None
@@ -267,10 +273,8 @@ def classify_direct_lookup(
     """Interpret `GET v1/lipsync/requests/{reference_id}` (the fallback look-up)."""
     if status == 404:
         return None, Outcome(Action.ACCEPTED, "not found", status)
-    outcome = classify_answer(status, headers, body, idempotent=True)
+    outcome = _lookup_answer(status, headers, body)
     if outcome.action is not Action.ACCEPTED:
-        if outcome.action is Action.FAIL_JOB:
-            outcome = Outcome(Action.RETRY, f"look-up failed: {outcome.message}", status)
         return None, outcome
     data = json.loads(body)
     request_id = valid_request_id(data.get("id")) if isinstance(data, dict) else None

@@ -22,7 +22,7 @@ import httpx
 from dubrunner import __version__
 from dubrunner.redact import scrub
 from dubrunner.store import AttemptRecord, FetchTarget, Store, StoreError
-from dubrunner.worker import worker_id
+from dubrunner.worker import run_ticking, worker_id
 
 log = logging.getLogger("dubrunner")
 PAGE = 500
@@ -112,12 +112,7 @@ class Fetcher:
 
     def run(self, tick: Callable[[], None] | None = None) -> FetchReport:
         self.store.start_group_commit()
-        thread = threading.Thread(target=self._all, daemon=True)
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.1)
-            if tick is not None:
-                tick()
+        run_ticking(self._all, tick)
         self._client.close()
         return self.report
 

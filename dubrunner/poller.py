@@ -24,7 +24,7 @@ from dubrunner.governor import Governor, Stopped
 from dubrunner.redact import scrub
 from dubrunner.states import State, state_for_remote
 from dubrunner.store import AttemptRecord, PollTarget, Store, StoreError
-from dubrunner.worker import worker_id
+from dubrunner.worker import run_ticking, worker_id
 
 log = logging.getLogger("dubrunner")
 PAGE = 500
@@ -111,12 +111,7 @@ class Poller:
     ) -> PollReport:
         """One round, or (wait) rounds with a growing interval until every job has ended."""
         self.store.start_group_commit()
-        thread = threading.Thread(target=self._rounds, args=(wait, interval, timeout), daemon=True)
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.1)
-            if tick is not None:
-                tick()
+        run_ticking(lambda: self._rounds(wait, interval, timeout), tick)
         return self.report
 
     def _rounds(self, wait: bool, interval: float, timeout: float | None) -> None:

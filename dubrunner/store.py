@@ -688,17 +688,31 @@ class Store:
 
         False when the job is no longer ours (a lease expired and someone reclaimed it).
         """
-        now = utcnow()
-        values.setdefault("updated_at", now)
         if values.get("state", State.SUBMITTING) != State.SUBMITTING:
             values.setdefault("owner", None)
             values.setdefault("lease_expires", None)
             values.setdefault("settle_at", None)
+        return self._update_one("owned", job_id, values, attempt, worker, owner=owner)
+
+    def _update_one(
+        self,
+        guard: str,
+        job_id: int,
+        values: dict[str, Any],
+        attempt: AttemptRecord | None,
+        worker: str,
+        owner: str | None = None,
+    ) -> bool:
+        """A guarded one-row UPDATE plus its attempt row (see _update_statement for guards)."""
+        now = utcnow()
+        values = {"updated_at": now, **values}
         params = {f"v_{k}": v for k, v in values.items()}
-        params.update(w_id=job_id, w_owner=owner)
+        params["w_id"] = job_id
+        if owner is not None:
+            params["w_owner"] = owner
         row = _attempt_row(job_id, attempt, worker, now) if attempt is not None else None
         return self._run_update(
-            _Update(_update_statement("owned", tuple(sorted(values))), params, row)
+            _Update(_update_statement(guard, tuple(sorted(values))), params, row)
         )
 
     def release(self, job_ids: Iterable[int], owner: str) -> int:
@@ -721,62 +735,56 @@ class Store:
 
     # -- results ------------------------------------------------------------------------------
 
-    def poll_targets(self, batch: str | None, after_id: int, limit: int) -> list[PollTarget]:
-        """The next page of jobs whose remote request has not ended (keyset: memory stays flat)."""
-        stmt = (
-            select(Job.id, Job.reference_id, Job.request_id)
-            .where(Job.state.in_(list(POLLABLE)), Job.id > after_id, Job.request_id.is_not(None))
-            .order_by(Job.id)
-            .limit(limit)
-        )
+    def _page(
+        self, columns: Sequence[Any], where: Sequence[Any], batch: str | None, after: int, n: int
+    ) -> list[Any]:
+        """The next `n` matching rows after id `after` (keyset paging: memory stays flat)."""
+        stmt = select(*columns).where(Job.id > after, *where).order_by(Job.id).limit(n)
         if batch is not None:
             stmt = stmt.where(Job.batch == batch)
         with self._read() as conn:
-            return [PollTarget(**row._mapping) for row in conn.execute(stmt)]
+            return list(conn.execute(stmt))
+
+    def poll_targets(self, batch: str | None, after_id: int, limit: int) -> list[PollTarget]:
+        """Jobs whose remote request has not ended."""
+        rows = self._page(
+            (Job.id, Job.reference_id, Job.request_id),
+            (Job.state.in_(list(POLLABLE)), Job.request_id.is_not(None)),
+            batch,
+            after_id,
+            limit,
+        )
+        return [PollTarget(**row._mapping) for row in rows]
 
     def record_poll(
         self, job_id: int, attempt: AttemptRecord | None, worker: str, **values: Any
     ) -> bool:
         """What a poll learned; guarded so that an ended job never moves again."""
-        now = utcnow()
-        values = {**values, "polled_at": now, "updated_at": now}
-        params = {f"v_{k}": v for k, v in values.items()}
-        params["w_id"] = job_id
-        row = _attempt_row(job_id, attempt, worker, now) if attempt is not None else None
-        return self._run_update(
-            _Update(_update_statement("polled", tuple(sorted(values))), params, row)
+        return self._update_one(
+            "polled", job_id, {**values, "polled_at": utcnow()}, attempt, worker
         )
 
     def fetch_targets(self, batch: str | None, after_id: int, limit: int) -> list[FetchTarget]:
-        stmt = (
-            select(
-                Job.id,
-                Job.batch,
-                Job.reference_id,
-                Job.output_url,
-                Job.download_state,
-                Job.local_path,
-                Job.size_bytes,
-                Job.sha256,
-            )
-            .where(Job.state == State.COMPLETED, Job.output_url.is_not(None), Job.id > after_id)
-            .order_by(Job.id)
-            .limit(limit)
+        """Completed jobs with an output to download."""
+        columns = (
+            Job.id,
+            Job.batch,
+            Job.reference_id,
+            Job.output_url,
+            Job.download_state,
+            Job.local_path,
+            Job.size_bytes,
+            Job.sha256,
         )
-        if batch is not None:
-            stmt = stmt.where(Job.batch == batch)
-        with self._read() as conn:
-            return [FetchTarget(**row._mapping) for row in conn.execute(stmt)]
+        where = (Job.state == State.COMPLETED, Job.output_url.is_not(None))
+        return [
+            FetchTarget(**r._mapping) for r in self._page(columns, where, batch, after_id, limit)
+        ]
 
     def record_download(
         self, job_id: int, attempt: AttemptRecord | None, worker: str, **values: Any
     ) -> None:
-        now = utcnow()
-        values = {**values, "updated_at": now}
-        params = {f"v_{k}": v for k, v in values.items()}
-        params["w_id"] = job_id
-        row = _attempt_row(job_id, attempt, worker, now) if attempt is not None else None
-        self._run_update(_Update(_update_statement("any", tuple(sorted(values))), params, row))
+        self._update_one("any", job_id, values, attempt, worker)
 
     # -- operator actions ----------
 
@@ -860,17 +868,10 @@ class Store:
     def iter_rows(self, batch: str | None = None, page: int = 1000) -> Iterator[JobRow]:
         """Every job, in pages (memory stays flat however large the table)."""
         after = 0
-        while True:
-            stmt = select(Job.id, *_ROW_COLUMNS).where(Job.id > after).order_by(Job.id).limit(page)
-            if batch is not None:
-                stmt = stmt.where(Job.batch == batch)
-            with self._read() as conn:
-                rows = conn.execute(stmt).all()
-            if not rows:
-                return
+        while rows := self._page((Job.id, *_ROW_COLUMNS), (), batch, after, page):
             after = rows[-1][0]
             for row in rows:
-                yield JobRow(*row[1:])  # type: ignore[call-arg]
+                yield JobRow(*row[1:])
 
     def fail_unsent(self, batch: str, reasons: dict[str, str]) -> int:
         """Fail jobs that were never sent (preflight found their media wrong)."""

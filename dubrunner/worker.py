@@ -89,6 +89,17 @@ class _JobRun:
     throttled: int = 0  # answers that only said "slow down"
 
 
+def run_ticking(target: Callable[[], None], tick: Callable[[], None] | None) -> None:
+    """Run `target` on a thread and call `tick` from this one meanwhile: the main thread stays
+    free for signal handlers and the progress display."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+        if tick is not None:
+            tick()
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
