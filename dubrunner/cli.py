@@ -694,7 +694,7 @@ def unsent_pairs(store: Store, batch: str) -> list[Pair]:
     return [
         Pair(r.reference_id, r.video_url, r.audio_url)
         for r in store.iter_rows(batch)
-        if r.state in unsent and not r.request_id
+        if r.state in unsent and not r.request_id and not r.lookup_needed
     ]
 
 
@@ -779,8 +779,14 @@ def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
     if not (batch or refs or all_pending):
         raise UserError("say which jobs: --batch, --ref, or --all-pending")
     store = open_store()
-    n = store.cancel(batch, refs)
+    n, kept = store.cancel(batch, refs)
     click.echo(f"{n} pending job(s) cancelled")
+    if kept:
+        click.echo(
+            f"{kept} pending job(s) kept: an earlier request for them may have reached the API; "
+            "`dubrunner resume` looks them up first",
+            err=True,
+        )
 
 
 @cli.command()

@@ -805,14 +805,24 @@ class Store:
                 )
             ).rowcount
 
-    def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> int:
-        stmt = update(Job).where(Job.state == State.PENDING)
+    def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> tuple[int, int]:
+        """Cancel pending jobs: (cancelled, kept). A pending job whose earlier POST may have
+        landed is kept: cancelling it would hide a request the account may have paid for."""
+        where = [Job.state == State.PENDING]
         if batch is not None:
-            stmt = stmt.where(Job.batch == batch)
+            where.append(Job.batch == batch)
         if reference_ids:
-            stmt = stmt.where(Job.reference_id.in_(list(reference_ids)))
+            where.append(Job.reference_id.in_(list(reference_ids)))
         with self._write() as conn:
-            return conn.execute(stmt.values(state=State.CANCELLED, updated_at=utcnow())).rowcount
+            kept = conn.execute(
+                select(func.count()).select_from(Job).where(*where, Job.lookup_needed.is_(True))
+            ).scalar()
+            done = conn.execute(
+                update(Job)
+                .where(*where, Job.lookup_needed.is_(False))
+                .values(state=State.CANCELLED, updated_at=utcnow())
+            ).rowcount
+        return int(done), int(kept or 0)
 
     # -- queries ----------
 
@@ -883,6 +893,7 @@ class Store:
                 Job.batch == batch,
                 Job.reference_id == sa.bindparam("ref"),
                 sa.or_(Job.state == State.PENDING, Job.state == State.HALTED),
+                Job.lookup_needed.is_(False),
             )
             .values(last_error=sa.bindparam("why"), state=State.FAILED, updated_at=utcnow())
         )

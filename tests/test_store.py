@@ -93,9 +93,19 @@ def test_release_retry_and_cancel(store: Store) -> None:
     assert store.retry("b", [State.FAILED], "face") == 1
     assert store.retry("b", [State.FAILED, State.HALTED], None) == 1
     assert store.counts() == {"pending": 3, "submitted": 1}
-    assert store.cancel("b", ["r0"]) == 1
-    assert store.cancel("b", []) == 2
+    assert store.cancel("b", ["r0"]) == (1, 0)
+    assert store.cancel("b", []) == (2, 0)
     assert store.counts() == {"cancelled": 3, "submitted": 1}
+
+
+def test_cancel_keeps_jobs_that_may_be_at_the_api(store: Store) -> None:
+    store.load("b", specs(2), "m.yaml")
+    jobs = store.claim("me", "b", 2, LONG)
+    # The first one's POST got no answer; then the run was stopped: pending, owed a look-up.
+    store.transition(jobs[0].id, "me", None, "me", state=State.PENDING, lookup_needed=True)
+    store.release([jobs[1].id], "me")
+    assert store.cancel("b", []) == (1, 1)
+    assert store.counts() == {"cancelled": 1, "pending": 1}
 
 
 def test_bad_database_is_a_store_error(tmp_path: Path) -> None:
