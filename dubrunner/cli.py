@@ -17,7 +17,6 @@ import click
 from dubrunner import __version__
 from dubrunner.api import ApiClient, ConfigError, Credentials
 from dubrunner.fetcher import Fetcher
-from dubrunner.governor import Governor
 from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
 from dubrunner.manifest import load as load_manifest
 from dubrunner.output import (
@@ -106,6 +105,12 @@ def worker_options(fn: F) -> F:
             help="Tries per job before it fails.",
         ),
         click.option(
+            "--rate-shared",
+            is_flag=True,
+            envvar="DUBRUNNER_RATE_SHARED",
+            help="--rate is for every worker on this database together (booked in the database).",
+        ),
+        click.option(
             "--retry-wait",
             type=click.FloatRange(min=0),
             default=0.5,
@@ -135,6 +140,7 @@ def worker_options(fn: F) -> F:
         concurrency: int,
         rate: float | None,
         burst: int,
+        rate_shared: bool,
         max_attempts: int,
         retry_wait: float,
         request_timeout: float,
@@ -147,6 +153,7 @@ def worker_options(fn: F) -> F:
             request_timeout=request_timeout,
             rate=rate,
             burst=burst,
+            rate_shared=rate_shared,
         )
         return fn(*args, options=options, **kwargs)
 
@@ -512,7 +519,7 @@ def run_poll(
     poller = Poller(
         store,
         api,
-        Governor(options.rate, options.concurrency, options.burst),
+        options.governor(store, api),
         batch,
         options.concurrency,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -21,6 +22,7 @@ class Governor:
         burst: int = 1,
         *,
         clock: Callable[[], float] = time.monotonic,
+        shared: Callable[[int], list[float]] | None = None,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
@@ -31,6 +33,10 @@ class Governor:
         self._lock = threading.Lock()
         self._tat = 0.0  # GCRA's theoretical arrival time of the next request
         self._pause_until = 0.0
+        # With a shared rate, send times (Unix seconds) are booked from the database in small
+        # blocks (a fifth of a second's worth), so N workers together keep to one --rate.
+        self._shared = shared
+        self._booked: deque[float] = deque()
 
     def pause(self, seconds: float) -> None:
         """Hold every request for `seconds` from now (the server asked for it)."""
@@ -52,6 +58,10 @@ class Governor:
             start = max(now, self._pause_until)
             if self.rate is None:
                 return start - now
+            if self._shared is not None:
+                if not self._booked:
+                    self._booked.extend(self._shared(max(1, int(self.rate / 5))))
+                return max(start - now, self._booked.popleft() - time.time())
             interval = 1.0 / self.rate
             send_at = max(start, self._tat - (self.burst - 1) * interval)
             self._tat = max(self._tat, send_at) + interval

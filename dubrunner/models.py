@@ -91,3 +91,13 @@ class Attempt(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     worker: Mapped[str | None] = mapped_column(String(200))
+
+
+class RateBudget(Base):
+    """A request rate shared by every worker on the database (`--rate-shared`): GCRA's
+    theoretical arrival time, in Unix seconds, advanced by whoever books the next slots."""
+
+    __tablename__ = "rate_budget"
+
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)  # the API's base URL
+    tat: Mapped[float] = mapped_column(Float)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dubrunner.api import ApiClient
-from dubrunner.governor import Governor
 from dubrunner.states import AT_API, State
 from dubrunner.store import Store
 from dubrunner.worker import RunReport, Worker, WorkerOptions
@@ -90,7 +89,7 @@ class BatchRun:
     ) -> None:
         self.store = store
         self.batch = batch
-        self.governor = Governor(options.rate, options.concurrency, options.burst)
+        self.governor = options.governor(store, api)
         self.worker = Worker(store, api, self.governor, options, batch)
 
     def request_stop(self) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from dubrunner.manifest import JobSpec
-from dubrunner.models import Attempt, Job
+from dubrunner.models import Attempt, Job, RateBudget
 from dubrunner.states import AT_API, POLLABLE, State
 
 DEFAULT_DB = "sqlite:///./dubrunner.db"
@@ -623,6 +623,29 @@ class Store:
             return claimed
 
         return self._run_write(op)
+
+    def reserve_rate_slots(self, name: str, interval: float, n: int) -> list[float]:
+        """Book the next `n` request times (Unix seconds) of a rate shared through the database."""
+        now = time.time()
+        span = n * interval
+        stmt = (
+            update(RateBudget)
+            .where(RateBudget.name == name)
+            .values(tat=sa.case((RateBudget.tat > now, RateBudget.tat), else_=now) + span)
+            .returning(RateBudget.tat)
+        )
+        for _ in range(2):
+            try:
+                with self._write() as conn:
+                    tat = conn.execute(stmt).scalar()
+                    if tat is None:
+                        conn.execute(insert(RateBudget).values(name=name, tat=now + span))
+                        tat = now + span
+            except sa.exc.IntegrityError:  # another worker created the row first: book again
+                continue
+            first = float(tat) - span
+            return [first + i * interval for i in range(n)]
+        raise StoreError("could not book a slot of the shared rate")
 
     def renew_leases(self, owner: str, lease: Lease) -> int:
         stmt = (

@@ -4,6 +4,7 @@ memory, and a job whose POST may have landed is always looked up before it is se
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -52,6 +53,7 @@ class WorkerOptions:
     request_timeout: float = 60.0  # the HTTP read timeout; leases derive from it (store.Lease)
     rate: float | None = None  # requests per second, for the governor
     burst: int = 1
+    rate_shared: bool = False  # --rate is for all workers on the database together
     follow: float | None = (
         None  # when nothing is left, look for new jobs this often (work --follow)
     )
@@ -59,6 +61,14 @@ class WorkerOptions:
     @property
     def lease(self) -> Lease:
         return Lease(self.request_timeout)
+
+    def governor(self, store: Store, api: ApiClient) -> Governor:
+        """The process's one governor; with rate_shared, its rate is booked in the database."""
+        shared = None
+        if self.rate_shared and self.rate:
+            interval = 1.0 / self.rate
+            shared = functools.partial(store.reserve_rate_slots, api.base_url, interval)
+        return Governor(self.rate, self.concurrency, self.burst, shared=shared)
 
 
 @dataclass

@@ -113,3 +113,22 @@ def test_concurrency_cap() -> None:
     for t in threads:
         t.join()
     assert most == 2
+
+
+def test_shared_rate_books_blocks_and_waits_for_each_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    stop = FakeStop(clock)
+    wall = [5000.0]
+    monkeypatch.setattr("dubrunner.governor.time.time", lambda: wall[0] + (clock.now - 1000.0))
+    booked: list[int] = []
+
+    def book(n: int) -> list[float]:  # the database hands out slots 0.1 s apart
+        booked.append(n)
+        start = 5000.0 + 0.1 * sum(booked[:-1])
+        return [start + 0.1 * i for i in range(n)]
+
+    governor = Governor(rate=10.0, clock=clock, shared=book)
+    for _ in range(4):
+        governor.wait_turn(stop)
+    assert booked == [2, 2]  # a fifth of a second's worth at a time
+    assert clock.now == pytest.approx(1000.3)  # the fourth slot, 0.3 s after the first

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from dubrunner.emulator import Emulator
-from tests.conftest import Database, assert_exactly_once, db_rows, run_cli, write_manifest
+from tests.conftest import (
+    BOTH_DATABASES,
+    Database,
+    assert_exactly_once,
+    db_rows,
+    run_cli,
+    write_manifest,
+)
 from tests.test_crash import start
 
 
@@ -54,3 +61,22 @@ def test_eight_workers_with_random_kills_and_restarts(
     assert_exactly_once(emulator, db, 5000)
     workers_seen = db_rows(db, "SELECT count(DISTINCT worker) FROM attempts")[0][0]
     assert workers_seen >= 8
+
+
+@BOTH_DATABASES
+def test_a_shared_rate_holds_across_workers(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    emulator.update(rate=10.0)  # the account allows 10 requests a second
+    manifest = write_manifest(tmp_path / "m.yaml", 60)
+    assert run_cli(["load", str(manifest)], env).code == 0
+    args = ["resume", "--rate", "10", "--rate-shared", "--concurrency", "2"]
+    workers = [start(args, env) for _ in range(3)]  # unshared, they would send 30 a second
+    for proc in workers:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert_exactly_once(emulator, db, 60)
+    assert emulator.stats.rate_limited == 0
+    span = emulator.stats.last_generate_at - emulator.stats.first_generate_at  # type: ignore[operator]
+    assert (emulator.stats.generate - 1) / span <= 10.5
+    assert len(db_rows(db, "SELECT name FROM rate_budget")) == 1
