@@ -232,7 +232,7 @@ class ProgressDisplay:
         self.console = Console(file=self.stream)
         self.live = not quiet and self.console.is_terminal
         self.started = time.monotonic()
-        self._last_line = 0.0
+        self._last_line = self.started  # plain lines from 5 s on: a short run prints only its end
         self._progress: Progress | None = None
         self._task: Any = None
 

@@ -240,9 +240,11 @@ class Worker:
     def _heartbeat(self) -> None:
         lease = self.options.lease
         while not self._heartbeat_stop.wait(lease.heartbeat):
+            # Stamped before the call: the leases were computed then, not when the commit ended.
+            started = time.monotonic()
             try:
                 self.store.renew_leases(self.owner, lease)
-                self._renewed_at = time.monotonic()
+                self._renewed_at = started
             except StoreError as exc:
                 log.warning("could not renew leases: %s", exc)
 
@@ -352,10 +354,15 @@ class Worker:
     def _generate_if_lease_fresh(
         self, video: str, audio: str, reference_id: str, disable_asd: bool, retry_count: int
     ) -> Answer:
-        # Checked after the governor's wait, right before the bytes leave.
-        if not self._lease_is_fresh():
-            self._fatal("leases could not be renewed (is the database reachable?); stopped safely")
-            raise Stopped
+        # Checked after the governor's wait, right before the bytes leave. A stalled database
+        # pauses sending; one that stays away for a whole lease stops the run.
+        give_up = time.monotonic() + self.options.lease.seconds
+        while not self._lease_is_fresh():
+            if time.monotonic() > give_up:
+                self._fatal("leases could not be renewed (is the database reachable?); stopped")
+                raise Stopped
+            if self.stop.wait(0.05):
+                raise Stopped
         return self.api.generate(video, audio, reference_id, disable_asd, retry_count=retry_count)
 
     def _call(self, fn: Callable[[], Answer]) -> tuple[Answer | None, BaseException | None]:

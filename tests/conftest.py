@@ -55,8 +55,8 @@ class Database:
         named = parts[0] + "".join(f":p{i}{part}" for i, part in enumerate(parts[1:]))
         engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
         try:
-            with engine.begin() as conn:
-                result = conn.execute(sa.text(named), {f"p{i}": p for i, p in enumerate(params)})
+            with engine.begin() as sa_conn:
+                result = sa_conn.execute(sa.text(named), {f"p{i}": p for i, p in enumerate(params)})
                 return [tuple(r) for r in result] if result.returns_rows else []
         finally:
             engine.dispose()
@@ -160,7 +160,7 @@ def db_rows(db: Database | Path, sql: str, *params: Any) -> list[tuple[Any, ...]
 
 
 def states(db: Database | Path) -> dict[str, int]:
-    return dict(db_rows(db, "SELECT state, count(*) FROM jobs GROUP BY state"))  # type: ignore[arg-type]
+    return dict(db_rows(db, "SELECT state, count(*) FROM jobs GROUP BY state"))
 
 
 def assert_exactly_once(emulator: Emulator, db: Database | Path, n: int) -> None:
