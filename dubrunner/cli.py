@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -71,6 +71,29 @@ def common_options(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+if TYPE_CHECKING:  # click 8.2+ makes ParamType generic; older ones cannot be subscripted
+    _ParamType = click.ParamType[Any]
+else:
+    _ParamType = click.ParamType
+
+
+class RateType(_ParamType):
+    """A positive number of requests per second, or 'auto'."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            rate = -1.0
+        if not rate > 0:
+            self.fail(f"{value!r} is neither a positive number nor 'auto'", param, ctx)
+        return rate
+
+
 def worker_options(fn: F) -> F:
     options = [
         click.option(
@@ -83,10 +106,11 @@ def worker_options(fn: F) -> F:
         ),
         click.option(
             "--rate",
-            type=click.FloatRange(min=0, min_open=True),
+            type=RateType(),
             default=None,
             envvar="DUBRUNNER_RATE",
-            help="Requests per second at most [default: unlimited].",
+            help="Requests per second at most, or 'auto' to find the server's limit "
+            "[default: unlimited].",
         ),
         click.option(
             "--burst",
@@ -138,7 +162,7 @@ def worker_options(fn: F) -> F:
     def wrapper(
         *args: Any,
         concurrency: int,
-        rate: float | None,
+        rate: float | str | None,
         burst: int,
         rate_shared: bool,
         max_attempts: int,
@@ -146,14 +170,18 @@ def worker_options(fn: F) -> F:
         request_timeout: float,
         **kwargs: Any,
     ) -> Any:
+        auto = rate == "auto"
+        if auto and rate_shared:
+            raise UserError("--rate auto and --rate-shared do not go together: give a number")
         options = WorkerOptions(
             concurrency=concurrency,
             max_attempts=max_attempts,
             backoff_base=retry_wait,
             request_timeout=request_timeout,
-            rate=rate,
+            rate=None if auto else rate,  # type: ignore[arg-type]
             burst=burst,
             rate_shared=rate_shared,
+            rate_auto=auto,
         )
         return fn(*args, options=options, **kwargs)
 

@@ -23,6 +23,7 @@ class Governor:
         *,
         clock: Callable[[], float] = time.monotonic,
         shared: Callable[[int], list[float]] | None = None,
+        auto: bool = False,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
@@ -37,6 +38,10 @@ class Governor:
         # blocks (a fifth of a second's worth), so N workers together keep to one --rate.
         self._shared = shared
         self._booked: deque[float] = deque()
+        # --rate auto: no limit until the server throttles; then AIMD around what it allows.
+        self.auto = auto
+        self._answers: deque[float] = deque()  # when recent answers came, for the observed rate
+        self._last_cut = -1e9
 
     def pause(self, seconds: float) -> None:
         """Hold every request for `seconds` from now (the server asked for it)."""
@@ -46,6 +51,28 @@ class Governor:
                 self._pause_until = until
                 # After a pause, start again at the steady rate rather than in a burst.
                 self._tat = max(self._tat, until)
+
+    WINDOW = 2.0  # seconds of answers the observed rate is measured over
+
+    def observe(self, throttled: bool) -> None:
+        """With --rate auto: learn from one answer. Throttled: cut to 0.85 of the rate that was
+        getting through (at most once a second); otherwise creep up a little."""
+        if not self.auto:
+            return
+        with self._lock:
+            now = self._clock()
+            self._answers.append(now)
+            while now - self._answers[0] > self.WINDOW:
+                self._answers.popleft()
+            if throttled:
+                if now - self._last_cut < 1.0:
+                    return
+                self._last_cut = now
+                observed = len(self._answers) / self.WINDOW
+                current = self.rate if self.rate is not None else observed
+                self.rate = max(0.2, min(current, observed or current) * 0.85)
+            elif self.rate is not None:
+                self.rate += 0.05
 
     @property
     def paused_for(self) -> float:

@@ -152,6 +152,7 @@ class Poller:
             with self.governor.slot(self.stop):
                 answer = self.api.get_request(target.request_id)
             outcome = classify_answer(answer.status, answer.headers, answer.body, idempotent=True)
+            self.governor.observe(outcome.throttled)
             body = answer.body
         except Stopped:
             return

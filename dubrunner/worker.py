@@ -54,6 +54,7 @@ class WorkerOptions:
     rate: float | None = None  # requests per second, for the governor
     burst: int = 1
     rate_shared: bool = False  # --rate is for all workers on the database together
+    rate_auto: bool = False  # --rate auto: find the server's limit (governor.observe)
     follow: float | None = (
         None  # when nothing is left, look for new jobs this often (work --follow)
     )
@@ -68,7 +69,7 @@ class WorkerOptions:
         if self.rate_shared and self.rate:
             interval = 1.0 / self.rate
             shared = functools.partial(store.reserve_rate_slots, api.base_url, interval)
-        return Governor(self.rate, self.concurrency, self.burst, shared=shared)
+        return Governor(self.rate, self.concurrency, self.burst, shared=shared, auto=self.rate_auto)
 
 
 @dataclass
@@ -404,6 +405,7 @@ class Worker:
         run.posts += 1
         if answer is not None:
             outcome = classify_answer(answer.status, answer.headers, answer.body)
+            self.governor.observe(outcome.throttled)
         else:
             assert exc is not None
             outcome = classify_exception(exc)
@@ -483,6 +485,8 @@ class Worker:
         except Stopped:
             return Outcome(Action.RETRY, "stopped before the look-up")
         duration = int((time.monotonic() - started) * 1000)
+        if answer is not None:
+            self.governor.observe(outcome.throttled)
         if outcome.retry_after:
             self.governor.pause(outcome.retry_after)
         if outcome.action is Action.ACCEPTED:

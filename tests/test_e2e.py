@@ -209,3 +209,17 @@ def test_status_json_and_csv(emulator: Emulator, env: dict[str, str], tmp_path: 
     assert table.code == 0 and "submitted" in table.out
     missing = run_cli(["status", "nope"], env)
     assert missing.code == 2 and "no job with reference_id 'nope'" in missing.err
+
+
+def test_rate_auto_adapts_to_the_servers_limit(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    emulator.update(rate=50.0)
+    manifest = write_manifest(tmp_path / "m.yaml", 300)
+    r = run_cli(["submit", str(manifest), "--rate", "auto", "--concurrency", "8"], env)
+    assert r.code == 0, r.err
+    assert_exactly_once(emulator, db, 300)
+    throttled = emulator.stats.rate_limited
+    assert 0 < throttled < 0.2 * (emulator.stats.generate + throttled)
+    bad = run_cli(["submit", str(manifest), "--rate", "fast"], env)
+    assert bad.code == 2 and "neither a positive number nor 'auto'" in bad.err

@@ -132,3 +132,24 @@ def test_shared_rate_books_blocks_and_waits_for_each_slot(monkeypatch: pytest.Mo
         governor.wait_turn(stop)
     assert booked == [2, 2]  # a fifth of a second's worth at a time
     assert clock.now == pytest.approx(1000.3)  # the fourth slot, 0.3 s after the first
+
+
+def test_auto_rate_cuts_on_throttling_and_creeps_back() -> None:
+    clock = FakeClock()
+    governor = Governor(rate=None, clock=clock, auto=True)
+    for _ in range(40):  # 40 answers in 2 s: 20 a second got through
+        clock.now += 0.05
+        governor.observe(throttled=False)
+    assert governor.rate is None  # no limit until the server objects
+    governor.observe(throttled=True)
+    assert governor.rate == pytest.approx(0.85 * 41 / 2.0)
+    cut = governor.rate
+    assert cut is not None
+    governor.observe(throttled=True)  # a burst of 429s is one signal, not many
+    assert governor.rate == cut
+    for _ in range(20):
+        governor.observe(throttled=False)
+    assert governor.rate == pytest.approx(cut + 1.0)
+    clock.now += 1.5
+    governor.observe(throttled=True)
+    assert governor.rate is not None and governor.rate < cut + 1.0

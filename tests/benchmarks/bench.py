@@ -261,6 +261,20 @@ def main() -> int:
             refused / requests < 0.01,
         )
 
+        # 5b. --rate auto against the same limit: it has to find it.
+        emu = EmulatorProcess(work, "--rate", "20")
+        env_auto = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(work / "a.db")}
+        run(["load", str(manifest(work / "a.yaml", n_rate, "a"))], env_auto, work)
+        r = run(["resume", "--rate", "auto", "--concurrency", "8"], env_auto, work)
+        assert r.code == 0, r.err
+        stats = emu.stats()
+        emu.stop()
+        span = float(stats["last_generate_at"]) - float(stats["first_generate_at"])  # type: ignore[arg-type]
+        found = (int(stats["generate"]) - 1) / span  # type: ignore[call-overload]
+        refused = int(stats["rate_limited"])  # type: ignore[call-overload]
+        add("--rate auto against a 20 req/s server: achieved / allowed", f"{found / 20:.3f}")
+        add("  requests answered 429", f"{refused} ({refused / (refused + n_rate):.1%})")
+
         # 6. A whole large batch, for memory.
         if not quick:
             emu = EmulatorProcess(work, "--complete-after", "3600")
