@@ -16,6 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from dubrunner.emulator import Emulator, EmulatorConfig
+from dubrunner.manifest import load as load_manifest
+from dubrunner.store import Store
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -151,6 +153,14 @@ def write_manifest(
         ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def load_jobs(db: Database, manifest: Path) -> Store:
+    """Load a manifest straight into the job table; the open store, for more set-up."""
+    m = load_manifest(manifest)
+    store = Store(db.url)
+    store.load(m.batch, m.jobs, str(manifest))
+    return store
 
 
 def db_rows(db: Database | Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -15,15 +15,15 @@ from pathlib import Path
 import httpx
 
 from dubrunner.emulator import Emulator
-from dubrunner.manifest import load
 from dubrunner.states import State
-from dubrunner.store import Lease, Store
+from dubrunner.store import Lease
 from tests.conftest import (
     BOTH_DATABASES,
     TOKEN,
     Database,
     assert_exactly_once,
     db_rows,
+    load_jobs,
     run_cli,
     states,
     write_manifest,
@@ -105,11 +105,7 @@ def test_four_workers_on_one_sqlite_file(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(latency_ms=5)
-    manifest = write_manifest(tmp_path / "m.yaml", 1000)
-    m = load(manifest)
-    store = Store(db.url)
-    store.load(m.batch, m.jobs, str(manifest))
-    store.close()
+    load_jobs(db, write_manifest(tmp_path / "m.yaml", 1000)).close()
     procs = [start(["resume", "--concurrency", "4"], env) for _ in range(4)]
     for p in procs:
         _, err = p.communicate(timeout=180)
@@ -129,11 +125,8 @@ def dead_owner() -> str:
 def test_dead_workers_job_whose_post_landed_is_found_not_resent(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
-    manifest = write_manifest(tmp_path / "m.yaml", 2)
-    m = load(manifest)
-    store = Store(db.url)
-    store.load(m.batch, m.jobs, str(manifest))
-    claimed = store.claim(dead_owner(), m.batch, 2, Lease(0.3))
+    store = load_jobs(db, write_manifest(tmp_path / "m.yaml", 2))
+    claimed = store.claim(dead_owner(), "b", 2, Lease(0.3))
     store.close()
     assert len(claimed) == 2
     # The dead worker's POST of the first job reached the API; its answer never came back.
@@ -163,13 +156,10 @@ def test_dead_workers_job_whose_post_landed_is_found_not_resent(
 def test_another_workers_claim_is_respected_until_its_lease_lapses(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
-    manifest = write_manifest(tmp_path / "m.yaml", 3)
-    m = load(manifest)
-    store = Store(db.url)
-    store.load(m.batch, m.jobs, str(manifest))
+    store = load_jobs(db, write_manifest(tmp_path / "m.yaml", 3))
     # This very test process (alive) holds one job and then stops renewing its lease.
     mine = f"{socket.gethostname()}:{os.getpid()}:live0001"
-    held = store.claim(mine, m.batch, 1, Lease(1.0))[0]
+    held = store.claim(mine, "b", 1, Lease(1.0))[0]
     store.close()
     lease_expires = db_rows(db, "SELECT lease_expires FROM jobs WHERE id = ?", held.id)[0][0]
     r = run_cli(["resume"], env)
