@@ -129,11 +129,18 @@ class _EventReader:
         self.anchors: dict[str, Any] = {}
         self.resolver = yaml.resolver.Resolver()
         self.constructor = yaml.constructor.SafeConstructor()
+        # First characters for which the resolver might read a plain scalar as not-text.
+        self.resolved_starts = frozenset(
+            c for c in self.resolver.yaml_implicit_resolvers if isinstance(c, str)
+        )
 
     def next(self) -> yaml.Event:
         return next(self.events)
 
     def scalar(self, ev: yaml.ScalarEvent) -> Any:
+        value = ev.value
+        if ev.tag is None and (ev.style or (value and value[0] not in self.resolved_starts)):
+            return value  # quoted, or no implicit type starts so: text (the usual URL or id)
         tag = ev.tag if ev.tag not in (None, "!") else None
         if tag is None:
             implicit = (ev.implicit[0], ev.implicit[1]) if ev.tag is None else (False, True)
@@ -237,12 +244,22 @@ def derive_reference_id(batch: str, video_url: str, audio_url: str) -> str:
     return f"{batch}-{digest}"
 
 
+# The common case, recognised without urlsplit: a plain http(s) URL with a DNS host name. Anything
+# else (userinfo, IPv6, odd characters) takes the full path below, which also words the problem.
+_PLAIN_URL = re.compile(
+    r"https?://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::(\d{1,5}))?(?:[/?#][!-~]*)?", re.ASCII
+)
+
+
 def _check_url(value: object, what: str) -> str | None:
     """The problem with a media URL, or None when it is a usable absolute http(s) URL."""
     if not isinstance(value, str):
         return f"{what} must be a URL string, not {_type_name(value)}"
     if len(value) > MAX_URL:
         return f"{what} is longer than {MAX_URL} characters"
+    plain = _PLAIN_URL.fullmatch(value)
+    if plain and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+        return None
     if _SPACE.search(value):
         return f"{what} contains white space"
     try:
