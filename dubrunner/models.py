@@ -70,7 +70,10 @@ class Job(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
-        Index("ix_jobs_batch_state", "batch", "state"),
+        # Claims read `WHERE [batch = ? AND] state = 'pending' ORDER BY id LIMIT n`: with id in
+        # the index that is a range scan, not a sort of every pending job (also the summary's).
+        Index("ix_jobs_batch_state_id", "batch", "state", "id"),
+        Index("ix_jobs_state_id", "state", "id"),
         Index("ix_jobs_state_lease_expires", "state", "lease_expires"),
         Index("ix_jobs_owner", "owner"),
     )

@@ -596,28 +596,24 @@ class Store:
         landed, so the caller must ask the API by reference_id before sending it again.
         """
         now = time.time()
-        expired = select(Job.id).where(Job.state == State.SUBMITTING, Job.lease_expires < now)
-        pending = select(Job.id).where(Job.state == State.PENDING)
-        if batch is not None:
-            expired = expired.where(Job.batch == batch)
-            pending = pending.where(Job.batch == batch)
+        lease_values = lease.values(now)
+        params: dict[str, Any] = {
+            "c_now": now,
+            "c_owner": owner,
+            "c_updated": utcnow(),
+            "c_lease": lease_values["lease_expires"],
+            "c_settle": lease_values["settle_at"],
+            "c_batch": batch,
+        }
+        statements = _claim_statements(batch is not None)
 
         def op(conn: Connection) -> list[ClaimedJob]:
             claimed: list[ClaimedJob] = []
-            for query, extra in (
-                (expired, {"lookup_needed": True}),
-                (pending, {"state": State.SUBMITTING}),
-            ):
+            for stmt in statements:
                 room = limit - len(claimed)
                 if room <= 0:
                     break
-                ids = query.order_by(Job.id).limit(room).with_for_update(skip_locked=True)
-                rows = conn.execute(
-                    update(Job)
-                    .where(Job.id.in_(ids))
-                    .values(owner=owner, updated_at=utcnow(), **lease.values(now), **extra)
-                    .returning(*_CLAIM_COLUMNS)
-                ).all()
+                rows = conn.execute(stmt, {**params, "c_room": room}).all()
                 claimed.extend(ClaimedJob(*row) for row in rows)
             claimed.sort(key=lambda j: j.id)
             return claimed
@@ -953,6 +949,35 @@ class Store:
         )
         with self._read() as conn:
             return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+@functools.lru_cache(maxsize=4)
+def _claim_statements(with_batch: bool) -> tuple[sa.Update, sa.Update]:
+    """The two claims (expired leases, then pending jobs), built once: only parameters vary."""
+    expired = select(Job.id).where(
+        Job.state == State.SUBMITTING, Job.lease_expires < sa.bindparam("c_now")
+    )
+    pending = select(Job.id).where(Job.state == State.PENDING)
+    if with_batch:
+        expired = expired.where(Job.batch == sa.bindparam("c_batch"))
+        pending = pending.where(Job.batch == sa.bindparam("c_batch"))
+
+    def claim(query: sa.Select[Any], **extra: Any) -> sa.Update:
+        ids = query.order_by(Job.id).limit(sa.bindparam("c_room")).with_for_update(skip_locked=True)
+        return (
+            update(Job)
+            .where(Job.id.in_(ids))
+            .values(
+                owner=sa.bindparam("c_owner"),
+                updated_at=sa.bindparam("c_updated"),
+                lease_expires=sa.bindparam("c_lease"),
+                settle_at=sa.bindparam("c_settle"),
+                **extra,
+            )
+            .returning(*_CLAIM_COLUMNS)
+        )
+
+    return claim(expired, lookup_needed=True), claim(pending, state=State.SUBMITTING)
 
 
 @functools.lru_cache(maxsize=256)
