@@ -1,0 +1,43 @@
+"""The command line: parse, make one library call, print. Exit codes: 0 every job submitted,
+1 some failed or halted, 2 bad input or usage, 130 interrupted."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+# Importing the command modules registers their commands on the group.
+from dubrunner.cli import admin, checks, jobs, results, submitting  # noqa: F401
+from dubrunner.cli.common import cli
+from dubrunner.redact import scrub
+from dubrunner.runner import EXIT_INTERRUPTED
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    try:
+        # Without standalone mode click returns a command's exit code instead of raising it.
+        code = cli.main(prog_name="dubrunner", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as exc:
+        if os.environ.get("DUBRUNNER_DEBUG"):
+            raise
+        click.echo(
+            f"internal error: {type(exc).__name__}: {scrub(str(exc))} "
+            "(set DUBRUNNER_DEBUG=1 for the traceback, and please report it)",
+            err=True,
+        )
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

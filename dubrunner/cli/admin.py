@@ -1,0 +1,117 @@
+"""The schema and the emulator: db upgrade, emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dubrunner.cli.common import (
+    UserError,
+    cli,
+    common_options,
+)
+from dubrunner.store import Store, StoreError
+
+
+@cli.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@common_options
+def db_upgrade() -> None:
+    """Create or migrate the database to the newest schema (also done on first use)."""
+    ctx = click.get_current_context()
+    try:
+        store = Store(ctx.meta.get("db"), migrate=False)
+        before, after = store.upgrade()
+        store.close()
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"database at revision {after}" + (f" (was {before})" if before != after else ""))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8787,
+    show_default=True,
+    help="0 picks a free port.",
+)
+@click.option(
+    "--port-file", type=click.Path(dir_okay=False), help="Write the port here once listening."
+)
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    default=["test-token"],
+    show_default=True,
+    help="An accepted credential (repeatable).",
+)
+@click.option("--rate", type=float, help="Requests per second before 429.")
+@click.option("--p500", type=click.FloatRange(0, 1), default=0.0, help="Chance of a 500.")
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0)
+@click.option(
+    "--token-limit", type=click.IntRange(0), help="Accepted jobs before 'token limit reached'."
+)
+@click.option("--token-limit-status", type=int, default=429, show_default=True)
+@click.option(
+    "--drop-after-accept",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Chance of dropping the connection after accepting a job.",
+)
+@click.option(
+    "--complete-after",
+    type=click.FloatRange(0),
+    default=1.0,
+    show_default=True,
+    help="Seconds until a job completes.",
+)
+@click.option("--seed", type=int)
+def emulator(
+    host: str,
+    port: int,
+    port_file: str | None,
+    tokens: tuple[str, ...],
+    rate: float | None,
+    p500: float,
+    latency_ms: float,
+    token_limit: int | None,
+    token_limit_status: int,
+    drop_after_accept: float,
+    complete_after: float,
+    seed: int | None,
+) -> None:
+    """Run the local API emulator (for the demo and tests) until interrupted."""
+    from dubrunner.emulator import Emulator, EmulatorConfig
+
+    config = EmulatorConfig(
+        tokens=tokens,
+        rate=rate,
+        p500=p500,
+        latency_ms=latency_ms,
+        token_limit=token_limit,
+        token_limit_status=token_limit_status,
+        drop_after_accept=drop_after_accept,
+        complete_after=complete_after,
+        seed=seed,
+    )
+    try:
+        emu = Emulator(config, host=host, port=port)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    click.echo(f"emulator listening on {emu.base_url}", err=True)
+    if port_file:
+        Path(port_file).write_text(str(emu.port))
+    try:
+        emu.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.stop()

@@ -1,0 +1,352 @@
+"""What every command shares: the group, options, helpers, exit codes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from dubrunner import __version__
+from dubrunner.api import ApiClient, ConfigError, Credentials
+from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
+from dubrunner.manifest import load as load_manifest
+from dubrunner.output import (
+    setup_logging,
+)
+from dubrunner.redact import scrub
+from dubrunner.runner import EXIT_INTERRUPTED, EXIT_USAGE, BatchResult
+from dubrunner.store import Store, StoreError
+from dubrunner.worker import WorkerOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(click.ClickException):
+    """Bad input or usage: one line, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {scrub(self.format_message())}", err=True)
+
+
+def common_options(fn: F) -> F:
+    @click.option(
+        "--db",
+        envvar="DUBRUNNER_DB",
+        metavar="PATH|URL",
+        help="SQLite file or SQLAlchemy URL [env DUBRUNNER_DB; default ./dubrunner.db]",
+    )
+    @click.option("-v", "--verbose", count=True, help="One line per HTTP attempt.")
+    @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, db: str | None, verbose: int, quiet: bool, **kwargs: Any) -> Any:
+        setup_logging(verbose, quiet)
+        ctx = click.get_current_context()
+        ctx.meta["quiet"] = quiet
+        ctx.meta["db"] = db
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+if TYPE_CHECKING:  # click 8.2+ makes ParamType generic; older ones cannot be subscripted
+    _ParamType = click.ParamType[Any]
+else:
+    _ParamType = click.ParamType
+
+
+class RateType(_ParamType):
+    """A positive number of requests per second, or 'auto'."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            rate = -1.0
+        if not rate > 0:
+            self.fail(f"{value!r} is neither a positive number nor 'auto'", param, ctx)
+        return rate
+
+
+def worker_options(fn: F) -> F:
+    options = [
+        click.option(
+            "--concurrency",
+            type=click.IntRange(1, 256),
+            default=4,
+            show_default=True,
+            envvar="DUBRUNNER_CONCURRENCY",
+            help="Requests in flight at once.",
+        ),
+        click.option(
+            "--rate",
+            type=RateType(),
+            default=None,
+            envvar="DUBRUNNER_RATE",
+            help="Requests per second at most, or 'auto' to find the server's limit "
+            "[default: unlimited].",
+        ),
+        click.option(
+            "--burst",
+            type=click.IntRange(1, 1000),
+            default=1,
+            show_default=True,
+            envvar="DUBRUNNER_BURST",
+            help="Requests that may go at once under --rate.",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(1, 100),
+            default=8,
+            show_default=True,
+            envvar="DUBRUNNER_MAX_ATTEMPTS",
+            help="Tries per job before it fails.",
+        ),
+        click.option(
+            "--rate-shared",
+            is_flag=True,
+            envvar="DUBRUNNER_RATE_SHARED",
+            help="--rate is for every worker on this database together (booked in the database).",
+        ),
+        click.option(
+            "--retry-wait",
+            type=click.FloatRange(min=0),
+            default=0.5,
+            show_default=True,
+            envvar="DUBRUNNER_RETRY_WAIT",
+            help="First wait before a retry, in seconds; it doubles each time (with jitter).",
+        ),
+        click.option(
+            "--request-timeout",
+            type=click.FloatRange(min=0.1),
+            default=60.0,
+            show_default=True,
+            envvar="DUBRUNNER_REQUEST_TIMEOUT",
+            help="Seconds to wait for an answer; claims are leased for twice that.",
+        ),
+        click.option(
+            "--allow-insecure-http",
+            is_flag=True,
+            envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
+            help="Allow credentials over plain http to a host other than loopback.",
+        ),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        concurrency: int,
+        rate: float | str | None,
+        burst: int,
+        rate_shared: bool,
+        max_attempts: int,
+        retry_wait: float,
+        request_timeout: float,
+        **kwargs: Any,
+    ) -> Any:
+        auto = rate == "auto"
+        if auto and rate_shared:
+            raise UserError("--rate auto and --rate-shared do not go together: give a number")
+        options = WorkerOptions(
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            backoff_base=retry_wait,
+            request_timeout=request_timeout,
+            rate=None if auto else rate,  # type: ignore[arg-type]
+            burst=burst,
+            rate_shared=rate_shared,
+            rate_auto=auto,
+        )
+        return fn(*args, options=options, **kwargs)
+
+    decorated: Any = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
+
+
+def poll_options(fn: F) -> F:
+    fn = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        default=None,
+        envvar="DUBRUNNER_POLL_TIMEOUT",
+        help="With --wait: give up after this many seconds [default: never].",
+    )(fn)
+    return click.option(
+        "--interval",
+        type=click.FloatRange(min=0.01),
+        default=5.0,
+        show_default=True,
+        envvar="DUBRUNNER_POLL_INTERVAL",
+        help="Seconds between rounds at first; grows by half each round, up to a minute.",
+    )(fn)
+
+
+def preflight_options(fn: F) -> F:
+    for option in reversed(
+        [
+            click.option(
+                "--media-concurrency",
+                type=click.IntRange(1, 128),
+                default=8,
+                show_default=True,
+                help="Media URLs checked at once.",
+            ),
+            click.option(
+                "--per-host",
+                type=click.IntRange(1, 32),
+                default=2,
+                show_default=True,
+                help="Media URLs checked at once on any one host.",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def open_store() -> Store:
+    ctx = click.get_current_context()
+    try:
+        store = Store(ctx.meta.get("db"))
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    ctx.call_on_close(store.close)
+    return store
+
+
+def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
+    try:
+        return ApiClient(
+            Credentials.from_env(),
+            max_connections=options.concurrency + 2,
+            read_timeout=options.request_timeout,
+            allow_insecure_http=allow_insecure_http,
+        )
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def read_manifest(path: str, max_bytes: int, max_jobs: int) -> Manifest:
+    try:
+        return load_manifest(path, max_bytes, max_jobs)
+    except ManifestError as exc:
+        for line in exc.lines():
+            click.echo(f"error: {line}", err=True)
+        n = len(exc.problems)
+        raise UserError(
+            f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded"
+        ) from None
+
+
+def manifest_limits(fn: F) -> F:
+    fn = click.option(
+        "--max-manifest-bytes",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_BYTES,
+        envvar="DUBRUNNER_MAX_MANIFEST_BYTES",
+        show_default=True,
+        help="Refuse larger files.",
+    )(fn)
+    return click.option(
+        "--max-jobs",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_JOBS,
+        envvar="DUBRUNNER_MAX_JOBS",
+        show_default=True,
+        help="Refuse manifests with more jobs.",
+    )(fn)
+
+
+def say(text: str) -> None:
+    if not click.get_current_context().meta.get("quiet"):
+        click.echo(text, err=True)
+
+
+@click.group(
+    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="dubrunner")
+def cli() -> None:
+    """Submit batches of lip-sync dubbing jobs to the Chamelaion API, each exactly once.
+
+    Credentials come from CHAMELAION_API_KEY and/or CHAMELAION_BEARER_TOKEN, the API's address
+    from CHAMELAION_BASE_URL. Every option can also be set as DUBRUNNER_<COMMAND>_<OPTION>.
+    """
+
+
+def check_batch(store: Store, batch: str | None) -> None:
+    if batch is not None and batch not in store.batches():
+        raise UserError(f"no batch {batch!r} in the database")
+
+
+def quiet(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("quiet"))
+
+
+def finish(result: BatchResult) -> NoReturn:
+    sentence = result.sentence()
+    if result.exit_code == 0:
+        if not quiet(click.get_current_context()):
+            click.echo(sentence, err=True)
+    else:
+        click.echo(("error: " if result.report.fatal else "") + sentence, err=True)
+    sys.stderr.flush()
+    raise click.exceptions.Exit(result.exit_code)
+
+
+class stop_on_signals:
+    """First Ctrl-C / SIGTERM: stop claiming, let in-flight requests finish. Second: quit now."""
+
+    def __init__(self, request_stop: Callable[[], None]) -> None:
+        self.request_stop = request_stop
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.request_stop()
+            click.echo(
+                "\nstopping: letting in-flight requests finish (press Ctrl-C again to quit now)",
+                err=True,
+            )
+        else:
+            # Still safe: claimed jobs stay 'submitting' and are looked up before any resend.
+            os._exit(EXIT_INTERRUPTED)
+
+    def __enter__(self) -> stop_on_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def conclude(summary: str, failure: str | None, interrupted: bool, fatal: str | None) -> int:
+    """The closing line of a poll or fetch, and its exit code."""
+    if fatal:
+        click.echo(f"error: {fatal}; {summary}", err=True)
+        return 1
+    if interrupted:
+        click.echo(f"interrupted: {summary}", err=True)
+        return EXIT_INTERRUPTED
+    if failure:
+        click.echo(f"error: {failure}", err=True)
+        return 1
+    if not quiet(click.get_current_context()):
+        click.echo(summary, err=True)
+    return 0

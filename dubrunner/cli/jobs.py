@@ -1,0 +1,109 @@
+"""Looking at and steering jobs: status, retry, cancel."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dubrunner.cli.common import (
+    UserError,
+    cli,
+    common_options,
+    open_store,
+)
+from dubrunner.output import (
+    FORMATS,
+    print_csv,
+    print_job_detail,
+    print_json,
+    print_status_table,
+    table_console,
+)
+from dubrunner.states import RETRYABLE, State
+
+
+@cli.command()
+@click.argument("reference_id", required=False)
+@click.option("--batch", help="Only this batch.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in State]),
+    help="Only jobs in this state (repeatable).",
+)
+@click.option(
+    "--limit", type=click.IntRange(0), default=50, show_default=True, help="Rows to show (0: all)."
+)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@common_options
+def status(
+    reference_id: str | None, batch: str | None, states: tuple[str, ...], limit: int, fmt: str
+) -> None:
+    """Where is every job? A summary per batch and state, then the rows; or one job in full."""
+    store = open_store()
+    console = table_console()
+    if reference_id:
+        rows = store.rows(reference_ids=[reference_id])
+        if not rows:
+            raise UserError(f"no job with reference_id {reference_id!r}")
+        if fmt == "json":
+            print_json(rows, sys.stdout)
+        elif fmt == "csv":
+            print_csv(rows, sys.stdout)
+        else:
+            print_job_detail(rows[0], store.attempts_of(reference_id), console)
+        return
+    rows = store.rows(batch, states, limit or None)
+    if fmt == "json":
+        print_json(rows, sys.stdout)
+    elif fmt == "csv":
+        print_csv(rows, sys.stdout)
+    else:
+        summary = store.summary(batch)
+        matching = sum(n for _b, s, n in summary if not states or s in states)
+        if not summary:
+            click.echo("no jobs yet: `dubrunner submit MANIFEST` loads some")
+            return
+        print_status_table(summary, rows, matching, console)
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(sorted(RETRYABLE)),
+    help="Which jobs to put back [default: failed and halted].",
+)
+@click.option("--error", "error", help="Only jobs whose last error contains this text.")
+@common_options
+def retry(batch: str | None, states: tuple[str, ...], error: str | None) -> None:
+    """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
+    store = open_store()
+    n = store.retry(batch, states or sorted(RETRYABLE), error)
+    click.echo(
+        f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else "")
+    )
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch.")
+@click.option("--ref", "refs", multiple=True, help="Only this reference_id (repeatable).")
+@click.option("--all-pending", is_flag=True, help="Needed to cancel without --batch or --ref.")
+@common_options
+def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
+    """Take pending jobs out of their batch (they are never sent)."""
+    if not (batch or refs or all_pending):
+        raise UserError("say which jobs: --batch, --ref, or --all-pending")
+    store = open_store()
+    n, kept = store.cancel(batch, refs)
+    click.echo(f"{n} pending job(s) cancelled")
+    if kept:
+        click.echo(
+            f"{kept} pending job(s) kept: an earlier request for them may have reached the API; "
+            "`dubrunner resume` looks them up first",
+            err=True,
+        )
