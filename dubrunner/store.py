@@ -743,13 +743,7 @@ class Store:
             return conn.execute(
                 update(Job)
                 .where(Job.id.in_(ids), Job.state == State.SUBMITTING, Job.owner == owner)
-                .values(
-                    state=State.PENDING,
-                    owner=None,
-                    lease_expires=None,
-                    settle_at=None,
-                    updated_at=utcnow(),
-                )
+                .values(_back_to_pending())
             ).rowcount
 
     # -- results ------------------------------------------------------------------------------
@@ -814,15 +808,7 @@ class Store:
         if error:
             stmt = stmt.where(Job.last_error.contains(error, autoescape=True))
         with self._write() as conn:
-            return conn.execute(
-                stmt.values(
-                    state=State.PENDING,
-                    owner=None,
-                    lease_expires=None,
-                    settle_at=None,
-                    updated_at=utcnow(),
-                )
-            ).rowcount
+            return conn.execute(stmt.values(_back_to_pending())).rowcount
 
     def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> tuple[int, int]:
         """Cancel pending jobs: (cancelled, kept). A pending job whose earlier POST may have
@@ -996,6 +982,17 @@ def _update_statement(guard: str, keys: tuple[str, ...]) -> sa.Update:
 
 
 _INSERT_ATTEMPT = insert(Attempt)
+
+
+def _back_to_pending() -> dict[str, Any]:
+    """A job handed back for sending: no owner, no lease (lookup_needed is kept as it is)."""
+    return {
+        "state": State.PENDING,
+        "owner": None,
+        "lease_expires": None,
+        "settle_at": None,
+        "updated_at": utcnow(),
+    }
 
 
 def _attempt_row(job_id: int, attempt: AttemptRecord, worker: str, at: datetime) -> dict[str, Any]:
