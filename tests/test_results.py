@@ -171,3 +171,42 @@ def test_remote_statuses(status: str | None, state: State) -> None:
     values = interpret({"status": status, "output_url": "https://o.test/x.mp4"})
     assert values["state"] is state
     assert values["remote_status"] == status
+
+
+def test_a_full_disk_fails_that_download_and_moves_on(
+    emulator: Emulator,
+    env: dict[str, str],
+    db_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+    import os as os_module
+
+    from dubrunner.fetcher import Fetcher
+    from dubrunner.store import Store
+
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    real_fsync = os_module.fsync
+    calls = {"n": 0}
+
+    def fsync(fd: int) -> None:  # the second file meets a full disk
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr("dubrunner.fetcher.os.fsync", fsync)
+    store = Store(str(db_path))
+    try:
+        report = Fetcher(store, tmp_path / "out", None, concurrency=1).run()
+    finally:
+        store.close()
+    assert (report.downloaded, report.failed) == (2, 1)
+    assert db_rows(db_path, "SELECT download_state, download_error FROM jobs ORDER BY id") == [
+        ("downloaded", None),
+        ("failed", "the disk is full"),
+        ("downloaded", None),
+    ]
