@@ -142,13 +142,15 @@ def run_cli(
 
 
 def write_manifest(
-    path: Path, n: int, batch: str = "b", prefix: str = "ep", start: int = 0, **extra: Any
+    path: Path, n: int, batch: str = "b", prefix: str = "ep", failing: frozenset[int] = frozenset()
 ) -> Path:
+    """n jobs; those whose index is in `failing` carry the emulator's remote-failure marker."""
     lines = [f"batch: {batch}", "jobs:"]
-    for i in range(start, start + n):
+    for i in range(n):
+        marker = "FAIL-" if i in failing else ""
         lines += [
             f"  - reference_id: {batch}-{prefix}{i:05d}",
-            f"    video: https://cdn.example.com/{batch}/{prefix}{i}.mp4",
+            f"    video: https://cdn.example.com/{batch}/{marker}{prefix}{i}.mp4",
             f"    audio: https://cdn.example.com/{batch}/{prefix}{i}-ja.wav",
         ]
     path.write_text("\n".join(lines) + "\n")

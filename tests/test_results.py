@@ -19,25 +19,13 @@ from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, states, w
 from tests.test_crash import start
 
 
-def mixed_manifest(path: Path, n: int, failing: set[int]) -> Path:
-    lines = ["batch: s1", "jobs:"]
-    for i in range(n):
-        marker = "FAIL-" if i in failing else ""
-        lines += [
-            f"  - reference_id: s1-e{i:03d}",
-            f"    video: https://cdn.test/{marker}e{i}.mp4",
-            f"    audio: https://cdn.test/e{i}-ja.wav",
-        ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @BOTH_DATABASES
 def test_submit_wait_fetch_and_export(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(complete_after=0.3, output_bytes=20_000)
-    manifest = mixed_manifest(tmp_path / "s1.yaml", 50, {3, 11, 20, 33, 47})
+    failing = frozenset({3, 11, 20, 33, 47})
+    manifest = write_manifest(tmp_path / "s1.yaml", 50, batch="s1", failing=failing)
     out = tmp_path / "out"
     r = run_cli(["submit", str(manifest), "--wait", "--fetch", str(out), "--interval", "0.1"], env)
     assert r.code == 1, r.err  # five failed remotely
@@ -51,7 +39,7 @@ def test_submit_wait_fetch_and_export(
         "size_bytes, last_error, remote_status FROM jobs ORDER BY id",
     )
     for ref, request_id, state, local, sha, size, error, remote in rows:
-        if ref in {"s1-e003", "s1-e011", "s1-e020", "s1-e033", "s1-e047"}:
+        if ref in {f"s1-ep{i:05d}" for i in failing}:
             assert (state, remote) == ("failed", "FAILED")
             assert error == "failed remotely: no face found in the video"
             assert local is None
@@ -78,7 +66,7 @@ def test_submit_wait_fetch_and_export(
     assert again.code == 0, again.err
     assert "0 downloaded" in again.err and "45 already there" in again.err
     assert emulator.stats.downloads == downloads
-    one = run_cli(["status", "s1-e003"], env)
+    one = run_cli(["status", "s1-ep00003"], env)
     assert "no face found" in one.out and "poll" in one.out
 
 
