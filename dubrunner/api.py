@@ -6,14 +6,16 @@ error; what either means is decided in errors.py.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -23,6 +25,7 @@ from dubrunner.redact import register_secret
 
 PRODUCTION_URL = "https://api.chamelaion.com/api/"
 MAX_BODY = 1024 * 1024  # no API answer is anywhere near this
+LOOKUP_PAGE = 100  # requests of one reference_id asked for at once (a job has one or a few)
 
 
 class ConfigError(Exception):
@@ -67,7 +70,6 @@ class Answer:
     status: int
     headers: httpx.Headers
     body: bytes
-    seconds: float
 
 
 def base_url_from_env(env: Mapping[str, str] | None = None) -> str:
@@ -98,6 +100,90 @@ def check_base_url(base_url: str, allow_insecure_http: bool = False) -> str:
     return base_url if base_url.endswith("/") else base_url + "/"
 
 
+class SendWindowClosed(Exception):
+    """The moment a request may leave has passed (the worker's claim on the job is no longer
+    known to be good): nothing was sent."""
+
+
+def boottime() -> float:
+    """Seconds on a clock that keeps counting through a suspended machine (a closed laptop lid,
+    a paused VM), unlike CLOCK_MONOTONIC on Linux; a send window measured on it stays honest."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # not Linux
+        return time.monotonic()
+
+
+class _Watchdog:
+    """One thread for the process that cuts exchanges outliving their deadline.
+
+    httpx bounds each read, not a whole exchange: a server trickling header lines, one every
+    second, would keep a request in flight (and its job's lease renewed) for ever. Shutting the
+    socket down from here wakes the blocked read at once."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._watched: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float, cut: Callable[[], None]) -> int:
+        with self._cond:
+            self._next += 1
+            self._watched[self._next] = (deadline, cut)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="http-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._next
+
+    def release(self, token: int) -> None:
+        with self._cond:
+            self._watched.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [t for t, (at, _) in self._watched.items() if at <= now]
+                cuts = [self._watched.pop(t)[1] for t in due]
+                if not cuts:
+                    soonest = min((at for at, _ in self._watched.values()), default=now + 60)
+                    self._cond.wait(max(0.01, soonest - now))
+                    continue
+            for cut in cuts:
+                cut()
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _Exchange:
+    """What one thread's client needs to bound its exchanges: the sockets it opened."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+        self.cut_at_deadline = False
+        self.guard: Callable[[], None] | None = None
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                self.sockets = [s for s in self.sockets if s.fileno() != -1]
+                self.sockets.append(sock)
+        elif event.endswith(".send_request_headers.started") and self.guard is not None:
+            # The last moment before the first byte of the request leaves this machine.
+            self.guard()
+
+    def cut(self) -> None:
+        self.cut_at_deadline = True
+        for sock in list(self.sockets):
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 class ApiClient:
     """One pooled connection set for the whole process; safe to share between threads."""
 
@@ -106,7 +192,6 @@ class ApiClient:
         credentials: Credentials,
         base_url: str | None = None,
         *,
-        max_connections: int = 8,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         allow_insecure_http: bool = False,
@@ -131,17 +216,16 @@ class ApiClient:
             "follow_redirects": False,  # a redirect would carry credentials somewhere unknown
             "transport": transport,
         }
-        self.max_connections = max_connections
-        # httpx bounds each read, not the whole answer: a server trickling bytes would never end.
+        # The whole exchange, from connect to the last byte of the answer.
         self.total_timeout = connect_timeout + read_timeout
         # One small pool per thread: a shared pool of N connections is scanned, under one lock,
-        # on every request, which costs more CPU than the request itself at N = 32.
+        # on every request, which costs more CPU than the request itself at N = 32. Each thread
+        # has one request in flight at a time, so two connections are plenty.
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._lock = threading.Lock()
 
-    @property
-    def _client(self) -> httpx.Client:
+    def _thread_client(self) -> tuple[httpx.Client, _Exchange]:
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
             limits = httpx.Limits(
@@ -149,9 +233,10 @@ class ApiClient:
             )
             client = httpx.Client(limits=limits, **self._settings)
             self._local.client = client
+            self._local.exchange = _Exchange()
             with self._lock:
                 self._clients.append(client)
-        return client
+        return client, self._local.exchange
 
     def close(self) -> None:
         with self._lock:
@@ -173,25 +258,45 @@ class ApiClient:
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         retry_count: int = 0,
+        guard: Callable[[], None] | None = None,
     ) -> Answer:
+        client, exchange = self._thread_client()
         headers = {"X-Stainless-Retry-Count": str(retry_count)}
-        started = time.monotonic()
-        deadline = started + self.total_timeout
-        with self._client.stream(method, path, json=json, params=params, headers=headers) as resp:
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in resp.iter_bytes():
-                size += len(chunk)
-                if size > MAX_BODY:
-                    raise ResponseTooLarge(f"the answer is over {MAX_BODY:,} bytes")
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout(
-                        f"the answer took over {self.total_timeout:g} s to arrive"
-                    )
-                chunks.append(chunk)
-            return Answer(
-                resp.status_code, resp.headers, b"".join(chunks), time.monotonic() - started
-            )
+        deadline = time.monotonic() + self.total_timeout
+        if guard is not None:
+            guard()  # also checked again right before the first byte (see _Exchange.trace)
+        exchange.guard = guard
+        exchange.cut_at_deadline = False
+        token = _WATCHDOG.watch(deadline, exchange.cut)
+        try:
+            with client.stream(
+                method,
+                path,
+                json=json,
+                params=params,
+                headers=headers,
+                extensions={"trace": exchange.trace},
+            ) as resp:
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in resp.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        raise ResponseTooLarge(f"the answer is over {MAX_BODY:,} bytes")
+                    if time.monotonic() > deadline:
+                        raise self._too_slow()
+                    chunks.append(chunk)
+                return Answer(resp.status_code, resp.headers, b"".join(chunks))
+        except (httpx.TransportError, httpx.StreamError):
+            if exchange.cut_at_deadline:
+                raise self._too_slow() from None
+            raise
+        finally:
+            _WATCHDOG.release(token)
+            exchange.guard = None
+
+    def _too_slow(self) -> httpx.ReadTimeout:
+        return httpx.ReadTimeout(f"the exchange took over {self.total_timeout:g} s")
 
     def generate(
         self,
@@ -201,25 +306,32 @@ class ApiClient:
         disable_active_speaker_detection: bool = False,
         *,
         retry_count: int = 0,
+        guard: Callable[[], None] | None = None,
     ) -> Answer:
+        """POST generate. `guard` is called right before the request leaves; raising there
+        (SendWindowClosed) means nothing was sent."""
         body = {
             "inputs": [{"type": "video", "url": video_url}, {"type": "audio", "url": audio_url}],
             "reference_id": reference_id,
             "disable_active_speaker_detection": disable_active_speaker_detection,
         }
-        return self._request("POST", "v1/lipsync/generate", json=body, retry_count=retry_count)
+        return self._request(
+            "POST", "v1/lipsync/generate", json=body, retry_count=retry_count, guard=guard
+        )
 
     def find_by_reference(self, reference_id: str, *, retry_count: int = 0) -> Answer:
         """The list endpoint filtered by reference_id: an empty list is an unambiguous 'no'."""
         return self._request(
             "GET",
             "v1/lipsync/requests",
-            params={"reference_id": reference_id, "limit": 10, "offset": 0},
+            params={"reference_id": reference_id, "limit": LOOKUP_PAGE, "offset": 0},
             retry_count=retry_count,
         )
 
     def get_request(self, request_id: str, *, retry_count: int = 0) -> Answer:
-        return self._request("GET", f"v1/lipsync/requests/{request_id}", retry_count=retry_count)
+        """One request by its id or reference_id, escaped: `x/e01` must not become two segments."""
+        path = "v1/lipsync/requests/" + quote(request_id, safe="")
+        return self._request("GET", path, retry_count=retry_count)
 
     def health(self) -> Answer:
         return self._request("GET", "health")

@@ -2,6 +2,11 @@
 
 Message first, then the `x-should-retry` header, then the HTTP status. The API does not document
 which status goes with which message, so the message decides whenever it is one we know.
+
+Two questions are answered separately: *what to do next* (the `Action`) and *whether the request
+may exist at the API* (`may_exist`). A header or a status can change the first; nothing but the
+API's own answer can settle the second, so a POST that met a 5xx, a timeout or a reset always owes
+a look-up by reference_id before it is ever sent again, whatever else is decided.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,6 +43,9 @@ class Outcome:
     status: int | None = None
     request_id: str | None = None
     retry_after: float | None = None  # seconds the server asked us to wait
+    # The POST may have created the request although the action is not ACCEPTED (a 5xx with
+    # `x-should-retry: false`, a 200 carrying an error): keep a look-up owed.
+    may_exist: bool = False
 
     @property
     def throttled(self) -> bool:
@@ -43,6 +53,10 @@ class Outcome:
         return self.action is Action.RETRY and (
             self.status == 429 or self.message.strip().lower() == "rate limit exceeded"
         )
+
+    @property
+    def lookup_owed(self) -> bool:
+        return self.may_exist or self.action is Action.AMBIGUOUS
 
 
 # Every documented error message. Keys are lower case; matching ignores case and surrounding space.
@@ -75,10 +89,33 @@ _STATUS_RULES: dict[int, Action] = {
     409: Action.RETRY,
     425: Action.RETRY,
     429: Action.RETRY,
-    503: Action.RETRY,  # unavailable: nothing was forwarded
 }
+# Answers to a POST after which the request may exist: the server (or a proxy in front of it)
+# failed while handling it, or says it conflicts with something (perhaps our own earlier POST).
+_MAY_EXIST_STATUSES = frozenset({409})
 
 MAX_RETRY_AFTER = 600.0
+MAX_ID_LENGTH = 200  # the request_id columns' width
+
+
+class NotJson(ValueError):
+    """A body that is not JSON, or JSON nested too deeply to be an API answer."""
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON. Raises NotJson for anything else, including nesting so deep that the
+    parser would exhaust the stack (`[` × 300,000): that is garbage, not an internal error."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise NotJson("not JSON") from None
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return parse_json(body)
+    except NotJson:
+        return None
 
 
 def _message_action(message: str) -> Action | None:
@@ -100,7 +137,7 @@ def _status_action(status: int, idempotent: bool) -> Action:
         return Action.HALT_BATCH
     if 400 <= status < 500:
         return Action.FAIL_JOB
-    # 500, 502 (a proxy that may have forwarded the request), 504, other 5xx and oddities.
+    # Every 5xx (a proxy's 502/503/504 may have forwarded the request) and oddities.
     return Action.RETRY if idempotent else Action.AMBIGUOUS
 
 
@@ -110,7 +147,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     if raw_ms:
         try:
             ms = float(raw_ms)
-            if ms >= 0:
+            if 0 <= ms < float("inf"):
                 return min(ms / 1000.0, MAX_RETRY_AFTER)
         except ValueError:
             pass
@@ -122,7 +159,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if when is None:
             return None
@@ -132,14 +169,17 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def error_message(status: int, body: bytes, content_type: str) -> str:
-    """The API's `error` field, or a short description of a body that is not the API's JSON."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        data = None
+def _error_field(data: object) -> str | None:
     if isinstance(data, dict) and isinstance(data.get("error"), str) and data["error"].strip():
         return str(data["error"]).strip()[:300]
+    return None
+
+
+def error_message(status: int, body: bytes, content_type: str) -> str:
+    """The API's `error` field, or a short description of a body that is not the API's JSON."""
+    message = _error_field(_json_or_none(body))
+    if message:
+        return message
     if not body.strip():
         kind = "an empty"
     elif "html" in content_type.lower() or body.lstrip()[:1] == b"<":
@@ -150,6 +190,7 @@ def error_message(status: int, body: bytes, content_type: str) -> str:
 
 
 def valid_request_id(value: object) -> str | None:
+    """A request_id as the generate endpoint documents it: a UUID."""
     if not isinstance(value, str):
         return None
     try:
@@ -159,16 +200,24 @@ def valid_request_id(value: object) -> str | None:
     return value
 
 
+def any_request_id(value: object) -> str | None:
+    """An id as a look-up may return it: whatever its shape, as long as it can be stored and
+    sent back in a path. An item carrying our reference_id proves the job exists."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value).strip()
+    if not text or len(text) > MAX_ID_LENGTH or not text.isprintable():
+        return None
+    return text
+
+
 def classify_answer(
     status: int, headers: Mapping[str, str], body: bytes, *, idempotent: bool = False
 ) -> Outcome:
     """What an HTTP answer to generate (idempotent=False) or to a GET (idempotent=True) means."""
     retry_after = parse_retry_after(headers)
+    data = _json_or_none(body)
     if 200 <= status < 300:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            data = None
         if idempotent:
             if isinstance(data, dict):
                 return Outcome(Action.ACCEPTED, "ok", status)
@@ -176,27 +225,51 @@ def classify_answer(
         request_id = valid_request_id(data.get("request_id")) if isinstance(data, dict) else None
         if request_id:
             return Outcome(Action.ACCEPTED, "accepted", status, request_id=request_id)
+        # A success status carrying one of the API's error messages: the message decides (a
+        # "token limit reached" halts whatever the status), and the job may exist all the same.
+        message = _error_field(data)
+        action = _message_action(message) if message else None
+        if message and action in (Action.HALT_BATCH, Action.FAIL_JOB):
+            assert action is not None
+            return _finish(Outcome(action, message, status, None, retry_after, may_exist=True))
         # The job may well exist: never resend without looking it up.
         return Outcome(Action.AMBIGUOUS, f"HTTP {status} without a valid request_id", status)
 
     message = error_message(status, body, headers.get("content-type", ""))
     action = _message_action(message)
+    may_exist = False
     if action is None:
+        may_exist = not idempotent and (status >= 500 or status in _MAY_EXIST_STATUSES)
         should_retry = headers.get("x-should-retry", "").strip().lower()
+        # The header decides whether to try again; it never erases "the request may exist".
         if should_retry == "true":
-            action = Action.RETRY if idempotent or status < 500 else Action.AMBIGUOUS
+            action = Action.RETRY
         elif should_retry == "false":
             action = Action.FAIL_JOB
         else:
             action = _status_action(status, idempotent)
+        if action is Action.RETRY and may_exist:
+            action = Action.AMBIGUOUS
     if action is Action.AMBIGUOUS and idempotent:
         action = Action.RETRY
     if 300 <= status < 400:
         where = urlsplit(headers.get("location", "")).netloc or "elsewhere"
         message = f"the API redirected to {where} (HTTP {status}): check CHAMELAION_BASE_URL"
-    if message.strip().lower() in BUG_MESSAGES:
-        message = f"dubrunner bug: the API answered {message!r}; please report it"
-    return Outcome(action, message, status, retry_after=retry_after)
+    return _finish(Outcome(action, message, status, None, retry_after, may_exist=may_exist))
+
+
+def _finish(outcome: Outcome) -> Outcome:
+    if outcome.message.strip().lower() in BUG_MESSAGES:
+        message = f"dubrunner bug: the API answered {outcome.message!r}; please report it"
+        return Outcome(
+            outcome.action,
+            message,
+            outcome.status,
+            outcome.request_id,
+            outcome.retry_after,
+            outcome.may_exist,
+        )
+    return outcome
 
 
 # Transport failures. Before these, the request never left this machine.
@@ -223,62 +296,141 @@ class ResponseTooLarge(Exception):
     """The server sent more than dubrunner accepts for an API answer."""
 
 
-class FilterIgnored(Exception):
-    """The list endpoint answered with other jobs' requests: its reference_id filter is not
-    trustworthy, so an empty page would not prove that the job is absent."""
+# -- look-ups by reference_id ----------
 
 
-def _lookup_answer(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
-    """A look-up's answer as a GET; its failure is never the job's fault, so never FAIL_JOB."""
+class Lookup(StrEnum):
+    FOUND = "found"  # a request carrying our reference_id exists: its id is known
+    NOT_FOUND = "not_found"  # the API says no request of ours carries it (none not yet ended)
+    # The list answered with other jobs' requests: its reference_id filter is not trustworthy,
+    # so an empty page would prove nothing; ask for the request by reference_id instead.
+    FILTER_IGNORED = "filter_ignored"
+    ERROR = "error"  # no usable answer: `outcome` says whether to retry or halt
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    kind: Lookup
+    request_id: str | None = None
+    note: str = ""  # what a person should know: several requests, an id of an odd shape...
+    outcome: Outcome | None = None  # for ERROR
+
+    @property
+    def message(self) -> str:
+        if self.outcome is not None:
+            return self.outcome.message
+        return self.note or self.kind.value
+
+
+def _lookup_error(status: int, headers: Mapping[str, str], body: bytes) -> LookupResult | None:
+    """A look-up's answer as a GET: None when it is a usable 2xx; its failure is never the
+    job's fault, so never FAIL_JOB."""
     outcome = classify_answer(status, headers, body, idempotent=True)
+    if outcome.action is Action.ACCEPTED:
+        return None
     if outcome.action is Action.FAIL_JOB:
-        return Outcome(Action.RETRY, f"look-up failed: {outcome.message}", status)
-    return outcome
+        outcome = Outcome(
+            Action.RETRY, f"look-up failed: {outcome.message}", status, None, outcome.retry_after
+        )
+    return LookupResult(Lookup.ERROR, outcome=outcome)
+
+
+def _error(message: str, status: int) -> LookupResult:
+    return LookupResult(Lookup.ERROR, outcome=Outcome(Action.RETRY, message, status))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _created(item: Mapping[str, Any]) -> datetime | None:
+    raw = item.get("created_at")
+    if not isinstance(raw, str):
+        return None
+    try:
+        when = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def choose_request(
+    items: list[Mapping[str, Any]], reference_id: str, ended: frozenset[str]
+) -> LookupResult:
+    """Among the requests carrying our reference_id: the newest that is not known to have ended.
+
+    Earlier requests of this job that ended (failed at the API, then retried by the user) are
+    history; a new, unanswered POST is what we are looking for."""
+    found: list[tuple[int, datetime | None, str]] = []
+    odd: list[str] = []
+    for index, item in enumerate(items):
+        request_id = any_request_id(item.get("id"))
+        if request_id is None:
+            raw = str(item.get("id"))[:40]
+            return _error(f"a request carries this reference_id but an unusable id {raw!r}", 200)
+        if valid_request_id(request_id) is None:
+            odd.append(request_id)
+        if request_id not in ended:
+            found.append((index, _created(item), request_id))
+    if not found:
+        note = f"not found ({len(items)} ended request(s) only)" if items else "not found"
+        return LookupResult(Lookup.NOT_FOUND, note=note)
+    # Newest by created_at; those without a readable time count as older; ties by list order.
+    found.sort(key=lambda f: (f[1] is not None, f[1] or _EPOCH, f[0]))
+    request_id = found[-1][2]
+    notes = []
+    if len(found) > 1:
+        notes.append(f"{len(found)} unended requests carry this reference_id; took the newest")
+    if request_id in odd:
+        notes.append(f"the API's id {request_id!r} is not a UUID")
+    return LookupResult(Lookup.FOUND, request_id, "; ".join(["found", *notes]))
 
 
 def classify_lookup(
-    status: int, headers: Mapping[str, str], body: bytes, reference_id: str
-) -> tuple[str | None, Outcome]:
-    """Interpret `GET v1/lipsync/requests?reference_id=`: (request_id or None, outcome).
-
-    ACCEPTED with a request_id: the job exists. ACCEPTED with None: it provably does not.
-    Anything else is an error; a lookup error is never the job's fault, so never FAIL_JOB.
-    """
-    outcome = _lookup_answer(status, headers, body)
-    if outcome.action is not Action.ACCEPTED:
-        return None, outcome
-    data = json.loads(body)
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    reference_id: str,
+    ended: frozenset[str] = frozenset(),
+) -> LookupResult:
+    """Interpret `GET v1/lipsync/requests?reference_id=`."""
+    error = _lookup_error(status, headers, body)
+    if error is not None:
+        return error
+    data = _json_or_none(body)
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):
-        return None, Outcome(Action.RETRY, "look-up answer without a 'data' list", status)
-    found: list[tuple[str, str]] = []
+        return _error("look-up answer without a 'data' list", status)
+    mine: list[Mapping[str, Any]] = []
     for item in items:
         if not isinstance(item, dict):
             continue
         if item.get("reference_id") != reference_id:
-            raise FilterIgnored(reference_id)
-        request_id = valid_request_id(item.get("id"))
-        if request_id:
-            found.append((str(item.get("created_at") or ""), request_id))
-    if not found:
-        return None, Outcome(Action.ACCEPTED, "not found", status)
-    found.sort()
-    note = f"found ({len(found)} requests carry this reference_id)" if len(found) > 1 else "found"
-    return found[0][1], Outcome(Action.ACCEPTED, note, status, request_id=found[0][1])
+            return LookupResult(Lookup.FILTER_IGNORED)
+        mine.append(item)
+    return choose_request(mine, reference_id, ended)
 
 
 def classify_direct_lookup(
-    status: int, headers: Mapping[str, str], body: bytes, reference_id: str
-) -> tuple[str | None, Outcome]:
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    reference_id: str,
+    ended: frozenset[str] = frozenset(),
+) -> LookupResult:
     """Interpret `GET v1/lipsync/requests/{reference_id}` (the fallback look-up)."""
     if status == 404:
-        return None, Outcome(Action.ACCEPTED, "not found", status)
-    outcome = _lookup_answer(status, headers, body)
-    if outcome.action is not Action.ACCEPTED:
-        return None, outcome
-    data = json.loads(body)
-    request_id = valid_request_id(data.get("id")) if isinstance(data, dict) else None
-    ref = data.get("reference_id") if isinstance(data, dict) else None
-    if request_id and ref in (None, reference_id):
-        return request_id, Outcome(Action.ACCEPTED, "found", status, request_id=request_id)
-    return None, Outcome(Action.RETRY, "look-up answer without a valid request id", status)
+        # Only the API's own JSON error proves absence; a proxy's or a router's page does not.
+        message = _error_field(_json_or_none(body))
+        if message and "not found" in message.lower():
+            return LookupResult(Lookup.NOT_FOUND, note="not found")
+        what = error_message(status, body, headers.get("content-type", ""))
+        return _error(f"look-up failed: {what}", status)
+    error = _lookup_error(status, headers, body)
+    if error is not None:
+        return error
+    data = _json_or_none(body)
+    assert isinstance(data, dict)
+    ref = data.get("reference_id")
+    if ref not in (None, reference_id):
+        return _error("look-up answered with another job's request", status)
+    return choose_request([data], reference_id, ended)

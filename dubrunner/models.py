@@ -42,15 +42,21 @@ class Job(Base):
     disable_asd: Mapped[bool] = mapped_column(Boolean, default=False)
     source: Mapped[str | None] = mapped_column(Text)  # manifest file:line it came from
     state: Mapped[str] = mapped_column(String(20))
-    request_id: Mapped[str | None] = mapped_column(String(64))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The API documents UUIDs; a look-up may show ids of another shape, and they are kept too.
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # POSTs sent
+    # POSTs that count against --max-attempts: not those the server only throttled.
+    tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     last_http_status: Mapped[int | None] = mapped_column(Integer)
     # A POST may have reached the API without its answer reaching us: look up before any resend.
     lookup_needed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # After an ambiguous answer the server may still be creating the request: a look-up that
+    # finds nothing before this moment (Unix seconds) proves nothing, and the job waits for it.
+    lookup_after: Mapped[float | None] = mapped_column(Float)
     owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires: Mapped[float | None] = mapped_column(Float)
-    # From when the job may be looked up if its owner is provably dead (see worker.WorkerOptions).
+    # From when a look-up tells the truth about every POST its owner made (see store.Lease).
     settle_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
@@ -91,7 +97,7 @@ class Attempt(Base):
     outcome: Mapped[str] = mapped_column(String(20))  # an errors.Action, or found / not_found
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
-    request_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(200))
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     worker: Mapped[str | None] = mapped_column(String(200))
 

@@ -33,11 +33,19 @@ from dubrunner.states import AT_API, POLLABLE, State
 DEFAULT_DB = "sqlite:///./dubrunner.db"
 # The newest migration. Checked against Alembic by a test; it lets an up-to-date database skip
 # loading Alembic and its scripts on every start.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 T = TypeVar("T")
 _CHUNK = 500
-# States in which the API may hold a request for the job: its URLs can no longer change.
-_SENT_STATES = frozenset({State.SUBMITTING, *AT_API})
+# States from which a job whose manifest entry changed may take the new values, provided it was
+# never sent (or sent and refused) and nobody holds it: see _NEVER_SENT.
+_CHANGEABLE = frozenset({State.PENDING, State.HALTED, State.FAILED, State.CANCELLED})
+# "The API holds no request for this job and no worker is about to send it", as SQL.
+_NEVER_SENT = (
+    sa.or_(*(Job.state == state for state in sorted(_CHANGEABLE))),
+    Job.owner.is_(None),
+    Job.request_id.is_(None),
+    Job.lookup_needed.is_(False),
+)
 
 
 class StoreError(Exception):
@@ -67,14 +75,19 @@ def database_url(value: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """How long a claim holds, derived from the request timeout R (the time the server is assumed
-    to act on a POST within, if it ever does).
+    """How long a claim holds, derived from the request timeout R: the time within which the
+    server is assumed to act on a POST it received, if it ever does.
 
-    A worker renews its leases every `heartbeat` and sends a POST only while its last renewal is
-    under two heartbeats old. So a job's last POST left before renewal + 2·heartbeat and was acted
-    on before renewal + 2·heartbeat + R = `settle_at`: from then on a look-up by reference_id gives
-    the true answer. Anyone may reclaim at `lease_expires` (renewal + 2R, later than settle_at); a
-    worker on the same host that is provably dead may be reclaimed at settle_at.
+    - A POST leaves only inside a *send window*: right after its worker re-confirmed, in the
+      database, that it still owns the job (`Store.confirm_send`), and at most `window` seconds
+      later (checked right before the first byte, on a clock that keeps counting while the
+      machine is suspended). The confirmation sets `settle_at` = then + window + R: from then
+      on a look-up by reference_id tells the truth about every POST that owner made.
+    - `lease_expires` is the last renewal + 2R (renewed every `heartbeat`), always later than
+      `settle_at`. From then anyone may reclaim the job, and looks it up before sending it.
+    - A claim sets `settle_at` to the moment of the claim (nothing was sent yet), so the jobs of a
+      worker on this host that is provably dead are reclaimed at once when it never sent them,
+      and at their settle time when it did.
     """
 
     request_timeout: float = 60.0
@@ -84,13 +97,24 @@ class Lease:
         return max(0.05, self.request_timeout / 6)
 
     @property
+    def window(self) -> float:
+        """How long after the confirmation of ownership a POST may still leave."""
+        return self.heartbeat
+
+    @property
     def seconds(self) -> float:
         return 2 * self.request_timeout
 
-    def values(self, renewed_at: float) -> dict[str, float]:
+    def claimed(self, now: float) -> dict[str, float]:
+        return {"lease_expires": now + self.seconds, "settle_at": now}
+
+    def renewed(self, now: float) -> dict[str, float]:
+        return {"lease_expires": now + self.seconds}
+
+    def confirmed(self, now: float) -> dict[str, float]:
         return {
-            "lease_expires": renewed_at + self.seconds,
-            "settle_at": renewed_at + 2 * self.heartbeat + self.request_timeout,
+            "lease_expires": now + self.seconds,
+            "settle_at": now + self.window + self.request_timeout,
         }
 
 
@@ -103,6 +127,8 @@ class ClaimedJob:
     disable_asd: bool
     lookup_needed: bool
     attempts: int
+    lookup_after: float | None  # a "not found" before this moment proves nothing (Unix time)
+    tries: int  # POSTs so far that count against --max-attempts
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +238,8 @@ _CLAIM_COLUMNS = (
     Job.disable_asd,
     Job.lookup_needed,
     Job.attempts,
+    Job.lookup_after,
+    Job.tries,
 )
 
 
@@ -485,12 +513,24 @@ class Store:
         self, batch: str, specs: Sequence[JobSpec], source: str, *, dry_run: bool = False
     ) -> LoadPlan:
         """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none."""
+        try:
+            return self._load(batch, specs, source, dry_run)
+        except sa.exc.IntegrityError:
+            # Only another writer inserting the same reference_ids at the same moment gets here
+            # (loads take turns): say so, never the statement and its parameters.
+            raise LoadConflict(
+                [f"{source}: another process loaded some of these reference_ids at the same time"]
+            ) from None
+
+    def _load(self, batch: str, specs: Sequence[JobSpec], source: str, dry_run: bool) -> LoadPlan:
         plan = LoadPlan(batch=batch)
         conflicts: list[str] = []
         with self._write() as conn:
             if conn.dialect.name == "postgresql":
-                # Two loads of one batch at once would both see its jobs as new: take turns.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:b))"), {"b": batch})
+                # Two loads at once (of any batches: reference_ids are unique across all of them)
+                # would both see shared jobs as new: loads take turns. SQLite's BEGIN IMMEDIATE
+                # already serialises every writer.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242002)"))
             existing: dict[str, Any] = {}
             for chunk in _chunks([s.reference_id for s in specs]):
                 for row in conn.execute(
@@ -504,6 +544,7 @@ class Store:
                         Job.state,
                         Job.request_id,
                         Job.lookup_needed,
+                        Job.owner,
                     ).where(Job.reference_id.in_(chunk))
                 ):
                     existing[row.reference_id] = row
@@ -528,7 +569,12 @@ class Store:
                         plan.already_submitted += 1
                     elif found.state in (State.PENDING, State.HALTED):
                         plan.to_send += 1
-                elif found.state in _SENT_STATES or found.request_id or found.lookup_needed:
+                elif (
+                    found.state not in _CHANGEABLE
+                    or found.owner is not None
+                    or found.request_id
+                    or found.lookup_needed
+                ):
                     conflicts.append(
                         f"{where}: reference_id {spec.reference_id!r} was already sent to the "
                         f"API with other URLs or settings (state {found.state}); give the changed "
@@ -556,6 +602,7 @@ class Store:
                             "source": f"{source}:{s.line}",
                             "state": State.PENDING,
                             "attempts": 0,
+                            "tries": 0,
                             "lookup_needed": False,
                             "created_at": now,
                             "updated_at": now,
@@ -563,23 +610,34 @@ class Store:
                         for s in chunk
                     ],
                 )
+            lost: list[str] = []
             for job_id, spec in plan.changed:
-                conn.execute(
+                # Guarded where the data lives: a worker may have claimed the job since it was
+                # read above (workers do not take the loads' lock). Changing a claimed job would
+                # send it twice, with the old URLs and the new ones.
+                moved = conn.execute(
                     update(Job)
-                    .where(Job.id == job_id)
+                    .where(Job.id == job_id, *_NEVER_SENT)
                     .values(
                         video_url=spec.video_url,
                         audio_url=spec.audio_url,
                         disable_asd=spec.disable_asd,
                         source=f"{source}:{spec.line}",
                         state=State.PENDING,
+                        tries=0,
                         last_error=None,
                         last_http_status=None,
-                        owner=None,
-                        lease_expires=None,
                         updated_at=now,
                     )
-                )
+                ).rowcount
+                if moved != 1:
+                    lost.append(
+                        f"{source}:{spec.line}: reference_id {spec.reference_id!r} was taken by "
+                        "a worker while loading; nothing was loaded — load again to see whether "
+                        "it can still change"
+                    )
+            if lost:
+                raise LoadConflict(lost)
         return plan
 
     # -- the worker's transitions ----------
@@ -599,7 +657,7 @@ class Store:
         landed, so the caller must ask the API by reference_id before sending it again.
         """
         now = time.time()
-        lease_values = lease.values(now)
+        lease_values = lease.claimed(now)
         params: dict[str, Any] = {
             "c_now": now,
             "c_owner": owner,
@@ -646,18 +704,27 @@ class Store:
             return [first + i * interval for i in range(n)]
         raise StoreError("could not book a slot of the shared rate")
 
-    def renew_leases(self, owner: str, lease: Lease) -> int:
+    def renew_leases(self, owner: str, lease: Lease) -> set[int]:
+        """Extend the leases of every job this worker holds; the ids it still holds."""
         stmt = (
             update(Job)
             .where(Job.owner == owner, Job.state == State.SUBMITTING)
-            .values(**lease.values(time.time()))
+            .values(**lease.renewed(time.time()))
+            .returning(Job.id)
         )
-        return self._run_write(lambda conn: int(conn.execute(stmt).rowcount))
+        return self._run_write(lambda conn: set(conn.execute(stmt).scalars()))
+
+    def confirm_send(self, job_id: int, owner: str, lease: Lease, now: float) -> bool:
+        """Right before a POST: is the job still ours? If so, its lease and settle time now
+        cover a POST leaving within `lease.window` of `now` (see Lease). One atomic guarded
+        UPDATE, so a worker that was paused past its lease cannot send a job someone else took."""
+        values = lease.confirmed(now)
+        return self._update_one("owned", job_id, dict(values), None, owner, owner=owner)
 
     def abandon_leases(self, owner: str, lease: Lease) -> int:
         """On the way out with requests maybe in flight: the next run looks them up once the
         server has had time to act on them."""
-        settle = time.time() + lease.request_timeout
+        settle = time.time() + lease.window + lease.request_timeout
         with self._write() as conn:
             return conn.execute(
                 update(Job)
@@ -687,16 +754,34 @@ class Store:
             ).rowcount
 
     def soonest_reclaim(self, batch: str | None, exclude_owner: str) -> float | None:
-        """When the first job that another worker holds becomes reclaimable (Unix time), or None
-        when no other worker holds any."""
-        stmt = select(func.min(Job.lease_expires)).where(
+        """When the next job that cannot be claimed now becomes claimable (Unix time): a job
+        another worker holds, or one waiting for its look-up to mean something (lookup_after).
+        None when there is no such job."""
+        held = select(func.min(Job.lease_expires)).where(
             Job.state == State.SUBMITTING, Job.owner != exclude_owner
         )
+        waiting = select(func.min(Job.lookup_after)).where(
+            Job.state == State.PENDING, Job.lookup_after.is_not(None)
+        )
         if batch is not None:
-            stmt = stmt.where(Job.batch == batch)
+            held = held.where(Job.batch == batch)
+            waiting = waiting.where(Job.batch == batch)
         with self._read() as conn:
-            value = conn.execute(stmt).scalar()
-        return float(value) if value is not None else None
+            values = [conn.execute(held).scalar(), conn.execute(waiting).scalar()]
+        present = [float(v) for v in values if v is not None]
+        return min(present) if present else None
+
+    def ended_requests(self, job_id: int) -> frozenset[str]:
+        """The request_ids of this job that the API said ended badly: history, not the answer to
+        a look-up for a new POST (the user retried the job after a remote failure)."""
+        stmt = select(Attempt.request_id).where(
+            Attempt.job_id == job_id,
+            Attempt.kind == "poll",
+            Attempt.outcome == State.FAILED,
+            Attempt.request_id.is_not(None),
+        )
+        with self._read() as conn:
+            return frozenset(r for r in conn.execute(stmt).scalars() if r)
 
     def transition(
         self,
@@ -804,14 +889,56 @@ class Store:
 
     # -- operator actions ----------
 
-    def retry(self, batch: str | None, states: Sequence[str], error: str | None) -> int:
-        stmt = update(Job).where(Job.state.in_(list(states)))
+    def _retry_where(
+        self, batch: str | None, states: Sequence[str], error: str | None
+    ) -> list[Any]:
+        where: list[Any] = [Job.state.in_(list(states))]
         if batch is not None:
-            stmt = stmt.where(Job.batch == batch)
+            where.append(Job.batch == batch)
         if error:
-            stmt = stmt.where(Job.last_error.contains(error, autoescape=True))
+            where.append(Job.last_error.contains(error, autoescape=True))
+        return where
+
+    def retry_preview(
+        self, batch: str | None, states: Sequence[str], error: str | None
+    ) -> tuple[int, int]:
+        """(jobs that retry would put back, those among them that ran at the API and failed
+        there: sending those again is paid again)."""
+        where = self._retry_where(batch, states, error)
+        stmt = select(func.count(), func.count(Job.remote_status)).where(*where)
+        with self._read() as conn:
+            total, ran = conn.execute(stmt).one()
+        return int(total), int(ran)
+
+    def retry(self, batch: str | None, states: Sequence[str], error: str | None) -> int:
+        """Put chosen jobs back to pending. A job whose request ran at the API and failed there
+        gets a fresh start: that request has ended (it stays in the attempts), so the job is
+        sent anew; the others keep whatever look-up they owe."""
+        where = self._retry_where(batch, states, error)
         with self._write() as conn:
-            return conn.execute(stmt.values(_back_to_pending())).rowcount
+            ran = conn.execute(
+                update(Job)
+                .where(*where, Job.remote_status.is_not(None))
+                .values(
+                    {
+                        **_back_to_pending(),
+                        "tries": 0,
+                        "request_id": None,
+                        "lookup_needed": False,
+                        "lookup_after": None,
+                        "remote_status": None,
+                        "remote_error": None,
+                        "output_url": None,
+                        "remote_started_at": None,
+                        "remote_finished_at": None,
+                        "polled_at": None,
+                    }
+                )
+            ).rowcount
+            rest = conn.execute(
+                update(Job).where(*where).values({**_back_to_pending(), "tries": 0})
+            ).rowcount
+        return int(ran) + int(rest)
 
     def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> tuple[int, int]:
         """Cancel pending jobs: (cancelled, kept). A pending job whose earlier POST may have
@@ -946,7 +1073,11 @@ def _claim_statements(with_batch: bool) -> tuple[sa.Update, sa.Update]:
     expired = select(Job.id).where(
         Job.state == State.SUBMITTING, Job.lease_expires < sa.bindparam("c_now")
     )
-    pending = select(Job.id).where(Job.state == State.PENDING)
+    # A pending job whose "not found" would still prove nothing waits for its lookup_after.
+    pending = select(Job.id).where(
+        Job.state == State.PENDING,
+        sa.or_(Job.lookup_after.is_(None), Job.lookup_after <= sa.bindparam("c_now")),
+    )
     if with_batch:
         expired = expired.where(Job.batch == sa.bindparam("c_batch"))
         pending = pending.where(Job.batch == sa.bindparam("c_batch"))

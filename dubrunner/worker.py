@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_result
 
-from dubrunner.api import Answer, ApiClient
+from dubrunner.api import Answer, ApiClient, SendWindowClosed, boottime
 from dubrunner.errors import (
     RETRYABLE,
     Action,
-    FilterIgnored,
+    Lookup,
+    LookupResult,
     Outcome,
     ResponseTooLarge,
     classify_answer,
@@ -51,6 +52,9 @@ class WorkerOptions:
     backoff_max: float = 30.0
     grace_seconds: float = 30.0  # after a stop, how long in-flight requests may take
     request_timeout: float = 60.0  # the HTTP read timeout; leases derive from it (store.Lease)
+    # After an ambiguous answer, how long the server may still take to create the request: a
+    # look-up that finds nothing sooner proves nothing, so the job waits and is looked up again.
+    lookup_grace: float = 30.0
     rate: float | None = None  # requests per second, for the governor
     burst: int = 1
     rate_shared: bool = False  # --rate is for all workers on the database together
@@ -80,6 +84,7 @@ class RunReport:
     retries: int = 0
     requests: int = 0
     found_by_lookup: int = 0
+    deferred: int = 0  # jobs handed back until a look-up can prove their absence
     lost: int = 0  # jobs another worker took over (our lease had lapsed)
     halt_message: str | None = None
     fatal: str | None = None
@@ -91,12 +96,17 @@ class _Lost(Exception):
     """The job is no longer ours: drop it."""
 
 
+class _Deferred(Exception):
+    """The job went back to pending until its look-up can mean something (lookup_after)."""
+
+
 @dataclass
 class _JobRun:
     job: ClaimedJob
     lookup_needed: bool
+    lookup_after: float | None
+    tries: int  # POSTs that counted against --max-attempts, this claim and earlier ones
     posts: int = 0
-    tries: int = 0  # attempts that count against --max-attempts
     throttled: int = 0  # answers that only said "slow down"
 
 
@@ -150,11 +160,12 @@ class Worker:
         self.owner = worker_id()
         self.stop = threading.Event()
         self.report = RunReport()
-        self._lock = threading.Lock()  # the report's counters
+        self._lock = threading.Lock()  # the report's counters, the held jobs
         self._claim_lock = threading.Lock()  # the queue of claimed jobs
         self._queue: deque[ClaimedJob] = deque()
+        self._held: set[int] = set()  # jobs claimed and not yet settled by this worker
+        self._taken: set[int] = set()  # held jobs a renewal found no longer ours
         self._exhausted = False
-        self._renewed_at = time.monotonic()
         self._heartbeat_stop = threading.Event()
         self._dead_owners: set[str] = set()
         self.waiting_for_others = False
@@ -241,17 +252,20 @@ class Worker:
     def _heartbeat(self) -> None:
         lease = self.options.lease
         while not self._heartbeat_stop.wait(lease.heartbeat):
-            # Stamped before the call: the leases were computed then, not when the commit ended.
-            started = time.monotonic()
+            with self._lock:
+                held = set(self._held)
             try:
-                self.store.renew_leases(self.owner, lease)
-                self._renewed_at = started
+                renewed = self.store.renew_leases(self.owner, lease)
             except StoreError as exc:
                 log.warning("could not renew leases: %s", exc)
-
-    def _lease_is_fresh(self) -> bool:
-        """Send only while our leases were renewed under two heartbeats ago (see store.Lease)."""
-        return time.monotonic() - self._renewed_at < 2 * self.options.lease.heartbeat
+                continue
+            # A job we hold that the renewal did not find is no longer ours (we were paused past
+            # its lease and another worker took it): send nothing more for it.
+            with self._lock:
+                taken = (held - renewed) & self._held
+                self._taken |= taken
+            if taken:
+                log.warning("%d job(s) were taken over by another worker", len(taken))
 
     def _next_job(self) -> ClaimedJob | None:
         while True:
@@ -263,11 +277,18 @@ class Worker:
                 chunk = max(1, min(self.options.concurrency, 64))
                 jobs = self.store.claim(self.owner, self.batch, chunk, self.options.lease)
                 if jobs:
+                    with self._lock:
+                        self._held.update(j.id for j in jobs)
                     self._queue.extend(jobs[1:])
                     return jobs[0]
-                # Others still hold jobs of this batch: they will land, come back to pending, or
-                # their lease will lapse and we reclaim them. Work is done only when none is left.
+                # Others still hold jobs of this batch, or jobs wait for their look-up's grace:
+                # they will land, come back, or become claimable. Work is done only when none is
+                # left.
                 at = self.store.soonest_reclaim(self.batch, exclude_owner=self.owner)
+                with self._lock:
+                    busy = bool(self._held)
+                if at is None and busy:
+                    at = time.time() + 0.1  # our other threads may yet hand a job back
                 if at is None:
                     if self.options.follow is None:
                         self._exhausted = True
@@ -292,18 +313,26 @@ class Worker:
 
     def _thread_main(self) -> None:
         while not self.stop.is_set():
+            job = None
             try:
                 job = self._next_job()
                 if job is None:
                     return
-                self._process(_JobRun(job, job.lookup_needed))
+                self._process(_JobRun(job, job.lookup_needed, job.lookup_after, job.tries))
             except _Lost:
                 self._count("lost")
+            except _Deferred:
+                self._count("deferred")
             except StoreError as exc:
                 self._fatal(f"the database failed: {exc}")
             except Exception as exc:  # a bug: stop safely, say so
                 log.exception("unexpected error in a worker")
                 self._fatal(f"internal error: {type(exc).__name__}: {scrub(str(exc))}")
+            finally:
+                if job is not None:
+                    with self._lock:
+                        self._held.discard(job.id)
+                        self._taken.discard(job.id)
 
     # -- one job ----------
 
@@ -321,7 +350,7 @@ class Worker:
         if outcome.retry_after is not None:
             return float(outcome.retry_after)
         run: _JobRun = state.args[0]
-        n = (run.throttled if outcome.throttled else run.tries) - 1
+        n = max(0, (run.throttled if outcome.throttled else run.tries) - 1)
         backoff = min(self.options.backoff_max, self.options.backoff_base * 2.0**n)
         return backoff * (1 - 0.25 * random.random())
 
@@ -329,7 +358,7 @@ class Worker:
         self.stop.wait(seconds)
 
     def _process(self, run: _JobRun) -> None:
-        outcome: Outcome = self._retrying(self._counted_attempt, run)
+        outcome: Outcome = self._retrying(self._attempt, run)
         if outcome.action not in RETRYABLE:
             return
         job = run.job
@@ -337,7 +366,7 @@ class Worker:
             # Interrupted or halted: hand it back, remembering whether a look-up is owed.
             self._move(run, None, state=State.PENDING, lookup_needed=run.lookup_needed)
             return
-        message = f"gave up after {run.tries + run.throttled} attempts: {outcome.message}"
+        message = f"gave up after {job.attempts + run.posts} attempts: {outcome.message}"
         self._move(
             run, None, state=State.FAILED, last_error=message, lookup_needed=run.lookup_needed
         )
@@ -352,19 +381,40 @@ class Worker:
             log.warning("%s was taken over by another worker; dropping it", run.job.reference_id)
             raise _Lost
 
-    def _generate_if_lease_fresh(
-        self, video: str, audio: str, reference_id: str, disable_asd: bool, retry_count: int
-    ) -> Answer:
-        # Checked after the governor's wait, right before the bytes leave. A stalled database
-        # pauses sending; one that stays away for a whole lease stops the run.
-        give_up = time.monotonic() + self.options.lease.seconds
-        while not self._lease_is_fresh():
-            if time.monotonic() > give_up:
-                self._fatal("leases could not be renewed (is the database reachable?); stopped")
+    def _check_still_ours(self, run: _JobRun) -> None:
+        with self._lock:
+            taken = run.job.id in self._taken
+        if taken:
+            log.warning("%s was taken over by another worker; dropping it", run.job.reference_id)
+            raise _Lost
+
+    def _send_window(self, run: _JobRun) -> Callable[[], None]:
+        """Confirm in the database that the job is still ours, right before its POST; the
+        guard the API client calls just before the first byte leaves (see store.Lease).
+
+        A stalled database pauses sending; one that stays away for a whole lease stops the run."""
+        lease = self.options.lease
+        give_up = boottime() + lease.seconds
+        while True:
+            self._check_still_ours(run)
+            if self.stop.is_set():
                 raise Stopped
-            if self.stop.wait(0.05):
+            started = boottime()
+            if not self.store.confirm_send(run.job.id, self.owner, lease, time.time()):
+                log.warning("%s was taken over; dropping it", run.job.reference_id)
+                raise _Lost
+            closes = started + lease.window
+            if boottime() < closes:
+                break
+            if boottime() > give_up:
+                self._fatal("the database is too slow to confirm a claim before sending; stopped")
                 raise Stopped
-        return self.api.generate(video, audio, reference_id, disable_asd, retry_count=retry_count)
+
+        def guard() -> None:
+            if boottime() >= closes:
+                raise SendWindowClosed(f"{run.job.reference_id}: the send window closed")
+
+        return guard
 
     def _call(self, fn: Callable[[], Answer]) -> tuple[Answer | None, BaseException | None]:
         self._count("requests")
@@ -374,14 +424,6 @@ class Worker:
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
             return None, exc
 
-    def _counted_attempt(self, run: _JobRun) -> Outcome:
-        outcome = self._attempt(run)
-        if outcome.throttled:
-            run.throttled += 1
-        else:
-            run.tries += 1
-        return outcome
-
     def _attempt(self, run: _JobRun) -> Outcome:
         job = run.job
         if run.lookup_needed:
@@ -389,17 +431,24 @@ class Worker:
             if outcome.action is not Action.ACCEPTED or outcome.request_id:
                 return outcome
             run.lookup_needed = False
+            run.lookup_after = None
         started = time.monotonic()
         try:
-            answer, exc = self._call(
-                lambda: self._generate_if_lease_fresh(
-                    job.video_url,
-                    job.audio_url,
-                    job.reference_id,
-                    job.disable_asd,
-                    retry_count=run.posts,
-                )
-            )
+            while True:
+                try:
+                    answer, exc = self._call(
+                        lambda: self.api.generate(
+                            job.video_url,
+                            job.audio_url,
+                            job.reference_id,
+                            job.disable_asd,
+                            retry_count=run.posts,
+                            guard=self._send_window(run),
+                        )
+                    )
+                    break
+                except SendWindowClosed:
+                    continue  # nothing left: confirm the claim again
         except Stopped:
             return Outcome(Action.RETRY, "stopped before sending")
         run.posts += 1
@@ -409,46 +458,49 @@ class Worker:
         else:
             assert exc is not None
             outcome = classify_exception(exc)
+        if outcome.throttled:
+            run.throttled += 1
+        else:
+            run.tries += 1
         duration = int((time.monotonic() - started) * 1000)
         if outcome.retry_after:
             self.governor.pause(outcome.retry_after)
         message = scrub(outcome.message)
+        request_id = scrub(outcome.request_id) if outcome.request_id else None
         attempt = AttemptRecord(
             "generate",
             outcome.action.value,
             outcome.status,
             None if outcome.action is Action.ACCEPTED else message,
             duration,
-            outcome.request_id,
+            request_id,
         )
+        # Whatever is decided next, a POST that may have created the request owes a look-up,
+        # and a "not found" means something only once the server has had time to act.
+        owed = outcome.lookup_owed
+        run.lookup_needed = owed
+        run.lookup_after = time.time() + self.options.lookup_grace if owed else None
         values: dict[str, Any] = {
             "attempts": job.attempts + run.posts,
+            "tries": run.tries,
             "last_http_status": outcome.status,
             "last_error": None if outcome.action is Action.ACCEPTED else message,
+            "lookup_needed": owed,
+            "lookup_after": run.lookup_after,
         }
         action = outcome.action
         if action is Action.ACCEPTED:
-            values.update(
-                state=State.SUBMITTED,
-                request_id=outcome.request_id,
-                submitted_at=utcnow(),
-                lookup_needed=False,
-            )
-        elif action is Action.RETRY:
-            values.update(lookup_needed=False)
-        elif action is Action.AMBIGUOUS:
-            run.lookup_needed = True
-            values.update(lookup_needed=True)
+            values.update(state=State.SUBMITTED, request_id=request_id, submitted_at=utcnow())
         elif action is Action.FAIL_JOB:
-            values.update(state=State.FAILED, lookup_needed=False)
-        else:
-            values.update(state=State.HALTED, lookup_needed=False)
+            values.update(state=State.FAILED)
+        elif action is Action.HALT_BATCH:
+            values.update(state=State.HALTED)
         self._move(run, attempt, **values)
         log.debug(
             "%s POST → %s %s (%d ms)",
             job.reference_id,
             outcome.status or "-",
-            outcome.request_id or message,
+            request_id or message,
             duration,
         )
         if action is Action.ACCEPTED:
@@ -461,51 +513,57 @@ class Worker:
             self._halt(message)
         return outcome
 
+    def _ask(self, run: _JobRun, ended: frozenset[str]) -> tuple[LookupResult, int | None]:
+        """One look-up by reference_id (and the direct GET when the list ignores its filter);
+        the result and the HTTP status it came with."""
+        ref = run.job.reference_id
+        answer, exc = self._call(lambda: self.api.find_by_reference(ref))
+        if answer is not None:
+            result = classify_lookup(answer.status, answer.headers, answer.body, ref, ended)
+            if result.kind is not Lookup.FILTER_IGNORED:
+                return result, answer.status
+            answer, exc = self._call(lambda: self.api.get_request(ref))
+            if answer is not None:
+                result = classify_direct_lookup(
+                    answer.status, answer.headers, answer.body, ref, ended
+                )
+                return result, answer.status
+        assert exc is not None
+        outcome = classify_exception(exc, idempotent=True)
+        return LookupResult(Lookup.ERROR, outcome=outcome), None
+
     def _lookup(self, run: _JobRun) -> Outcome:
-        """Ask the API whether an earlier POST of this job landed."""
+        """Ask the API whether an earlier POST of this job landed.
+
+        ACCEPTED with a request_id: it did (the job is now submitted). ACCEPTED without one: it
+        provably did not, so sending is safe. Anything else: no answer yet (retry or halt)."""
         job = run.job
         started = time.monotonic()
-        request_id: str | None = None
+        ended = self.store.ended_requests(job.id)
         try:
-            answer, exc = self._call(lambda: self.api.find_by_reference(job.reference_id))
-            if answer is not None:
-                try:
-                    request_id, outcome = classify_lookup(
-                        answer.status, answer.headers, answer.body, job.reference_id
-                    )
-                except FilterIgnored:
-                    answer, exc = self._call(lambda: self.api.get_request(job.reference_id))
-                    if answer is not None:
-                        request_id, outcome = classify_direct_lookup(
-                            answer.status, answer.headers, answer.body, job.reference_id
-                        )
-            if answer is None:
-                assert exc is not None
-                outcome = classify_exception(exc, idempotent=True)
+            result, status = self._ask(run, ended)
         except Stopped:
             return Outcome(Action.RETRY, "stopped before the look-up")
         duration = int((time.monotonic() - started) * 1000)
-        if answer is not None:
-            self.governor.observe(outcome.throttled)
-        if outcome.retry_after:
-            self.governor.pause(outcome.retry_after)
-        if outcome.action is Action.ACCEPTED:
-            kind = "found" if request_id else "not_found"
-        else:
-            kind = outcome.action.value
-        message = scrub(outcome.message)
+        error = result.outcome
+        if error is not None:
+            self.governor.observe(error.throttled)
+            if error.retry_after:
+                self.governor.pause(error.retry_after)
+        message = scrub(result.message)
+        request_id = scrub(result.request_id) if result.request_id else None
         attempt = AttemptRecord(
             "lookup",
-            kind,
-            outcome.status,
-            None if outcome.action is Action.ACCEPTED else message,
+            result.kind.value if error is None else error.action.value,
+            status,
+            None if message in ("found", "not found") else message,
             duration,
             request_id,
         )
-        log.debug(
-            "%s look-up → %s %s", job.reference_id, outcome.status or "-", request_id or message
-        )
-        if request_id:
+        log.debug("%s look-up → %s %s", job.reference_id, status or "-", request_id or message)
+        if result.kind is Lookup.FOUND:
+            if result.note != "found":
+                log.warning("%s: %s", job.reference_id, message)
             self._move(
                 run,
                 attempt,
@@ -513,21 +571,33 @@ class Worker:
                 request_id=request_id,
                 submitted_at=utcnow(),
                 lookup_needed=False,
+                lookup_after=None,
                 last_error=None,
             )
             self._count("submitted")
             self._count("found_by_lookup")
-        elif outcome.action is Action.HALT_BATCH:
+            return Outcome(Action.ACCEPTED, message, status, request_id=request_id)
+        if result.kind is Lookup.NOT_FOUND:
+            if run.lookup_after is not None and time.time() < run.lookup_after:
+                # The server may still be creating it (a proxy gave up before the backend did):
+                # wait, then ask again, before any resend.
+                self._move(run, attempt, state=State.PENDING, lookup_needed=True)
+                log.debug("%s: not found yet; looked up again after the grace", job.reference_id)
+                raise _Deferred
+            self._move(run, attempt)
+            return Outcome(Action.ACCEPTED, "not found", status)
+        assert error is not None
+        if error.action is Action.HALT_BATCH:
             self._move(
                 run,
                 attempt,
                 state=State.HALTED,
                 last_error=message,
-                last_http_status=outcome.status,
+                last_http_status=status,
                 lookup_needed=True,
             )
             self._count("halted")
             self._halt(message)
         else:
             self._move(run, attempt)
-        return outcome
+        return error

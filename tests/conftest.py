@@ -115,6 +115,7 @@ def env(emulator: Emulator, db: Database) -> dict[str, str]:
         CHAMELAION_API_KEY=TOKEN,
         DUBRUNNER_DB=db.url,
         DUBRUNNER_RETRY_WAIT="0.02",
+        DUBRUNNER_LOOKUP_GRACE="0.3",
     )
     return base
 

@@ -124,7 +124,7 @@ CASES = [
     ("not_json", "failed", "HTTP 200 without a valid request_id", True),
     ("no_request_id", "failed", "HTTP 200 without a valid request_id", True),
     ("bad_uuid", "failed", "HTTP 200 without a valid request_id", True),
-    ("html_5xx", "failed", "HTTP 503 with an HTML body", False),
+    ("html_5xx", "failed", "HTTP 503 with an HTML body", True),
     ("slow_body", "failed", "ReadTimeout", True),
     ("never_starts", "failed", "ReadTimeout", True),
     ("reset_mid_body", "failed", "", True),
@@ -146,6 +146,7 @@ def test_broken_answers_end_in_a_defined_state(
         CHAMELAION_API_KEY=TOKEN,
         DUBRUNNER_DB=str(db),
         DUBRUNNER_RETRY_WAIT="0.01",
+        DUBRUNNER_LOOKUP_GRACE="0.3",
     )
     manifest = write_manifest(tmp_path / "m.yaml", 1)
     started = time.monotonic()

@@ -135,6 +135,16 @@ def worker_options(fn: F) -> F:
             help="Seconds to wait for an answer; claims are leased for twice that.",
         ),
         click.option(
+            "--lookup-grace",
+            type=click.FloatRange(0, 3600),
+            default=30.0,
+            show_default=True,
+            envvar="DUBRUNNER_LOOKUP_GRACE",
+            help="After an answer that leaves a job's fate unknown, seconds the server may "
+            "still take to create it: a look-up finding nothing sooner is repeated then, "
+            "before any resend.",
+        ),
+        click.option(
             "--allow-insecure-http",
             is_flag=True,
             envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
@@ -152,6 +162,7 @@ def worker_options(fn: F) -> F:
         max_attempts: int,
         retry_wait: float,
         request_timeout: float,
+        lookup_grace: float,
         **kwargs: Any,
     ) -> Any:
         auto = rate == "auto"
@@ -162,6 +173,7 @@ def worker_options(fn: F) -> F:
             max_attempts=max_attempts,
             backoff_base=retry_wait,
             request_timeout=request_timeout,
+            lookup_grace=lookup_grace,
             rate=None if auto else rate,  # type: ignore[arg-type]
             burst=burst,
             rate_shared=rate_shared,
@@ -230,7 +242,6 @@ def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
     try:
         return ApiClient(
             Credentials.from_env(),
-            max_connections=options.concurrency + 2,
             read_timeout=options.request_timeout,
             allow_insecure_http=allow_insecure_http,
         )
