@@ -37,6 +37,10 @@ class EmulatorConfig:
     token_limit: int | None = None  # accepted generates before "token limit reached"
     token_limit_status: int = 429
     drop_after_accept: float = 0.0  # chance of closing the connection after accepting a job
+    # Chance that a generate is answered 504 by "a proxy" while the backend goes on and creates
+    # the request `create_delay` seconds later (the case a look-up's grace period is for).
+    p504_create: float = 0.0
+    create_delay: float = 3.0
     complete_after: float = 1.0  # seconds from accepted to COMPLETED/FAILED
     fail_marker: str = "FAIL"  # a video URL containing it fails remotely
     output_bytes: int = 64 * 1024  # size of the generated output file
@@ -100,6 +104,7 @@ class Stats:
     rate_limited: int = 0
     errors_500: int = 0
     dropped: int = 0
+    late_creates: int = 0
     lookups: int = 0
     polls: int = 0
     downloads: int = 0
@@ -370,8 +375,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 limited = False
                 fail = cfg.p500 > 0 and emu._random.random() < cfg.p500
+                late = not fail and cfg.p504_create > 0 and emu._random.random() < cfg.p504_create
                 if fail:
                     emu.stats.errors_500 += 1
+                elif late:
+                    emu.stats.late_creates += 1
                 else:
                     req = emu._create(
                         ref if isinstance(ref, str) else None, videos[0], audios[0], asd
@@ -385,6 +393,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(cfg.token_limit_status, "token limit reached")
         if fail:
             return self._error(500, "internal error")
+        if late:
+
+            def create_late() -> None:
+                with emu.lock:
+                    emu._create(ref if isinstance(ref, str) else None, videos[0], audios[0], asd)
+
+            threading.Timer(cfg.create_delay, create_late).start()
+            page = b"<html><body><h1>504 Gateway Time-out</h1></body></html>"
+            return self._send(504, page, content_type="text/html")
         if drop:
             # The job exists, but the client never hears so: the case reference_id look-ups solve.
             self.close_connection = True

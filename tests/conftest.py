@@ -142,6 +142,17 @@ def run_cli(
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start `python -m dubrunner ARGS` as a real process, without waiting for it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dubrunner", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def write_manifest(
     path: Path, n: int, batch: str = "b", prefix: str = "ep", failing: frozenset[int] = frozenset()
 ) -> Path:

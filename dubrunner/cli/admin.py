@@ -67,6 +67,19 @@ def db_upgrade() -> None:
     help="Chance of dropping the connection after accepting a job.",
 )
 @click.option(
+    "--p504-create",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Chance of a proxy's 504 while the request is created later anyway.",
+)
+@click.option(
+    "--create-delay",
+    type=click.FloatRange(0),
+    default=3.0,
+    show_default=True,
+    help="Seconds after such a 504 until the request exists.",
+)
+@click.option(
     "--complete-after",
     type=click.FloatRange(0),
     default=1.0,
@@ -85,6 +98,8 @@ def emulator(
     token_limit: int | None,
     token_limit_status: int,
     drop_after_accept: float,
+    p504_create: float,
+    create_delay: float,
     complete_after: float,
     seed: int | None,
 ) -> None:
@@ -99,6 +114,8 @@ def emulator(
         token_limit=token_limit,
         token_limit_status=token_limit_status,
         drop_after_accept=drop_after_accept,
+        p504_create=p504_create,
+        create_delay=create_delay,
         complete_after=complete_after,
         seed=seed,
     )

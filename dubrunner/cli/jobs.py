@@ -75,15 +75,29 @@ def status(
     "--state",
     "states",
     multiple=True,
-    type=click.Choice(sorted(RETRYABLE)),
+    type=click.Choice(sorted(s.value for s in RETRYABLE)),
     help="Which jobs to put back [default: failed and halted].",
 )
 @click.option("--error", "error", help="Only jobs whose last error contains this text.")
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Also send again jobs that already ran at the API and failed there (paid again).",
+)
 @common_options
-def retry(batch: str | None, states: tuple[str, ...], error: str | None) -> None:
+def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bool) -> None:
     """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
     store = open_store()
-    n = store.retry(batch, states or sorted(RETRYABLE), error)
+    chosen = states or sorted(RETRYABLE)
+    _, ran = store.retry_preview(batch, chosen, error)
+    if ran and not yes:
+        warning = (
+            f"{ran} of these jobs failed at the API after running; sending them again is "
+            "charged again"
+        )
+        if not (sys.stdin.isatty() and click.confirm(f"{warning}. Put them back?", err=True)):
+            raise UserError(f"{warning} — add --yes to retry them; nothing was changed")
+    n = store.retry(batch, chosen, error)
     click.echo(
         f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else "")
     )
