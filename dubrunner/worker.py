@@ -313,26 +313,42 @@ class Worker:
 
     def _thread_main(self) -> None:
         while not self.stop.is_set():
-            job = None
             try:
                 job = self._next_job()
-                if job is None:
-                    return
-                self._process(_JobRun(job, job.lookup_needed, job.lookup_after, job.tries))
-            except _Lost:
-                self._count("lost")
-            except _Deferred:
-                self._count("deferred")
             except StoreError as exc:
                 self._fatal(f"the database failed: {exc}")
-            except Exception as exc:  # a bug: stop safely, say so
-                log.exception("unexpected error in a worker")
-                self._fatal(f"internal error: {type(exc).__name__}: {scrub(str(exc))}")
-            finally:
-                if job is not None:
-                    with self._lock:
-                        self._held.discard(job.id)
-                        self._taken.discard(job.id)
+                return
+            if job is None:
+                return
+            self._see_through(job)
+
+    def work_once(self) -> bool:
+        """Claim one job and see it through on the calling thread; False when there was none to
+        claim. No heartbeat runs: the model check drives workers step by step with this."""
+        jobs = self.store.claim(self.owner, self.batch, 1, self.options.lease)
+        if not jobs:
+            return False
+        with self._lock:
+            self._held.add(jobs[0].id)
+        self._see_through(jobs[0])
+        return True
+
+    def _see_through(self, job: ClaimedJob) -> None:
+        try:
+            self._process(_JobRun(job, job.lookup_needed, job.lookup_after, job.tries))
+        except _Lost:
+            self._count("lost")
+        except _Deferred:
+            self._count("deferred")
+        except StoreError as exc:
+            self._fatal(f"the database failed: {exc}")
+        except Exception as exc:  # a bug: stop safely, say so
+            log.exception("unexpected error in a worker")
+            self._fatal(f"internal error: {type(exc).__name__}: {scrub(str(exc))}")
+        finally:
+            with self._lock:
+                self._held.discard(job.id)
+                self._taken.discard(job.id)
 
     # -- one job ----------
 
