@@ -30,7 +30,11 @@ CHUNK = 256 * 1024
 TRIES = 3
 _EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
 _TYPES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm"}
-_UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]+")
+# Names keep these characters only; the rest is replaced (and the name then suffixed).
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_LEADING_DOT = re.compile(r"^\.")
+# Leaves room for "~" + 12 hex digits, an extension and ".part.json" in a 255-byte file name.
+MAX_NAME = 180
 
 
 @dataclass
@@ -53,9 +57,22 @@ class _Retryable(Exception):
 
 
 def safe_name(text: str) -> str:
-    """A file name from an id: no separators, no dot-dot, nothing a filesystem chokes on."""
-    name = _UNSAFE.sub("_", text).strip("._") or "job"
-    return name[:200]
+    """A file (or directory) name for an id, distinct for distinct ids, also where the file
+    system ignores case (macOS, Windows): two jobs never share an output.
+
+    An id of lower-case letters, digits and . _ - that neither starts nor ends with a dot
+    (Windows drops a trailing one, so `b.` would be the directory `b`) and is at most MAX_NAME
+    long is its own name, so names stay readable. Any other id has the other characters
+    replaced and gets `~` plus 12 hex digits of its SHA-256. `~` is never in an unsuffixed name,
+    so a suffixed name cannot equal an unsuffixed one, and two suffixed names differ by the hash.
+    """
+    name = _UNSAFE.sub("_", text)
+    plain = name == text and name == name.lower() and 0 < len(name) <= MAX_NAME
+    if plain and not name.startswith(".") and not name.endswith("."):
+        return name
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    # No leading dot: a hidden file would look lost. The hash keeps the name apart anyway.
+    return f"{_LEADING_DOT.sub('_', name[:MAX_NAME])}~{digest}"
 
 
 def extension_for(url: str, content_type: str | None = None) -> str:
@@ -139,14 +156,10 @@ class Fetcher:
     def _fetch_one(self, target: FetchTarget) -> None:
         if self.stop.is_set():
             return
-        dest = Path(target.local_path) if target.local_path else self.destination(target)
-        if (
-            target.download_state == "downloaded"
-            and dest.is_file()
-            and dest.stat().st_size == target.size_bytes
-        ):
+        if _vouched(target):
             self._add("skipped")
             return
+        dest = self.destination(target)
         started = time.monotonic()
         try:
             if dest.is_file():
@@ -233,6 +246,28 @@ class Fetcher:
         digest = sha256_of(part)
         os.replace(part, dest)
         return dest, size, digest
+
+
+def _named_for(target: FetchTarget, path: Path) -> bool:
+    """Whether a file's name is the one this job's output gets (in any output directory).
+    Older versions gave several jobs one name; such a file may hold another job's video."""
+    return (
+        path.suffix in _EXTENSIONS
+        and path.name == safe_name(target.reference_id) + path.suffix
+        and path.parent.name == safe_name(target.batch)
+    )
+
+
+def _vouched(target: FetchTarget) -> bool:
+    """The row says this job's output was downloaded to a file that is there, whole, and named
+    for this job alone."""
+    if target.download_state != "downloaded" or not target.local_path:
+        return False
+    local = Path(target.local_path)
+    try:
+        return _named_for(target, local) and local.stat().st_size == target.size_bytes
+    except OSError:
+        return False
 
 
 def _ms(started: float) -> int:

@@ -1,0 +1,134 @@
+"""Downloads never mix jobs: one file per job, whatever its reference_id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dubrunner.emulator import Emulator, output_content
+from dubrunner.fetcher import safe_name
+from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli
+
+# All valid reference_ids; the first three used to share one file, the next two another.
+COLLIDING = ("ep:1", "ep/1", "ep_1", "ep1.", "ep1", "EP1")
+
+
+def _manifest(path: Path, refs: tuple[str, ...], batch: str = "b") -> Path:
+    lines = [f"batch: {batch}", "jobs:"]
+    for i, ref in enumerate(refs):
+        lines += [
+            f"  - reference_id: {json.dumps(ref)}",  # a JSON string is a YAML quoted scalar
+            f"    video: https://cdn.example.com/{batch}/v{i}.mp4",
+            f"    audio: https://cdn.example.com/{batch}/a{i}.wav",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _files(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.is_file())
+
+
+def _assert_each_row_has_its_own_output(db: Database, size: int) -> list[Path]:
+    rows = db_rows(
+        db,
+        "SELECT reference_id, request_id, download_state, local_path, sha256, size_bytes "
+        "FROM jobs ORDER BY id",
+    )
+    paths = []
+    for ref, request_id, state, local, sha, got_size in rows:
+        served = output_content(request_id, size)
+        assert state == "downloaded", ref
+        assert Path(local).read_bytes() == served, ref
+        assert (sha, got_size) == (hashlib.sha256(served).hexdigest(), size), ref
+        paths.append(Path(local))
+    # Distinct even where a file system ignores case (macOS, Windows).
+    assert len({str(p).lower() for p in paths}) == len(rows)
+    return paths
+
+
+REFERENCE_IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,199}", fullmatch=True)
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(REFERENCE_IDS, REFERENCE_IDS)
+def test_safe_names_are_distinct_for_distinct_ids_even_ignoring_case(a: str, b: str) -> None:
+    na, nb = safe_name(a), safe_name(b)
+    for ref, name in ((a, na), (b, nb)):
+        assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._~-]*", name), name
+        # Room left for an extension and ".part.json" within a 255-byte file name.
+        assert len(name) <= 200
+        if re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,178}[a-z0-9_-]|[a-z0-9]", ref):
+            assert name == ref  # plain ids keep their readable name
+    if a != b:
+        assert na.lower() != nb.lower()
+
+
+def test_safe_name_examples() -> None:
+    names = [safe_name(ref) for ref in COLLIDING]
+    assert len({n.lower() for n in names}) == len(COLLIDING)
+    assert safe_name("ep_1") == "ep_1" and safe_name("ep1") == "ep1"
+    assert safe_name("ep1.").startswith("ep1.~")
+    assert safe_name("EP1").startswith("EP1~")
+    assert safe_name(".hidden").startswith("_hidden~")
+    assert len(safe_name("x" * 200)) <= 200 and safe_name("x" * 200) != safe_name("x" * 199)
+
+
+@BOTH_DATABASES
+def test_reference_ids_that_used_to_collide_get_a_file_each(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    size = 300_000
+    emulator.update(complete_after=0.05, output_bytes=size)
+    manifest = _manifest(tmp_path / "m.yaml", COLLIDING)
+    r = run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env)
+    assert r.code == 0, r.err
+    out = tmp_path / "out"
+    r = run_cli(["fetch", "--out", str(out)], env)
+    assert r.code == 0, r.err
+    assert "Traceback" not in r.err and "internal error" not in r.err
+    assert "6 downloaded" in r.err and "0 failed" in r.err
+    paths = _assert_each_row_has_its_own_output(db, size)
+    assert _files(out) == sorted(paths)  # six files and nothing else: no .part left over
+    assert {p.parent for p in paths} == {out / "b"}
+    assert out / "b" / "ep_1.mp4" in paths and out / "b" / "ep1.mp4" in paths
+
+    # Fetching again downloads nothing and moves no row to another job's file.
+    downloads = emulator.stats.downloads
+    again = run_cli(["fetch", "--out", str(out)], env)
+    assert again.code == 0, again.err
+    assert "0 downloaded" in again.err and "6 already there" in again.err
+    assert emulator.stats.downloads == downloads
+    assert _assert_each_row_has_its_own_output(db, size) == paths
+
+
+def test_a_row_naming_another_jobs_file_is_downloaded_again(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    """As an older dubrunner left it: `ep:1` and `ep_1` both recorded at `ep_1.mp4`."""
+    size = 50_000
+    emulator.update(complete_after=0.05, output_bytes=size)
+    manifest = _manifest(tmp_path / "m.yaml", ("ep:1", "ep_1"))
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    out = tmp_path / "out"
+    shared = out / "b" / "ep_1.mp4"
+    shared.parent.mkdir(parents=True)
+    (theirs,) = db_rows(db, "SELECT request_id FROM jobs WHERE reference_id = 'ep_1'")[0]
+    shared.write_bytes(output_content(theirs, size))
+    db_rows(
+        db,
+        "UPDATE jobs SET download_state = 'downloaded', local_path = ?, size_bytes = ?, sha256 = ?",
+        str(shared),
+        size,
+        hashlib.sha256(shared.read_bytes()).hexdigest(),
+    )
+    r = run_cli(["fetch", "--out", str(out)], env)
+    assert r.code == 0, r.err
+    assert "1 downloaded" in r.err and "1 already there" in r.err
+    paths = _assert_each_row_has_its_own_output(db, size)
+    assert shared in paths and len(set(paths)) == 2
