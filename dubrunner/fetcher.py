@@ -5,16 +5,20 @@ skipped when already there. API credentials are never sent to the output's host.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
@@ -43,6 +47,7 @@ class FetchReport:
     skipped: int = 0
     failed: int = 0
     resumed: int = 0
+    busy: int = 0  # left to another process downloading them: neither done nor failed
     bytes: int = 0
     fatal: str | None = None
     interrupted: bool = False
@@ -110,6 +115,7 @@ class Fetcher:
         self.stop = threading.Event()
         self.report = FetchReport()
         self._lock = threading.Lock()
+        self._in_use: set[str] = set()  # parts this process is writing, under _lock
         # A plain client: output URLs are pre-signed and must never see the API's credentials.
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -159,14 +165,40 @@ class Fetcher:
         if _vouched(target):
             self._add("skipped")
             return
+        # The part is named for this job alone (its extension is the URL's, or .mp4); the final
+        # name differs from it at most by an extension chosen from the first answer.
         dest = self.destination(target)
+        part = dest.with_name(dest.name + ".part")
+        key = os.path.abspath(part)
+        with self._lock:
+            taken = key in self._in_use
+            self._in_use.add(key)
+        if taken:  # cannot happen with one name per job; never let two threads share a part
+            self._busy(target, "another download in this run is writing it")
+            return
         started = time.monotonic()
         try:
-            if dest.is_file():
-                # Renamed into place only when whole: a crash before the commit left it so.
-                size, digest = dest.stat().st_size, sha256_of(dest)
-            else:
-                dest, size, digest = self._download(target, dest)
+            with _owned_part(part) as f:
+                got = self._obtain(target, dest, part, f)
+                if got is None:
+                    self._add("skipped")
+                    return
+                final, size, digest = got
+                # Recorded before the part's lock is let go: a process that finds the file
+                # unlocked finds the row too.
+                self.store.record_download(
+                    target.id,
+                    AttemptRecord("download", "downloaded", 200, None, _ms(started)),
+                    self.owner,
+                    download_state="downloaded",
+                    download_error=None,
+                    local_path=str(final),
+                    size_bytes=size,
+                    sha256=digest,
+                )
+                self._add("downloaded")
+        except _Busy as exc:
+            self._busy(target, str(exc))
         except DownloadFailed as exc:
             reason = scrub(str(exc))
             self.store.record_download(
@@ -178,39 +210,64 @@ class Fetcher:
             )
             self._add("failed")
             log.info("%s: download failed: %s", target.reference_id, reason)
-            return
-        self.store.record_download(
-            target.id,
-            AttemptRecord("download", "downloaded", 200, None, _ms(started)),
-            self.owner,
-            download_state="downloaded",
-            download_error=None,
-            local_path=str(dest),
-            size_bytes=size,
-            sha256=digest,
-        )
-        self._add("downloaded")
+        finally:
+            with self._lock:
+                self._in_use.discard(key)
 
-    def _download(self, target: FetchTarget, dest: Path) -> tuple[Path, int, str]:
+    def _busy(self, target: FetchTarget, reason: str) -> None:
+        """Left to whoever holds it: not failed, not downloaded; a later fetch looks again."""
+        self._add("busy")
+        log.warning("%s: left alone this run: %s", target.reference_id, reason)
+
+    def _obtain(
+        self, target: FetchTarget, dest: Path, part: Path, f: FileIO
+    ) -> tuple[Path, int, str] | None:
+        """With the part locked: the job's output as (file, size, sha256), or None when the row
+        (read again now) says it is already there."""
+        with ExitStack() as held:
+            present = []
+            for final in _final_names(target, dest):
+                # A holder renames its part into place and records the row before letting go of
+                # the lock, which then sits on the final file: wait for neither, skip the job.
+                found = _lock_if_present(final)
+                if found is not None:
+                    held.enter_context(found)
+                    present.append(final)
+            fresh = self._reread(target)
+            if fresh is None or _vouched(fresh):
+                return None
+            return self._download(target, dest, part, f, present)
+
+    def _reread(self, target: FetchTarget) -> FetchTarget | None:
+        """The row as it is now (another process may have downloaded it since our page was
+        read); None when it is no longer an output to fetch."""
+        rows = self.store.fetch_targets(target.batch, target.id - 1, 1)
+        return rows[0] if rows and rows[0].id == target.id else None
+
+    def _download(
+        self, target: FetchTarget, dest: Path, part: Path, f: FileIO, present: list[Path]
+    ) -> tuple[Path, int, str]:
         last = "no attempt"
         for attempt in range(TRIES):
             if self.stop.is_set():
                 raise DownloadFailed("interrupted")
             try:
-                return self._stream(target, dest)
+                return self._stream(target, dest, part, f, present)
             except _Retryable as exc:
                 last = str(exc)
-                self.stop.wait(0.5 * 2**attempt)
+                if attempt + 1 < TRIES:
+                    self.stop.wait(0.5 * 2**attempt)
         raise DownloadFailed(f"gave up after {TRIES} tries: {last}")
 
-    def _stream(self, target: FetchTarget, dest: Path) -> tuple[Path, int, str]:
-        part = dest.with_name(dest.name + ".part")
-        have = part.stat().st_size if part.is_file() else 0
+    def _stream(
+        self, target: FetchTarget, dest: Path, part: Path, f: FileIO, present: list[Path]
+    ) -> tuple[Path, int, str]:
+        have = os.fstat(f.fileno()).st_size
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             with self._client.stream("GET", target.output_url, headers=headers) as resp:
                 if resp.status_code == 416 and have:
-                    part.unlink()  # our partial file does not fit the server's: start over
+                    f.truncate(0)  # our partial file does not fit the server's: start over
                     raise _Retryable("the partial download did not match; starting over")
                 if resp.status_code in (408, 429) or resp.status_code >= 500:
                     raise _Retryable(f"HTTP {resp.status_code}")
@@ -219,33 +276,129 @@ class Fetcher:
                 append = resp.status_code == 206 and have > 0
                 if append:
                     self._add("resumed")
-                expected = resp.headers.get("content-length")
-                part.parent.mkdir(parents=True, exist_ok=True)
-                written = 0
-                with part.open("ab" if append else "wb") as f:
-                    for chunk in resp.iter_bytes(CHUNK):
-                        if self.stop.is_set():
-                            raise DownloadFailed("interrupted")
-                        f.write(chunk)
-                        written += len(chunk)
-                        self._add("bytes", len(chunk))
-                    f.flush()
-                    os.fsync(f.fileno())
+                else:
+                    f.truncate(0)
+                    have = 0
+                expected = _length(resp.headers.get("content-length"))
+                # The final name is fixed here, before a byte is written, and never changes.
+                final = self.destination(target, resp.headers.get("content-type"))
+                if (
+                    not append
+                    and final in present
+                    and expected is not None
+                    and final.stat().st_size == expected
+                ):
+                    # A whole file the row was never told about: this job's own output renamed
+                    # into place just before a crash (no other job has this name). The server
+                    # vouches for its length; anything else is downloaded again and replaced.
+                    return final, expected, sha256_of(final)
+                for chunk in resp.iter_bytes(CHUNK):
+                    if self.stop.is_set():
+                        raise DownloadFailed("interrupted")
+                    _write_all(f, chunk)
+                    self._add("bytes", len(chunk))
+                os.fsync(f.fileno())
+                size = os.fstat(f.fileno()).st_size
+                if expected is not None and size - have != expected:
+                    raise _Retryable(f"got {size - have} of {expected} bytes")
+                os.replace(part, final)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DownloadFailed("the disk is full") from None
             raise DownloadFailed(f"cannot write {part}: {exc.strerror}") from None
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
-        if expected is not None and written != int(expected):
-            raise _Retryable(f"got {written} of {expected} bytes")
-        if dest.suffix == ".mp4" and not Path(urlsplit(target.output_url).path).suffix:
-            better = self.destination(target, resp.headers.get("content-type"))
-            dest = better if better != dest else dest
-        size = part.stat().st_size
-        digest = sha256_of(part)
-        os.replace(part, dest)
-        return dest, size, digest
+        return final, size, sha256_of(final)
+
+
+class _Busy(Exception):
+    """Another download holds this job's files."""
+
+
+@contextmanager
+def _owned_part(part: Path) -> Iterator[FileIO]:
+    """The job's partial file, opened and locked (flock, exclusive, not waiting) for the whole
+    download: one process and one thread write it. A part left empty is removed at the end."""
+    try:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        f = _open_locked(part)
+    except OSError as exc:
+        raise DownloadFailed(f"cannot write {part}: {exc.strerror}") from None
+    try:
+        yield f
+    finally:
+        try:
+            if os.fstat(f.fileno()).st_size == 0 and _is_at(part, f):
+                part.unlink()
+        except OSError:
+            pass
+        f.close()
+
+
+def _open_locked(part: Path) -> FileIO:
+    for _ in range(3):
+        f = open(part, "ab", buffering=0)  # noqa: SIM115 - handed to the caller, locked
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise _Busy("another dubrunner process is downloading it") from None
+        except OSError:
+            f.close()
+            raise
+        if _is_at(part, f):
+            return f
+        # Its holder renamed it into place between our open and our lock: what we hold is no
+        # longer the part. Open the name again.
+        f.close()
+    raise _Busy("its partial file keeps being replaced")
+
+
+def _is_at(path: Path, f: FileIO) -> bool:
+    """Whether `path` still names the file open as `f`."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(f.fileno()))
+    except FileNotFoundError:
+        return False
+
+
+def _lock_if_present(final: Path) -> BinaryIO | None:
+    try:
+        f = open(final, "rb")  # noqa: SIM115 - handed to the caller, locked
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DownloadFailed(f"cannot read {final}: {exc.strerror}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise _Busy("another dubrunner process is finishing it") from None
+    except OSError as exc:
+        f.close()
+        raise DownloadFailed(f"cannot lock {final}: {exc.strerror}") from None
+    return f
+
+
+def _final_names(target: FetchTarget, dest: Path) -> list[Path]:
+    """Every name this job's output can have: the URL's extension, or one per content type."""
+    if Path(urlsplit(target.output_url).path).suffix.lower() in _EXTENSIONS:
+        return [dest]
+    stem = safe_name(target.reference_id)
+    return [dest.with_name(stem + ext) for ext in sorted({".mp4", *_TYPES.values()})]
+
+
+def _write_all(f: FileIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view) or 0 :]
+
+
+def _length(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None and value.strip().isdigit() else None
+    except ValueError:
+        return None
 
 
 def _named_for(target: FetchTarget, path: Path) -> bool:

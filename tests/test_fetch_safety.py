@@ -1,18 +1,23 @@
-"""Downloads never mix jobs: one file per job, whatever its reference_id."""
+"""Downloads never mix jobs: one file and one partial file per job, whatever its reference_id."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dubrunner.emulator import Emulator, output_content
 from dubrunner.fetcher import safe_name
-from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli
+from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, write_manifest
+from tests.test_crash import start
 
 # All valid reference_ids; the first three used to share one file, the next two another.
 COLLIDING = ("ep:1", "ep/1", "ep_1", "ep1.", "ep1", "EP1")
@@ -132,3 +137,79 @@ def test_a_row_naming_another_jobs_file_is_downloaded_again(
     assert "1 downloaded" in r.err and "1 already there" in r.err
     paths = _assert_each_row_has_its_own_output(db, size)
     assert shared in paths and len(set(paths)) == 2
+
+
+def test_a_file_at_the_final_name_is_adopted_only_when_whole(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    size = 40_000
+    emulator.update(complete_after=0.05, output_bytes=size)
+    manifest = write_manifest(tmp_path / "m.yaml", 2)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    out = tmp_path / "out" / "b"
+    out.mkdir(parents=True)
+    # A stray short file where job 0's output goes; job 1's own output renamed into place just
+    # before a crash (the row was never told).
+    (out / "b-ep00000.mp4").write_bytes(b"not this job's video")
+    (own,) = db_rows(db, "SELECT request_id FROM jobs WHERE reference_id = 'b-ep00001'")[0]
+    (out / "b-ep00001.mp4").write_bytes(output_content(own, size))
+    r = run_cli(["fetch", "--out", str(out.parent)], env)
+    assert r.code == 0, r.err
+    assert "2 downloaded" in r.err
+    _assert_each_row_has_its_own_output(db, size)
+
+
+@pytest.fixture(params=["b-ep00000.mp4.part", "b-ep00000.mp4"])
+def held(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """Job 0's partial file, or its output just renamed into place and not yet recorded, locked
+    as another fetch process holds it."""
+    path = tmp_path / "out" / "b" / request.param
+    path.parent.mkdir(parents=True)
+    with path.open("ab") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield path
+
+
+def test_a_file_locked_by_another_fetch_is_left_to_it(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path, held: Path
+) -> None:
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 2)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    r = run_cli(["fetch", "--out", str(tmp_path / "out")], env)
+    assert r.code == 0, r.err
+    assert "1 downloaded" in r.err and "0 failed" in r.err
+    assert re.search(r"b-ep00000: .*another dubrunner process", r.err), r.err
+    assert db_rows(db, "SELECT reference_id, download_state FROM jobs ORDER BY id") == [
+        ("b-ep00000", None),
+        ("b-ep00001", "downloaded"),
+    ]
+    assert held.stat().st_size == 0
+    assert emulator.stats.downloads == 1
+
+
+def test_two_fetches_at_once_download_each_output_once(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    size = 2_000_000  # two seconds a download: the second fetch starts well before the end
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    emulator.update(output_bytes=size, output_rate=1_000_000)
+    out = tmp_path / "out"
+    first = start(["fetch", "--out", str(out)], env)
+    deadline = time.monotonic() + 30
+    while not any(p.stat().st_size for p in out.rglob("*.part")):
+        assert time.monotonic() < deadline and first.poll() is None, "the first fetch never wrote"
+        time.sleep(0.02)
+    second = start(["fetch", "--out", str(out)], env)
+    errs = []
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "internal error" not in err, err
+        errs.append(err)
+    assert "another dubrunner process is downloading it" in errs[1]
+    assert emulator.stats.downloads == 3
+    paths = _assert_each_row_has_its_own_output(db, size)
+    assert _files(out) == sorted(paths)
