@@ -1,12 +1,17 @@
 """Download each completed job's output: streamed to a .part file, resumed with Range after an
 interruption, renamed into place when complete (so a file at its final name is always whole),
-skipped when already there. API credentials are never sent to the output's host."""
+skipped when already there. API credentials are never sent to the output's host.
+
+Every job has names of its own (safe_name), and its .part is locked by the one process and thread
+writing it. A resume continues a part only with the bytes it asked for, of the file it started
+(checked against the part's sidecar); anything else starts the file over."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -15,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from io import FileIO
 from pathlib import Path
 from typing import BinaryIO
@@ -30,10 +35,10 @@ from dubrunner.worker import run_ticking, worker_id
 
 log = logging.getLogger("dubrunner")
 PAGE = 500
-CHUNK = 256 * 1024
 TRIES = 3
 _EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
 _TYPES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm"}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)", re.IGNORECASE)
 # Names keep these characters only; the rest is replaced (and the name then suffixed).
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _LEADING_DOT = re.compile(r"^\.")
@@ -47,6 +52,7 @@ class FetchReport:
     skipped: int = 0
     failed: int = 0
     resumed: int = 0
+    restarted: int = 0  # partial files dropped because the server's answer did not continue them
     busy: int = 0  # left to another process downloading them: neither done nor failed
     bytes: int = 0
     fatal: str | None = None
@@ -248,59 +254,100 @@ class Fetcher:
         self, target: FetchTarget, dest: Path, part: Path, f: FileIO, present: list[Path]
     ) -> tuple[Path, int, str]:
         last = "no attempt"
-        for attempt in range(TRIES):
+        tries = 0
+        while True:
             if self.stop.is_set():
                 raise DownloadFailed("interrupted")
             try:
                 return self._stream(target, dest, part, f, present)
+            except _Restart as exc:
+                # Not an error, and no try used: the next request asks for the whole file, so a
+                # restart only comes again after a cut, and cuts use up tries.
+                self._add("restarted")
+                log.info("%s: starting the download over: %s", target.reference_id, exc)
+                # Emptied, not removed: a removed part could be created again by another
+                # process while this one still holds the lock on the old one.
+                f.truncate(0)
+                _sidecar(part).unlink(missing_ok=True)
             except _Retryable as exc:
                 last = str(exc)
-                if attempt + 1 < TRIES:
-                    self.stop.wait(0.5 * 2**attempt)
-        raise DownloadFailed(f"gave up after {TRIES} tries: {last}")
+                tries += 1
+                if tries >= TRIES:
+                    raise DownloadFailed(f"gave up after {TRIES} tries: {last}") from None
+                self.stop.wait(0.5 * 2 ** (tries - 1))
 
     def _stream(
         self, target: FetchTarget, dest: Path, part: Path, f: FileIO, present: list[Path]
     ) -> tuple[Path, int, str]:
+        sidecar = _sidecar(part)
+        url_path = urlsplit(target.output_url).path
         have = os.fstat(f.fileno()).st_size
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        info = _PartInfo.load(sidecar) if have else None
+        if have and (info is None or info.url_path != url_path):
+            # Bytes of unknown origin (an older version named parts of several jobs alike) or
+            # of another output of this job (polled again since): never continue them.
+            raise _Restart("the partial file is not known to come from this output")
+        # Byte offsets must count the bytes stored, so no transfer encoding of the body.
+        headers = {"Accept-Encoding": "identity"}
+        if have and info is not None:
+            headers["Range"] = f"bytes={have}-"
+            # If-Range takes a strong ETag only; otherwise the date.
+            strong = info.etag if info.etag and not info.etag.startswith("W/") else None
+            validator = strong or info.last_modified
+            if validator:
+                headers["If-Range"] = validator
         try:
             with self._client.stream("GET", target.output_url, headers=headers) as resp:
-                if resp.status_code == 416 and have:
-                    f.truncate(0)  # our partial file does not fit the server's: start over
-                    raise _Retryable("the partial download did not match; starting over")
-                if resp.status_code in (408, 429) or resp.status_code >= 500:
-                    raise _Retryable(f"HTTP {resp.status_code}")
-                if resp.status_code not in (200, 206):
-                    raise DownloadFailed(f"HTTP {resp.status_code} for the output URL")
-                append = resp.status_code == 206 and have > 0
-                if append:
-                    self._add("resumed")
+                status = resp.status_code
+                if status == 416 and have:
+                    raise _Restart(f"the server cannot resume at byte {have}")
+                if status in (408, 429) or status >= 500:
+                    raise _Retryable(f"HTTP {status}")
+                if status not in (200, 206):
+                    raise DownloadFailed(f"HTTP {status} for the output URL")
+                content_type = resp.headers.get("content-type")
+                if status == 206:
+                    total: int | None = _continued_total(resp, have, info)
+                    if have:
+                        self._add("resumed")
                 else:
-                    f.truncate(0)
-                    have = 0
-                expected = _length(resp.headers.get("content-length"))
-                # The final name is fixed here, before a byte is written, and never changes.
-                final = self.destination(target, resp.headers.get("content-type"))
-                if (
-                    not append
-                    and final in present
-                    and expected is not None
-                    and final.stat().st_size == expected
-                ):
-                    # A whole file the row was never told about: this job's own output renamed
-                    # into place just before a crash (no other job has this name). The server
-                    # vouches for its length; anything else is downloaded again and replaced.
-                    return final, expected, sha256_of(final)
-                for chunk in resp.iter_bytes(CHUNK):
+                    if have:
+                        # The whole file again (no ranges there, or If-Range found a change).
+                        self._add("restarted")
+                        log.info("%s: the server sent the whole file again", target.reference_id)
+                        f.truncate(0)
+                        have, info = 0, None
+                    total = _length(resp.headers.get("content-length"))
+                # The final name is fixed by the answer that starts the file, before a byte is
+                # written, and kept by every resume.
+                ext = (
+                    info.ext if info is not None else extension_for(target.output_url, content_type)
+                )
+                final = dest.with_name(safe_name(target.reference_id) + ext)
+                if have == 0:
+                    if status == 200 and final in present and total == final.stat().st_size:
+                        # A whole file the row was never told about: this job's own output
+                        # renamed into place just before a crash (no other job has this name).
+                        # The server vouches for its length; anything else is downloaded again.
+                        return final, total, sha256_of(final)
+                    _PartInfo(
+                        url_path,
+                        ext,
+                        total,
+                        resp.headers.get("etag"),
+                        resp.headers.get("last-modified"),
+                    ).save(sidecar)
+                # Each piece is written as it arrives: a cut keeps every byte received.
+                for chunk in resp.iter_bytes():
                     if self.stop.is_set():
                         raise DownloadFailed("interrupted")
                     _write_all(f, chunk)
                     self._add("bytes", len(chunk))
                 os.fsync(f.fileno())
                 size = os.fstat(f.fileno()).st_size
-                if expected is not None and size - have != expected:
-                    raise _Retryable(f"got {size - have} of {expected} bytes")
+                if total is not None and size != total:
+                    raise _Retryable(f"got {size} of {total} bytes")
+                sidecar.unlink(missing_ok=True)
                 os.replace(part, final)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
@@ -309,6 +356,80 @@ class Fetcher:
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
         return final, size, sha256_of(final)
+
+
+class _Restart(Exception):
+    """The bytes kept do not belong with what the server sends: start the file over."""
+
+
+@dataclass
+class _PartInfo:
+    """What a part was started from, kept beside it (`<part>.json`) so that a resume continues
+    only the same file: the output URL's path (never its query, which holds the signature), the
+    final extension, the total length and the validators."""
+
+    url_path: str
+    ext: str
+    total: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> _PartInfo | None:
+        try:
+            info = cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        fields_ok = (
+            isinstance(info.url_path, str)
+            and info.ext in _EXTENSIONS
+            and (info.total is None or (type(info.total) is int and info.total >= 0))
+            and all(v is None or isinstance(v, str) for v in (info.etag, info.last_modified))
+        )
+        return info if fields_ok else None
+
+    def save(self, path: Path) -> None:
+        # Not fsynced: a sidecar lost or torn in a crash only means starting that file over.
+        path.write_text(json.dumps(asdict(self)))
+
+
+def _sidecar(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _continued_total(resp: httpx.Response, have: int, info: _PartInfo | None) -> int:
+    """The file's length from a 206, which must run from byte `have` to the end of the file this
+    part was started from; anything else would splice two different byte ranges or files."""
+    found = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", "").strip())
+    problem = None
+    total = 0
+    if found is None:
+        problem = "an unreadable Content-Range"
+    else:
+        first, last, total = (int(g) for g in found.groups())
+        length = _length(resp.headers.get("content-length"))
+        if first != have or last != total - 1:
+            problem = f"bytes {first}-{last}/{total} for a request from byte {have}"
+        elif info is not None and info.total is not None and total != info.total:
+            problem = f"a file of {total} bytes, not the {info.total} it started with"
+        elif length is not None and length != total - have:
+            problem = f"{length} bytes for bytes {first}-{last}"
+        elif info is not None and _changed(info, resp):
+            problem = "another version of the file"
+    if problem is None:
+        return total
+    if have:
+        raise _Restart(f"the server resumed with {problem}")
+    raise _Retryable(f"a partial answer to a request for the whole file: {problem}")
+
+
+def _changed(info: _PartInfo, resp: httpx.Response) -> bool:
+    """Whether the answer names a different version than the one the part was started from."""
+    for kept, header in ((info.etag, "etag"), (info.last_modified, "last-modified")):
+        sent = resp.headers.get(header)
+        if kept is not None and sent is not None and sent != kept:
+            return True
+    return False
 
 
 class _Busy(Exception):

@@ -1,4 +1,5 @@
-"""Downloads never mix jobs: one file and one partial file per job, whatever its reference_id."""
+"""Downloads never mix jobs: one file and one partial file per job, whatever its reference_id, and
+a resumed download only continues the bytes it asked for."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import fcntl
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -213,3 +216,158 @@ def test_two_fetches_at_once_download_each_output_once(
     assert emulator.stats.downloads == 3
     paths = _assert_each_row_has_its_own_output(db, size)
     assert _files(out) == sorted(paths)
+
+
+# -- a hostile output server: what a resumed download may trust ------------------------------
+
+SIZE = 1_000_000
+CUT = 600_000  # the first answer stops here: more than one read buffer, less than the file
+V1 = hashlib.sha256(b"v1").digest() * (SIZE // 32)
+V2 = hashlib.sha256(b"v2").digest() * (SIZE // 32)
+
+
+class _OutputServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, behaviour: str, sidecar: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _OutputHandler)
+        self.behaviour = behaviour
+        self.sidecar = sidecar
+        self.requests: list[dict[str, str]] = []
+        self.sidecar_seen: list[str | None] = []
+        self.changed = False  # from the ranged request on, "new_version" serves V2
+
+
+class _OutputHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _OutputServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes, etag: str, content_range: str | None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
+        if content_range is not None:
+            self.send_header("Content-Range", content_range)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        srv = self.server
+        srv.requests.append({k.lower(): v for k, v in self.headers.items()})
+        ranged = self.headers.get("Range")
+        if len(srv.requests) == 1:  # the whole file announced, then the connection drops
+            self.send_response(200)
+            self.send_header("Content-Length", str(SIZE))
+            self.send_header("ETag", '"v1"')
+            self.end_headers()
+            self.wfile.write(V1[:CUT])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if not ranged:
+            body, etag = (V2, '"v2"') if srv.changed else (V1, '"v1"')
+            return self._answer(200, body, etag, None)
+        try:
+            srv.sidecar_seen.append(srv.sidecar.read_text())
+        except OSError:
+            srv.sidecar_seen.append(None)
+        start = int(ranged.removeprefix("bytes=").removesuffix("-"))
+        b = srv.behaviour
+        if b == "206_from_zero":  # asked for the rest, sends it all
+            self._answer(206, V1, '"v1"', f"bytes 0-{SIZE - 1}/{SIZE}")
+        elif b == "206_other_total":  # the file on the server is not the one we started
+            longer = V1 + b"x" * 100
+            self._answer(206, longer[start:], '"v1"', f"bytes {start}-{SIZE + 99}/{SIZE + 100}")
+        elif b == "206_unreadable_range":
+            self._answer(206, V1, '"v1"', "bytes */*")
+        elif b == "206_new_version":  # ignores If-Range: the rest of another version
+            srv.changed = True
+            self._answer(206, V2[start:], '"v2"', f"bytes {start}-{SIZE - 1}/{SIZE}")
+        elif b == "200_whole":  # no ranges here: the whole file again
+            self._answer(200, V1, '"v1"', None)
+        else:
+            raise AssertionError(b)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "version", "requests"),
+    [
+        ("206_from_zero", "v1", 3),
+        ("206_other_total", "v1", 3),
+        ("206_unreadable_range", "v1", 3),
+        ("206_new_version", "v2", 3),
+        ("200_whole", "v1", 2),
+    ],
+)
+def test_a_resume_keeps_only_the_bytes_it_asked_for(
+    emulator: Emulator,
+    env: dict[str, str],
+    db: Database,
+    tmp_path: Path,
+    behaviour: str,
+    version: str,
+    requests: int,
+) -> None:
+    expected = V2 if version == "v2" else V1
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    out = tmp_path / "out"
+    final = out / "b" / "b-ep00000.mp4"
+    server = _OutputServer(behaviour, final.with_name(final.name + ".part.json"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/out/b-ep00000.mp4?sig=SECRET-SIG"
+        db_rows(db, "UPDATE jobs SET output_url = ?", url)
+        r = run_cli(["fetch", "--out", str(out)], env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.code == 0, r.err
+    assert "1 downloaded" in r.err
+    if behaviour == "200_whole":
+        assert "the server sent the whole file again" in r.err
+    else:
+        assert "starting the download over: the server resumed with" in r.err
+    assert final.read_bytes() == expected  # never a doubled or spliced file
+    assert db_rows(db, "SELECT sha256, size_bytes FROM jobs") == [
+        (hashlib.sha256(expected).hexdigest(), SIZE)
+    ]
+    assert _files(out) == [final]
+    assert len(server.requests) == requests
+    # The cut left every byte received: the resume asks for the rest, of that version only.
+    resume = server.requests[1]
+    assert (resume.get("range"), resume.get("if-range")) == (f"bytes={CUT}-", '"v1"')
+    assert "range" not in server.requests[-1] or requests == 2
+    # The sidecar knew the output's path and length, never its signature.
+    (seen,) = server.sidecar_seen
+    assert seen is not None and "/out/b-ep00000.mp4" in seen and str(SIZE) in seen
+    assert "SECRET" not in seen
+
+
+@pytest.mark.parametrize("sidecar", [None, "another output"])
+def test_a_partial_file_of_unknown_origin_is_not_continued(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path, sidecar: str | None
+) -> None:
+    """A part without its sidecar (as older versions left them, possibly another job's bytes),
+    or started from another output URL of this job: downloaded from the start."""
+    size = 50_000
+    emulator.update(complete_after=0.05, output_bytes=size)
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    part = tmp_path / "out" / "b" / "b-ep00000.mp4.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 20_000)
+    if sidecar is not None:
+        info = {"url_path": "/api/outputs/older.mp4", "ext": ".mp4", "total": size}
+        part.with_name(part.name + ".json").write_text(json.dumps(info))
+    r = run_cli(["fetch", "--out", str(tmp_path / "out")], env)
+    assert r.code == 0, r.err
+    assert "starting the download over" in r.err
+    assert emulator.stats.range_requests == 0
+    _assert_each_row_has_its_own_output(db, size)
+    assert _files(tmp_path / "out") == [part.with_name("b-ep00000.mp4")]
