@@ -178,7 +178,8 @@ class Fetcher:
         key = os.path.abspath(part)
         with self._lock:
             taken = key in self._in_use
-            self._in_use.add(key)
+            if not taken:
+                self._in_use.add(key)
         if taken:  # cannot happen with one name per job; never let two threads share a part
             self._busy(target, "another download in this run is writing it")
             return

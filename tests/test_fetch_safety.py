@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dubrunner.emulator import Emulator, output_content
-from dubrunner.fetcher import safe_name
+from dubrunner.fetcher import Fetcher, safe_name
+from dubrunner.store import Store
 from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, write_manifest
 from tests.test_crash import start
 
@@ -216,6 +217,32 @@ def test_two_fetches_at_once_download_each_output_once(
     assert emulator.stats.downloads == 3
     paths = _assert_each_row_has_its_own_output(db, size)
     assert _files(out) == sorted(paths)
+
+
+def test_two_threads_never_share_a_part(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    """The same job handed to two threads of one fetch: one downloads it, the other leaves it."""
+    size = 1_000_000
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    emulator.update(output_bytes=size, output_rate=2_000_000)
+    store = Store(db.url)
+    try:
+        (target,) = store.fetch_targets(None, 0, 10)
+        fetcher = Fetcher(store, tmp_path / "out", None, concurrency=2)
+        threads = [threading.Thread(target=fetcher._fetch_one, args=(target,)) for _ in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        store.close()
+    assert emulator.stats.downloads == 1
+    report = fetcher.report
+    assert (report.downloaded, report.busy, report.failed) == (1, 1, 0)
+    _assert_each_row_has_its_own_output(db, size)
 
 
 # -- a hostile output server: what a resumed download may trust ------------------------------
