@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from dubrunner.emulator import Emulator
+from dubrunner.manifest import ManifestError
+from dubrunner.manifest import parse as parse_manifest
 from tests.conftest import TOKEN
 
 
@@ -26,3 +29,18 @@ def test_emulator_answers_after_its_stats(emulator: Emulator) -> None:
         )
     assert answer.status_code == 200, answer.text
     assert list(emulator.accepted()) == ["after-stats"]
+
+
+@pytest.mark.parametrize(
+    ("batch", "ref"),
+    [('"b\\n"', "ep1"), ("b", '"ep1\\n"'), ("b", "'ep1\n\n  '")],
+    ids=["batch", "reference_id", "folded"],
+)
+def test_a_trailing_newline_is_not_a_valid_name(batch: str, ref: str) -> None:
+    text = (
+        f"batch: {batch}\njobs:\n  - reference_id: {ref}\n"
+        "    video: https://cdn.test/v.mp4\n    audio: https://cdn.test/a.wav\n"
+    )
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text, "m.yaml", "m")
+    assert len(caught.value.problems) == 1
