@@ -119,5 +119,7 @@ def _database_finding(db: str | None) -> Finding:
     if current in known_revisions():
         return Finding("database", True, f"{kind}, schema {current}: upgraded to {head} on use")
     return Finding(
-        "database", False, f"schema {current} is unknown to this dubrunner (a newer version's?)"
+        "database",
+        False,
+        f"this database was written by a newer dubrunner (revision {current}); upgrade dubrunner",
     )

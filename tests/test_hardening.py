@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from dubrunner.cli import main
 from dubrunner.emulator import Emulator
 from dubrunner.manifest import ManifestError
 from dubrunner.manifest import parse as parse_manifest
-from tests.conftest import TOKEN
+from dubrunner.store import Store, StoreError
+from tests.conftest import TOKEN, db_rows, run_cli
 
 
 def test_emulator_answers_after_its_stats(emulator: Emulator) -> None:
@@ -44,3 +53,89 @@ def test_a_trailing_newline_is_not_a_valid_name(batch: str, ref: str) -> None:
     with pytest.raises(ManifestError) as caught:
         parse_manifest(text, "m.yaml", "m")
     assert len(caught.value.problems) == 1
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))}
+    return {**env, **extra}
+
+
+def test_a_database_from_a_newer_dubrunner_is_named_so(tmp_path: Path) -> None:
+    path = tmp_path / "newer.db"
+    Store(str(path)).close()
+    db_rows(path, "UPDATE alembic_version SET version_num = '0099_future'")
+    newer = (
+        "this database was written by a newer dubrunner (revision 0099_future); upgrade dubrunner"
+    )
+    with pytest.raises(StoreError) as caught:
+        Store(str(path))
+    assert str(caught.value) == newer
+    r = run_cli(["status", "--db", str(path)], clean_env())
+    assert (r.code, r.err) == (2, f"error: {newer}\n")
+
+
+def test_an_unrelated_sqlite_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    for table in ("users", "orders", "payments", "sessions"):
+        conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO users (name) VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not a dubrunner database"):
+        Store(str(path))
+    for args in (["status"], ["db", "upgrade"], ["retry"]):
+        r = run_cli([*args, "--db", str(path)], clean_env())
+        assert r.code == 2, r.err
+        assert r.err.count("\n") == 1 and str(path) in r.err and "orders" in r.err, r.err
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_an_empty_file_or_database_is_a_new_database(tmp_path: Path) -> None:
+    empty_file = tmp_path / "empty.db"
+    empty_file.touch()
+    empty_db = tmp_path / "empty-db.db"
+    conn = sqlite3.connect(empty_db)
+    conn.execute("PRAGMA user_version = 7")  # a valid header, and no table
+    conn.close()
+    for path in (empty_file, empty_db):
+        store = Store(str(path))
+        assert store.counts() == {}
+        store.close()
+
+
+def test_no_sql_parameters_in_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = Store(str(tmp_path / "j.db"))
+    assert store.engine.hide_parameters
+    store.close()
+    secret_url = "https://user:hunter2@cdn.test/v.mp4?X-Amz-Signature=f00"
+
+    def integrity_error(*args: Any, **kwargs: Any) -> Any:
+        raise sa.exc.IntegrityError(
+            "INSERT INTO jobs (reference_id, video_url) VALUES (?, ?)",
+            ("ep1", secret_url),
+            sqlite3.IntegrityError("UNIQUE constraint failed: jobs.reference_id\nDETAIL: ep1"),
+        )
+
+    def multi_line(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError(f"first line\nsecond line with {secret_url}")
+
+    for failure, first_line in (
+        (integrity_error, "IntegrityError: UNIQUE constraint failed: jobs.reference_id"),
+        (multi_line, "ValueError: first line"),
+    ):
+        monkeypatch.setattr(Store, "summary", failure)
+        monkeypatch.setattr(sys, "argv", ["dubrunner", "status", "--db", str(tmp_path / "j.db")])
+        monkeypatch.delenv("DUBRUNNER_DEBUG", raising=False)
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"internal error: {first_line} (set DUBRUNNER_DEBUG=1"), err
+        assert err.count("\n") == 1, err
+        for leak in ("hunter2", "f00", "INSERT", "DETAIL", "second line"):
+            assert leak not in err

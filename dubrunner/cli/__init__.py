@@ -7,6 +7,7 @@ import os
 import sys
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 # Importing the command modules registers their commands on the group.
 from dubrunner.cli import admin, checks, jobs, results, submitting  # noqa: F401
@@ -35,9 +36,17 @@ def main() -> None:
         if os.environ.get("DUBRUNNER_DEBUG"):
             raise
         click.echo(
-            f"internal error: {type(exc).__name__}: {scrub(str(exc))} "
+            f"internal error: {type(exc).__name__}: {scrub(_first_line(exc))} "
             "(set DUBRUNNER_DEBUG=1 for the traceback, and please report it)",
             err=True,
         )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _first_line(exc: BaseException) -> str:
+    """What may be shown of an unexpected error: the lines below the first (SQLAlchemy's SQL and
+    parameters, a driver's DETAIL) can quote media URLs and their credentials."""
+    if isinstance(exc, SQLAlchemyError) and getattr(exc, "orig", None) is not None:
+        exc = exc.orig  # type: ignore[attr-defined]
+    return str(exc).partition("\n")[0]
