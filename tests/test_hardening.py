@@ -11,13 +11,14 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
-from dubrunner.cli import main
+from dubrunner.cli import cli, main
 from dubrunner.emulator import Emulator
 from dubrunner.manifest import ManifestError
 from dubrunner.manifest import parse as parse_manifest
 from dubrunner.store import Store, StoreError
-from tests.conftest import TOKEN, db_rows, run_cli
+from tests.conftest import TOKEN, db_rows, run_cli, write_manifest
 
 
 def test_emulator_answers_after_its_stats(emulator: Emulator) -> None:
@@ -139,3 +140,53 @@ def test_no_sql_parameters_in_an_internal_error(
         assert err.count("\n") == 1, err
         for leak in ("hunter2", "f00", "INSERT", "DETAIL", "second line"):
             assert leak not in err
+
+
+ABSURD_OPTIONS = [
+    ["submit", "--request-timeout", "nan"],
+    ["submit", "--request-timeout", "inf"],
+    ["submit", "--request-timeout", "1e300"],
+    ["submit", "--retry-wait", "nan"],
+    ["submit", "--retry-wait", "inf"],
+    ["submit", "--rate", "1e-300"],
+    ["submit", "--rate", "inf"],
+    ["submit", "--rate", "nan"],
+    ["submit", "--rate", "1e9"],
+    ["submit", "--interval", "nan"],
+    ["submit", "--timeout", "inf"],
+    ["poll", "--interval", "1e300"],
+    ["poll", "--timeout", "nan"],
+    ["work", "--idle-poll", "nan"],
+    ["resume", "--request-timeout", "-inf"],
+]
+
+
+@pytest.mark.parametrize("args", ABSURD_OPTIONS, ids=" ".join)
+def test_absurd_numbers_are_refused_when_parsed(args: list[str], tmp_path: Path) -> None:
+    command, option, value = args
+    manifest = [str(write_manifest(tmp_path / "m.yaml", 2)), "--dry-run"]
+    db = tmp_path / "j.db"
+    result = CliRunner().invoke(
+        cli,
+        [command, *(manifest if command == "submit" else []), option, value, "--db", str(db)],
+        env={"CHAMELAION_API_KEY": "k-123456", "CHAMELAION_BASE_URL": "http://127.0.0.1:9/api/"},
+    )
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert not db.exists()
+
+
+def test_absurd_numbers_are_refused_by_the_program(tmp_path: Path) -> None:
+    manifest = str(write_manifest(tmp_path / "m.yaml", 2))
+    env = clean_env(DUBRUNNER_DB=str(tmp_path / "j.db"), CHAMELAION_API_KEY="k-123456")
+    refused = [
+        run_cli(["submit", manifest, "--dry-run", "--request-timeout", "nan"], env),
+        run_cli(["submit", manifest, "--dry-run"], {**env, "DUBRUNNER_RETRY_WAIT": "inf"}),
+        run_cli(["submit", manifest, "--dry-run"], {**env, "DUBRUNNER_RATE": "1e-300"}),
+    ]
+    for r in refused:
+        assert r.code == 2 and "Traceback" not in r.err, r.err
+        assert r.err.strip().splitlines()[-1].startswith("Error: Invalid value for"), r.err
+    assert not (tmp_path / "j.db").exists()
+    fine = run_cli(["submit", manifest, "--dry-run", "--rate", "0.5", "--retry-wait", "0"], env)
+    assert fine.code == 0, fine.err
