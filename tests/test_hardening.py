@@ -18,7 +18,7 @@ from dubrunner.emulator import Emulator
 from dubrunner.manifest import ManifestError
 from dubrunner.manifest import parse as parse_manifest
 from dubrunner.store import Store, StoreError
-from tests.conftest import TOKEN, db_rows, run_cli, write_manifest
+from tests.conftest import TOKEN, Database, db_rows, run_cli, write_manifest
 
 
 def test_emulator_answers_after_its_stats(emulator: Emulator) -> None:
@@ -190,3 +190,44 @@ def test_absurd_numbers_are_refused_by_the_program(tmp_path: Path) -> None:
     assert not (tmp_path / "j.db").exists()
     fine = run_cli(["submit", manifest, "--dry-run", "--rate", "0.5", "--retry-wait", "0"], env)
     assert fine.code == 0, fine.err
+
+
+MARKUP = "[/] [link=https://evil.test/]click me[/link] [bold]"
+
+
+def test_markup_from_the_server_or_the_manifest_is_shown_as_text(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    media = emulator.root_url + "media/"
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "batch: markup\njobs:\n"
+        f"  - reference_id: ep1\n    video: '{media}missing/e1.mp4?x=[/]'\n"
+        f"    audio: '{media}audio/e1.wav?y=[link=https://evil.test/]'\n"
+        f"  - reference_id: ep2\n    video: '{media}video/e2.mp4'\n"
+        f"    audio: '{media}audio/e2.wav'\n"
+    )
+    checked = run_cli(["check", str(manifest)], env)
+    assert checked.code == 1 and "Traceback" not in checked.err, checked.err
+    assert "missing/e1.mp4?x=[/]" in checked.out
+    submitted = run_cli(["submit", str(manifest), "--preflight"], env)
+    assert submitted.code == 1 and "Traceback" not in submitted.err, submitted.err
+    assert "missing/e1.mp4?x=[/]" in submitted.out
+    db.rows("UPDATE jobs SET last_error = ?, remote_status = ?", MARKUP, "[/]")
+    db.rows("UPDATE attempts SET error = ?", MARKUP)
+    table = run_cli(["status"], env)
+    assert table.code == 0, table.err
+    assert MARKUP[:40] in table.out and "[/]" in table.out
+    detail = run_cli(["status", "ep1"], env)
+    assert detail.code == 0, detail.err
+    assert "x=[/]" in detail.out and "y=[link=https://evil.test/]" in detail.out
+    assert MARKUP in detail.out
+    for r in (checked, submitted, table, detail):
+        assert "\x1b]8;" not in r.out  # no terminal hyperlink
+
+
+def test_control_characters_are_not_sent_to_the_terminal() -> None:
+    from dubrunner.output import plain
+
+    shown = plain("ok\x1b[2J\x1b]8;;https://evil.test/\x07\nnext\tline\x9b")
+    assert shown.plain == "ok?[2J?]8;;https://evil.test/?\nnext\tline?"

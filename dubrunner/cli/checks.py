@@ -20,6 +20,7 @@ from dubrunner.cli.common import (
 )
 from dubrunner.output import (
     ProgressDisplay,
+    plain,
     print_media_problems,
     table_console,
 )
@@ -95,7 +96,7 @@ def doctor(allow_insecure_http: bool) -> None:
     for name in ("check", "", "finding"):
         table.add_column(name, overflow="fold")
     for f in findings:
-        table.add_row(f.check, "ok" if f.ok else "PROBLEM", scrub(f.detail))
+        table.add_row(f.check, "ok" if f.ok else "PROBLEM", plain(scrub(f.detail)))
     table_console().print(table)
     bad = [f for f in findings if not f.ok]
     if bad:
