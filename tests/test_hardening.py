@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import email.utils
+import json
 import os
 import sqlite3
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +235,110 @@ def test_control_characters_are_not_sent_to_the_terminal() -> None:
 
     shown = plain("ok\x1b[2J\x1b]8;;https://evil.test/\x07\nnext\tline\x9b")
     assert shown.plain == "ok?[2J?]8;;https://evil.test/?\nnext\tline?"
+
+
+class HostileApi:
+    """An HTTP server answering each path with canned status, headers and body, bytes as given."""
+
+    def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                status, headers, body = owner.routes.get(self.path, (404, {}, b"{}"))
+                self.send_response_only(status)  # no Date or Server header of its own
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.routes = routes
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+JSON = {"Content-Type": "application/json"}
+HEALTH = (200, {**JSON, "Date": email.utils.formatdate(usegmt=True)}, b'{"status": "ok"}')
+ME = (200, JSON, b'{"name": "someone"}')
+DEEP = b"[" * 300_000
+
+
+@pytest.mark.parametrize(
+    ("routes", "check", "finding"),
+    [
+        (
+            {"/api/health": (200, {**JSON, "Date": "yesterday at noon"}, b"{}")},
+            "clock",
+            "the API's Date header is not a date: 'yesterday at noon'",
+        ),
+        (
+            {"/api/health": (200, {**JSON, "Date": "Mon, 01 Jan 99999 00:00:00 GMT"}, b"{}")},
+            "clock",
+            "the API's Date header is not a date",
+        ),
+        (
+            {"/api/v1/users/me": (200, JSON, DEEP)},
+            "credentials accepted",
+            "not with the API's JSON",
+        ),
+        ({"/api/v1/users/me": (401, JSON, DEEP)}, "credentials accepted", "HTTP 401"),
+        (
+            {"/api/health": (200, JSON, b" " * 1_100_000)},
+            "API reachable",
+            "the answer is over 1,048,576 bytes",
+        ),
+        (
+            {"/api/v1/users/me": (200, JSON, b'"' + b"x" * 1_100_000 + b'"')},
+            "credentials accepted",
+            "the answer is over 1,048,576 bytes",
+        ),
+        (
+            {"/api/v1/users/me": (200, JSON, json.dumps({"name": MARKUP}).encode())},
+            "credentials accepted",
+            MARKUP,
+        ),
+    ],
+    ids=[
+        "garbage-date",
+        "year-99999",
+        "deep-json",
+        "deep-json-401",
+        "huge-health",
+        "huge-me",
+        "markup-name",
+    ],
+)
+def test_doctor_turns_a_hostile_api_into_findings(
+    routes: dict[str, tuple[int, dict[str, str], bytes]], check: str, finding: str, tmp_path: Path
+) -> None:
+    api = HostileApi({"/api/health": HEALTH, "/api/v1/users/me": ME, **routes})
+    try:
+        env = clean_env(
+            CHAMELAION_BASE_URL=api.base_url,
+            CHAMELAION_API_KEY="k-123456",
+            DUBRUNNER_DB=str(tmp_path / "j.db"),
+        )
+        r = run_cli(["doctor"], env, timeout=60)
+    finally:
+        api.close()
+    assert "internal error" not in r.err and "Traceback" not in r.err, r.err
+    line = next((line for line in r.out.splitlines() if f" {check} " in line), "")
+    assert finding in line, r.out
+    if finding == MARKUP:
+        assert r.code == 0 and "PROBLEM" not in r.out, r.out
+    else:
+        assert r.code == 1 and "PROBLEM" in line and r.out.count("PROBLEM") == 1, r.out
