@@ -21,6 +21,8 @@ from dubrunner.cli import cli, main
 from dubrunner.emulator import Emulator
 from dubrunner.manifest import ManifestError
 from dubrunner.manifest import parse as parse_manifest
+from dubrunner.poller import interpret
+from dubrunner.redact import redact_url, register_secret
 from dubrunner.store import Store, StoreError
 from tests.conftest import TOKEN, Database, db_rows, run_cli, write_manifest
 
@@ -342,3 +344,73 @@ def test_doctor_turns_a_hostile_api_into_findings(
         assert r.code == 0 and "PROBLEM" not in r.out, r.out
     else:
         assert r.code == 1 and "PROBLEM" in line and r.out.count("PROBLEM") == 1, r.out
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://c.test/v.mp4?client_secret=S3CR3T&w=1",
+            "https://c.test/v.mp4?client_secret=***&w=1",
+        ),
+        ("https://c.test/v.mp4?private_token=S3CR3T", "https://c.test/v.mp4?private_token=***"),
+        ("https://c.test/v.mp4?access_key=S3CR3T", "https://c.test/v.mp4?access_key=***"),
+        ("https://c.test/v.mp4?My-Signature-V2=S3CR3T", "https://c.test/v.mp4?My-Signature-V2=***"),
+        ("https://c.test/v.mp4?db_password=S3CR3T", "https://c.test/v.mp4?db_password=***"),
+        ("https://c.test/v.mp4?GoogleAccessId=a&Credential=S3CR3T", None),
+        ("https://c.test/v.mp4?auth=S3CR3T&sig=S3CR3T", "https://c.test/v.mp4?auth=***&sig=***"),
+        ("https://c.test/v.mp4?sig%0A=S3CR3T", "https://c.test/v.mp4?sig%0A=***"),
+        (
+            "https://c.test/v.mp4#access_token=S3CR3T&expires_in=3600",
+            "https://c.test/v.mp4#access_token=***&expires_in=3600",
+        ),
+        ("https://c.test/v.mp4?w=1#t=10,20", "https://c.test/v.mp4?w=1#t=10,20"),
+        ("https://c.test/v.mp4#chapter-2", "https://c.test/v.mp4#chapter-2"),
+    ],
+)
+def test_secret_parameters_are_masked_by_name(url: str, shown: str | None) -> None:
+    masked = redact_url(url)
+    assert "S3CR3T" not in masked
+    if shown is not None:
+        assert masked == shown
+
+
+def test_remote_strings_are_scrubbed_before_they_are_stored() -> None:
+    key = "echoed-api-key-0123456789"
+    register_secret(key)
+    view = {
+        "status": f"FAILED {key}",
+        "output_url": f"https://out.test/v.mp4?k={key}",
+        "error_message": "x" * 490 + key,  # cut at 500 characters: must not leave half a key
+        "started_at": key,
+        "finished_at": f"2024 {key}",
+    }
+    values = interpret(view)
+    assert key[:10] not in repr(values), values
+    assert values["output_url"] == "https://out.test/v.mp4?k=***"
+
+
+def test_status_export_and_check_mask_secret_parameters(
+    emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    media = emulator.root_url + "media/"
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "batch: secrets\njobs:\n"
+        f"  - reference_id: ep1\n    video: '{media}missing/e1.mp4?client_secret=S3CR3T-1'\n"
+        f"    audio: '{media}audio/e1.wav?private_token=S3CR3T-2&access_key=S3CR3T-3'\n"
+        f"  - reference_id: ep2\n    video: '{media}video/e2.mp4#access_token=S3CR3T-4'\n"
+        f"    audio: '{media}missing/e2.wav?X-Upload-Key=S3CR3T-5'\n"
+    )
+    outputs = [run_cli(["check", str(manifest)], env), run_cli(["load", str(manifest)], env)]
+    outputs += [run_cli(["status", "--format", fmt], env) for fmt in ("table", "json", "csv")]
+    outputs += [
+        run_cli(["status", "ep1"], env),
+        run_cli(["status", "ep2", "--format", "json"], env),
+    ]
+    outputs += [run_cli(["export", "--format", fmt], env) for fmt in ("csv", "jsonl")]
+    assert outputs[0].code == 1 and "missing/e1.mp4?client_secret=***" in outputs[0].out
+    assert all(r.code in (0, 1) for r in outputs), [r.err for r in outputs]
+    text = "".join(r.out + r.err for r in outputs)
+    assert "ep2" in text and "access_token=***" in text
+    assert "S3CR3T" not in text
