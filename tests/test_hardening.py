@@ -5,9 +5,13 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import signal
+import socket
 import sqlite3
+import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -414,3 +418,67 @@ def test_status_export_and_check_mask_secret_parameters(
     text = "".join(r.out + r.err for r in outputs)
     assert "ep2" in text and "access_token=***" in text
     assert "S3CR3T" not in text
+
+
+class SilentServer:
+    """Accepts every connection and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            self.accepted.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_check_stops_at_the_first_ctrl_c(tmp_path: Path) -> None:
+    silent = SilentServer()
+    lines = ["batch: silent", "jobs:"]
+    for i in range(40):
+        lines += [
+            f"  - reference_id: ep{i}",
+            f"    video: http://127.0.0.1:{silent.port}/v{i}.mp4",
+            f"    audio: http://127.0.0.1:{silent.port}/a{i}.wav",
+        ]
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dubrunner", "check", str(manifest)],
+        env=clean_env(DUBRUNNER_DB=str(tmp_path / "j.db")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert silent.accepted.wait(30), "no probe started"
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"still running 10 s after Ctrl-C: {err}")
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+        silent.close()
+    assert proc.returncode == 130, err
+    assert took < 3, took
+    assert "Traceback" not in err
+    assert "interrupted: checked 0 of 80 media URL(s) of 40 job(s)" in err, err

@@ -26,6 +26,7 @@ from dubrunner.output import (
 )
 from dubrunner.preflight import Pair, Preflight, PreflightReport
 from dubrunner.redact import scrub
+from dubrunner.runner import EXIT_INTERRUPTED
 from dubrunner.states import State
 from dubrunner.store import Store
 
@@ -45,9 +46,17 @@ def run_preflight(pairs: list[Pair], concurrency: int, per_host: int) -> Preflig
         preflight.close()
     if report.problems:
         print_media_problems(report.problems, table_console())
+    bad = len(report.bad_references)
+    if report.interrupted:
+        click.echo(
+            f"interrupted: checked {report.checked} of {report.urls} media URL(s) of "
+            f"{report.jobs} job(s) before the stop: {bad} job(s) with a problem so far",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
     say(
         f"checked {report.checked} media URL(s) of {report.jobs} job(s): "
-        f"{len(report.bad_references)} job(s) with a problem"
+        f"{bad} job(s) with a problem"
     )
     return report
 
