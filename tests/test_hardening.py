@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -28,7 +29,7 @@ from dubrunner.manifest import parse as parse_manifest
 from dubrunner.poller import interpret
 from dubrunner.redact import redact_url, register_secret
 from dubrunner.store import Store, StoreError
-from tests.conftest import TOKEN, Database, db_rows, run_cli, write_manifest
+from tests.conftest import TOKEN, Database, db_rows, load_jobs, run_cli, write_manifest
 
 
 def test_emulator_answers_after_its_stats(emulator: Emulator) -> None:
@@ -482,3 +483,34 @@ def test_check_stops_at_the_first_ctrl_c(tmp_path: Path) -> None:
     assert took < 3, took
     assert "Traceback" not in err
     assert "interrupted: checked 0 of 80 media URL(s) of 40 job(s)" in err, err
+
+
+def test_ctrl_c_at_any_moment_exits_quietly(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'j.db'}", "sqlite", tmp_path / "j.db")
+    load_jobs(db, write_manifest(tmp_path / "m.yaml", 5)).close()
+    env = clean_env(DUBRUNNER_DB=str(db.path))
+    # A Ctrl-C that comes before the interpreter runs any of our code cannot be caught by it:
+    # the moments start after the time a bare interpreter takes to start.
+    floor = 0.0
+    for _ in range(3):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        floor = max(floor, 2 * (time.monotonic() - started))
+    rng = random.Random()
+    console_script = str(Path(sys.executable).with_name("dubrunner"))
+    for i in range(30):
+        args = ["status"] if i % 2 else ["--help"]
+        program = [console_script] if i % 4 < 2 else [sys.executable, "-m", "dubrunner"]
+        first = rng.uniform(floor, 0.6)
+        second = rng.uniform(0.02, 0.2)
+        proc = subprocess.Popen(
+            [*program, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(first)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(second)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        what = (program[-1], args, f"Ctrl-C at {first:.3f} s and {second:.3f} s later")
+        assert "Traceback" not in err and "Exception ignored" not in err, (what, err)
+        assert proc.returncode in (0, 130), (what, proc.returncode, err)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -20,18 +21,31 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     try:
+        code = _run()
+    except KeyboardInterrupt:  # wherever it lands, even while another outcome is being reported
+        click.echo("interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    sys.exit(code)
+
+
+def _run() -> int:
+    """The command's exit code; every failure said in one line."""
+    try:
         # Without standalone mode click returns a command's exit code instead of raising it.
         code = cli.main(prog_name="dubrunner", standalone_mode=False)
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        return exc.exit_code
+    except click.exceptions.Abort:
         click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        sys.exit(0)
+        return 0
     except Exception as exc:
         if os.environ.get("DUBRUNNER_DEBUG"):
             raise
@@ -40,8 +54,8 @@ def main() -> None:
             "(set DUBRUNNER_DEBUG=1 for the traceback, and please report it)",
             err=True,
         )
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 def _first_line(exc: BaseException) -> str:

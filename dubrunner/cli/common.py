@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from dubrunner import __version__
+from dubrunner.__main__ import QuietInterrupt
 from dubrunner.api import ApiClient, ConfigError, Credentials
 from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
 from dubrunner.manifest import load as load_manifest
@@ -364,6 +365,9 @@ class stop_on_signals:
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
+            if handler is signal.default_int_handler:
+                # Python's own would print a traceback on the next Ctrl-C: the quiet one instead.
+                handler = QuietInterrupt()
             signal.signal(sig, handler)
 
 
