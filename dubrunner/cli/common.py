@@ -79,10 +79,12 @@ class RateType(_ParamType):
             rate = float(value)
         except (TypeError, ValueError):
             rate = math.nan
-        if not MIN_RATE <= rate <= MAX_RATE:  # nan fails every comparison
+        if not (rate > 0 and math.isfinite(rate)):  # nan fails every comparison
+            self.fail(f"{value!r} is neither a positive number nor 'auto'", param, ctx)
+        if not MIN_RATE <= rate <= MAX_RATE:
             self.fail(
-                f"{value!r} is neither a number of requests per second from {MIN_RATE:g} to "
-                f"{MAX_RATE:g} nor 'auto'",
+                f"{value!r} requests per second is out of range: give {MIN_RATE:g} to "
+                f"{MAX_RATE:g}, or 'auto'",
                 param,
                 ctx,
             )
