@@ -6,11 +6,13 @@ import email.utils
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
 
 import httpx
 
-from dubrunner.api import ApiClient, ConfigError, Credentials, base_url_from_env
-from dubrunner.errors import error_message
+from dubrunner.api import Answer, ApiClient, ConfigError, Credentials, base_url_from_env
+from dubrunner.errors import ResponseTooLarge, error_message
 from dubrunner.store import Store, known_revisions, migration_head
 
 CLOCK_SKEW_LIMIT = 30.0  # seconds; leases compare wall clocks across hosts
@@ -61,8 +63,8 @@ def _api_findings(api: ApiClient) -> list[Finding]:
     out: list[Finding] = []
     try:
         health = api.health()
-    except httpx.HTTPError as exc:
-        return [Finding("API reachable", False, f"{api.base_url}: {type(exc).__name__}: {exc}")]
+    except (httpx.HTTPError, ResponseTooLarge) as exc:
+        return [Finding("API reachable", False, f"{api.base_url}: {_failure(exc)}")]
     out.append(
         Finding(
             "API reachable",
@@ -72,33 +74,63 @@ def _api_findings(api: ApiClient) -> list[Finding]:
     )
     try:
         me = api.me()
-    except httpx.HTTPError as exc:
-        out.append(Finding("credentials accepted", False, f"{type(exc).__name__}: {exc}"))
+    except (httpx.HTTPError, ResponseTooLarge) as exc:
+        out.append(Finding("credentials accepted", False, _failure(exc)))
     else:
-        if me.status == 200:
-            try:
-                name = json.loads(me.body).get("name", "?")
-            except (ValueError, AttributeError):
-                name = "?"
-            out.append(Finding("credentials accepted", True, f"the API knows them as {name!r}"))
-        else:
-            why = error_message(me.status, me.body, me.headers.get("content-type", ""))
-            out.append(Finding("credentials accepted", False, f"HTTP {me.status}: {why}"))
-    server_date = health.headers.get("date")
-    if server_date:
-        when = email.utils.parsedate_to_datetime(server_date)
-        skew = abs(when.timestamp() - time.time())
-        out.append(
-            Finding(
-                "clock",
-                skew < CLOCK_SKEW_LIMIT,
-                f"{skew:.0f} s from the API's clock"
-                + ("" if skew < CLOCK_SKEW_LIMIT else " — leases need clocks within seconds"),
-            )
-        )
-    else:
-        out.append(Finding("clock", True, "the API sent no Date header to compare with"))
+        out.append(_credentials_finding(me))
+    out.append(_clock_finding(health.headers.get("date")))
     return out
+
+
+def _failure(exc: Exception) -> str:
+    if isinstance(exc, ResponseTooLarge):
+        return f"{exc}: is CHAMELAION_BASE_URL the API?"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _json(body: bytes) -> Any:
+    """The parsed body, or None when it is not JSON. json raises RecursionError on deep nesting
+    ('[' x 300000): that is not JSON either."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _credentials_finding(me: Answer) -> Finding:
+    data = _json(me.body)
+    if me.status == 200 and isinstance(data, dict):
+        name = str(data.get("name", "?"))[:80]
+        return Finding("credentials accepted", True, f"the API knows them as {name!r}")
+    if me.status == 200:
+        why = "users/me answered HTTP 200 but not with the API's JSON"
+        return Finding("credentials accepted", False, f"{why}: is CHAMELAION_BASE_URL the API?")
+    try:
+        why = error_message(me.status, me.body, me.headers.get("content-type", ""))
+    except RecursionError:  # deeply nested JSON: not the API's
+        why = f"HTTP {me.status} with a non-JSON body"
+    if not why.startswith("HTTP "):
+        why = f"HTTP {me.status}: {why}"
+    return Finding("credentials accepted", False, why)
+
+
+def _clock_finding(server_date: str | None) -> Finding:
+    if not server_date:
+        return Finding("clock", True, "the API sent no Date header to compare with")
+    try:
+        when = email.utils.parsedate_to_datetime(server_date)
+        if when.tzinfo is None:  # "-0000": UTC, with no promise about the zone of its source
+            when = when.replace(tzinfo=UTC)
+        skew = abs(when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, OSError):
+        return Finding("clock", False, f"the API's Date header is not a date: {server_date[:60]!r}")
+    ok = skew < CLOCK_SKEW_LIMIT
+    return Finding(
+        "clock",
+        ok,
+        f"{skew:.0f} s from the API's clock"
+        + ("" if ok else " — leases need clocks within seconds"),
+    )
 
 
 def _database_finding(db: str | None) -> Finding:
@@ -109,7 +141,7 @@ def _database_finding(db: str | None) -> Finding:
         finally:
             store.close()
     except Exception as exc:  # whatever stops us opening it is the finding
-        return Finding("database", False, str(exc).splitlines()[0])
+        return Finding("database", False, str(exc).partition("\n")[0] or type(exc).__name__)
     head = migration_head()
     kind = store.url.split("://")[0]
     if current == head:
@@ -119,5 +151,7 @@ def _database_finding(db: str | None) -> Finding:
     if current in known_revisions():
         return Finding("database", True, f"{kind}, schema {current}: upgraded to {head} on use")
     return Finding(
-        "database", False, f"schema {current} is unknown to this dubrunner (a newer version's?)"
+        "database",
+        False,
+        f"this database was written by a newer dubrunner (revision {current}); upgrade dubrunner",
     )

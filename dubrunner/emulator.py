@@ -514,8 +514,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_emulator/ledger" and method == "GET":
             return self._send(200, emu.accepted())
         if path == "/_emulator/stats" and method == "GET":
+            # A copy taken under the lock, sent outside it: _send takes the lock too.
             with emu.lock:
-                return self._send(200, asdict(emu.stats))
+                stats = asdict(emu.stats)
+            return self._send(200, stats)
         if path == "/_emulator/config" and method == "POST":
             try:
                 emu.update(**json.loads(body or b"{}"))

@@ -34,9 +34,10 @@ DEFAULT_MAX_JOBS = 1_000_000
 MAX_ERRORS_SHOWN = 50
 MAX_REFERENCE_ID = 200
 MAX_URL = 8192
-_REFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]*$")
+# Used with fullmatch: `$` would also accept a trailing newline ("ep1\n", a job apart from "ep1").
+_REFERENCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=-]*")
 _SPACE = re.compile(r"\s")
-_BATCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_BATCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _TOP_KEYS = frozenset({"batch", "defaults", "jobs"})
 _DEFAULT_KEYS = frozenset({"disable_active_speaker_detection"})
 _JOB_KEYS = frozenset(
@@ -401,7 +402,7 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
     )
 
     batch = doc.get("batch", default_batch)
-    if not isinstance(batch, str) or not _BATCH.match(batch):
+    if not isinstance(batch, str) or not _BATCH.fullmatch(batch):
         problems.append(
             Problem(
                 _line_of(doc, "batch", 1),
@@ -565,7 +566,7 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
     if reference_id is not None:
         if isinstance(reference_id, int) and not isinstance(reference_id, bool):
             reference_id = str(reference_id)
-        if not isinstance(reference_id, str) or not _REFERENCE_ID.match(reference_id):
+        if not isinstance(reference_id, str) or not _REFERENCE_ID.fullmatch(reference_id):
             bad(
                 "reference_id",
                 "reference_id must be text of letters, digits and . _ : / @ + = - "

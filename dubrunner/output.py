@@ -20,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from dubrunner.redact import redact_url, scrub
 from dubrunner.store import JobRow
@@ -136,6 +137,17 @@ def _short(text: str | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+# Control characters shown as '?': an escape sequence from a server could repaint the terminal or
+# plant a hyperlink. Newlines and tabs are layout.
+_CONTROL = {c: "?" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"}
+
+
+def plain(value: object) -> Text:
+    """Foreign text (from a server, a manifest, the database) as Rich must print it: never read as
+    markup, where '[/]' would crash the table and '[link=...]' would become a link."""
+    return Text("" if value is None else str(value).translate(_CONTROL))
+
+
 def table_console() -> Console:
     """A terminal's own width; piped output gets room for whole ids instead of 80 columns."""
     console = Console(soft_wrap=False)
@@ -150,7 +162,7 @@ def print_status_table(
     table.add_column("state")
     table.add_column("jobs", justify="right")
     for batch, state, n in summary:
-        table.add_row(batch, state, f"{n:,}")
+        table.add_row(plain(batch), plain(state), f"{n:,}")
     console.print(table)
     if not rows:
         return
@@ -181,7 +193,7 @@ def print_status_table(
             (d["updated_at"] or "")[:19].replace("T", " "),
             _short(d["error"], 80),
         ]
-        jobs.add_row(*cells)
+        jobs.add_row(*map(plain, cells))
     console.print(jobs)
 
 
@@ -192,17 +204,17 @@ def print_media_problems(problems: Sequence[Any], console: Console) -> None:
     table.add_column("problem", overflow="fold")
     table.add_column("url", overflow="fold")
     for p in problems:
-        table.add_row(p.reference_id, p.which, p.problem, p.url)
+        table.add_row(plain(p.reference_id), plain(p.which), plain(p.problem), plain(p.url))
     console.print(table)
 
 
 def print_job_detail(row: JobRow, attempts: Sequence[dict[str, Any]], console: Console) -> None:
     d = row_dict(row)
-    table = Table(show_header=False, title=f"Job {row.reference_id}", title_justify="left")
+    table = Table(show_header=False, title=plain(f"Job {row.reference_id}"), title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in d.items():
-        table.add_row(key, "" if value is None else str(value))
+        table.add_row(key, plain(value))
     console.print(table)
     history = Table(title="Attempts", title_justify="left")
     for name in ("at", "kind", "outcome", "status", "ms", "request_id / error"):
@@ -210,11 +222,11 @@ def print_job_detail(row: JobRow, attempts: Sequence[dict[str, Any]], console: C
     for a in attempts:
         history.add_row(
             _time(a["at"]) or "",
-            a["kind"],
-            a["outcome"],
+            plain(a["kind"]),
+            plain(a["outcome"]),
             str(a["http_status"] or ""),
             str(a["duration_ms"] or ""),
-            a["request_id"] or scrub(a["error"] or ""),
+            plain(a["request_id"] or scrub(a["error"] or "")),
         )
     console.print(history if attempts else "no HTTP attempts yet")
 

@@ -45,7 +45,11 @@ class PollReport:
 
 
 def _text(value: object, limit: int) -> str | None:
-    return str(value)[:limit] if isinstance(value, (str, int, float)) and value != "" else None
+    """A remote field as it may be stored: a server echoing our credential must not put it in the
+    database. Scrubbed before it is cut, so no half of a credential survives."""
+    if not isinstance(value, (str, int, float)) or value == "":
+        return None
+    return scrub(str(value))[:limit]
 
 
 def interpret(view: dict[str, Any]) -> dict[str, Any]:
@@ -54,13 +58,15 @@ def interpret(view: dict[str, Any]) -> dict[str, Any]:
     state = state_for_remote(remote)
     output = view.get("output_url")
     output_url = (
-        output if isinstance(output, str) and output.startswith(("http://", "https://")) else None
+        scrub(output)
+        if isinstance(output, str) and output.startswith(("http://", "https://"))
+        else None
     )
     error = _text(view.get("error_message"), 500)
     values: dict[str, Any] = {
         "state": state,
         "remote_status": remote,
-        "remote_error": scrub(error) if error else None,
+        "remote_error": error,
         "output_url": output_url,
         "remote_started_at": _text(view.get("started_at"), 40),
         "remote_finished_at": _text(view.get("finished_at"), 40),

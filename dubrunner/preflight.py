@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -41,6 +40,7 @@ class PreflightReport:
     urls: int = 0
     checked: int = 0
     problems: list[MediaProblem] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def bad_references(self) -> set[str]:
@@ -65,6 +65,10 @@ def _size(resp: httpx.Response) -> int | None:
     total = resp.headers.get("content-range", "").rpartition("/")[2]
     raw = total if total.isdigit() else resp.headers.get("content-length", "")
     return int(raw) if raw.isdigit() else None
+
+
+class Stopped(Exception):
+    """A stop was asked for before this probe started."""
 
 
 class Preflight:
@@ -98,30 +102,43 @@ class Preflight:
             return self._hosts.setdefault(host, threading.Semaphore(self.per_host))
 
     def probe(self, url: str, which: str) -> str | None:
-        """One URL: None when fine, else what is wrong with it."""
-        with self._host_slot(url):
-            try:
-                resp = self._client.head(url)
-                if resp.status_code in (403, 405, 501) or resp.status_code >= 500:
-                    # Some servers refuse HEAD (or presigned URLs sign GET only): ask for a byte.
-                    with self._client.stream("GET", url, headers={"Range": "bytes=0-0"}) as got:
-                        resp = got
-                problem = judge(
-                    which, resp.status_code, resp.headers.get("content-type", ""), _size(resp)
-                )
-            except httpx.ConnectError as exc:
-                problem = f"unreachable: {str(exc)[:120] or type(exc).__name__}"
-            except httpx.TimeoutException:
-                problem = "no answer in time"
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {str(exc)[:120]}"
+        """One URL: None when fine, else what is wrong with it. Raises Stopped instead of
+        starting once a stop was asked for."""
+        slot = self._host_slot(url)
+        while not slot.acquire(timeout=0.1):
+            if self.stop.is_set():
+                raise Stopped
+        try:
+            if self.stop.is_set():
+                raise Stopped
+            problem = self._ask(url, which)
+        finally:
+            slot.release()
         with self._lock:
             self.done += 1
         return problem
 
+    def _ask(self, url: str, which: str) -> str | None:
+        try:
+            resp = self._client.head(url)
+            if resp.status_code in (403, 405, 501) or resp.status_code >= 500:
+                # Some servers refuse HEAD (or presigned URLs sign GET only): ask for a byte.
+                with self._client.stream("GET", url, headers={"Range": "bytes=0-0"}) as got:
+                    resp = got
+            return judge(which, resp.status_code, resp.headers.get("content-type", ""), _size(resp))
+        except httpx.ConnectError as exc:
+            return f"unreachable: {str(exc)[:120] or type(exc).__name__}"
+        except httpx.TimeoutException:
+            return "no answer in time"
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {str(exc)[:120]}"
+
     def run(
         self, pairs: Iterable[Pair], tick: Callable[[int, int], None] | None = None
     ) -> PreflightReport:
+        """Every distinct URL once. After a stop no probe starts, and run returns at once with
+        what was checked (report.interrupted): probes still waiting for an answer are left to
+        their daemon threads, so that neither this call nor the process exit waits for them."""
         report = PreflightReport()
         users: dict[tuple[str, str], list[str]] = {}
         for pair in pairs:
@@ -129,17 +146,44 @@ class Preflight:
             users.setdefault((pair.video_url, "video"), []).append(pair.reference_id)
             users.setdefault((pair.audio_url, "audio"), []).append(pair.reference_id)
         report.urls = len(users)
+        todo = iter(list(users))
         found: dict[tuple[str, str], str | None] = {}
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="preflight") as pool:
-            futures = {key: pool.submit(self.probe, *key) for key in users}
-            pending = set(futures.values())
-            while pending:
-                _, pending = wait(pending, timeout=0.2)
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                while not self.stop.is_set():
+                    with self._lock:
+                        key = next(todo, None)
+                    if key is None:
+                        return
+                    problem = self.probe(*key)
+                    with self._lock:
+                        found[key] = problem
+            except Stopped:
+                return
+            except BaseException as exc:  # a bug: raised again by run, below
+                failures.append(exc)
+                self.stop.set()
+
+        threads = [
+            threading.Thread(target=work, name=f"preflight-{i}", daemon=True)
+            for i in range(min(self.concurrency, len(users)))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive() and not self.stop.is_set():
+                thread.join(0.1)
                 if tick is not None:
                     tick(self.done, len(users))
-            found = {key: future.result() for key, future in futures.items()}
-        report.checked = len(found)
-        for (url, which), problem in found.items():
+        if failures:
+            raise failures[0]
+        with self._lock:
+            checked = dict(found)  # a probe left running may still finish after this
+        report.checked = len(checked)
+        report.interrupted = self.stop.is_set()
+        for (url, which), problem in checked.items():
             if problem:
                 for ref in users[(url, which)]:
                     report.problems.append(MediaProblem(ref, which, redact_url(url), problem))

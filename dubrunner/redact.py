@@ -6,19 +6,24 @@ live inside media URLs (user:password@ and signed query strings), shown redacted
 
 from __future__ import annotations
 
-import re
 import threading
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 
-# Query parameters that carry a signature or a credential in signed/pre-authenticated URLs.
-_SECRET_PARAMS = re.compile(
-    r"^(x-amz-(signature|credential|security-token)|x-goog-(signature|credential)|sig|signature|"
-    r"token|access_token|api_key|apikey|key|password|se|st|sv|skoid|sktid|skt|ske|sks|skv|"
-    r"policy|key-pair-id|expires|auth|secret)$",
-    re.IGNORECASE,
+# Query (or fragment) parameters whose values are masked: any name containing one of these...
+_SECRET_PARTS = ("token", "secret", "key", "signature", "password", "credential")
+# ...and these names (signatures and the fields of signed URLs: S3, GCS, Azure SAS, CloudFront).
+_SECRET_NAMES = frozenset(
+    {"sig", "auth", "authorization", "pwd", "passwd", "policy", "expires"}
+    | {"se", "st", "sv", "skoid", "sktid", "skt", "ske", "sks", "skv"}
 )
+
+
+def _secret_name(name: str) -> bool:
+    name = name.strip().lower()  # 'sig\n' is still sig
+    return name in _SECRET_NAMES or any(part in name for part in _SECRET_PARTS)
+
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
@@ -51,11 +56,14 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_PARAMS.match(k) for k, _ in pairs):
-            query = urlencode(
-                [(k, MASK if _SECRET_PARAMS.match(k) else v) for k, v in pairs], safe="*"
-            )
-    return scrub(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
+    query = _mask_parameters(parts.query)
+    # A fragment of k=v pairs is read like a query: OAuth puts its #access_token= there.
+    fragment = _mask_parameters(parts.fragment) if "=" in parts.fragment else parts.fragment
+    return scrub(urlunsplit((parts.scheme, netloc, parts.path, query, fragment)))
+
+
+def _mask_parameters(text: str) -> str:
+    pairs = parse_qsl(text, keep_blank_values=True)
+    if not any(_secret_name(k) for k, _ in pairs):
+        return text  # as it was, not re-encoded
+    return urlencode([(k, MASK if _secret_name(k) else v) for k, v in pairs], safe="*")

@@ -413,12 +413,42 @@ class Store:
         except sa.exc.ArgumentError as exc:
             raise StoreError(f"not a database URL or path: {exc}") from None
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size}
+        # No SQL parameters in any exception text: they hold media URLs and their credentials.
+        kwargs: dict[str, Any] = {
+            "pool_size": pool_size,
+            "max_overflow": pool_size,
+            "hide_parameters": True,
+        }
         if self.is_sqlite:
             database = parsed.database or ""
             if database in ("", ":memory:"):
                 raise StoreError("an in-memory SQLite database cannot hold a batch; give a file")
-            _create_private_file(Path(database))
+            import sqlite3
+
+            path = Path(database)
+            _create_private_file(path)
+            # Looked at before any connection of ours, which would switch the file to WAL: a
+            # file of another program is refused and left exactly as it was.
+            try:
+                raw = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=60)
+                try:
+                    tables = [
+                        name
+                        for (name,) in raw.execute(
+                            "SELECT name FROM sqlite_master WHERE type = 'table' "
+                            "AND name NOT LIKE 'sqlite%' ORDER BY name"
+                        )
+                    ]
+                finally:
+                    raw.close()
+            except sqlite3.Error:
+                tables = []  # not a database at all, or unreadable: said on first use
+            if tables and Job.__tablename__ not in tables:
+                shown = ", ".join(tables[:3]) + (", …" if len(tables) > 3 else "")
+                raise StoreError(
+                    f"{path} is not a dubrunner database (it holds other tables: {shown}); "
+                    "give another --db"
+                )
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         try:
             self.engine: Engine = sa.create_engine(self.url, **kwargs)
@@ -493,6 +523,11 @@ class Store:
             raise StoreError(_db_message(exc)) from None
         if current == SCHEMA_HEAD:
             return current, current
+        if current is not None and current not in known_revisions():
+            raise StoreError(
+                f"this database was written by a newer dubrunner (revision {current}); "
+                "upgrade dubrunner"
+            )
         head = migration_head()
         from alembic import command
 
@@ -1184,7 +1219,8 @@ def _setup_sqlite(engine: Engine) -> None:
 
 def _db_message(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
-    text = str(orig) if orig is not None else str(exc).split("\n")[0]
+    # The first line only: the driver's details below it may quote the values of a row.
+    text = (str(orig) if orig is not None else str(exc)).partition("\n")[0]
     if "file is not a database" in text:
         return "the file is not a SQLite database"
     if "unable to open database file" in text:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 # Importing the command modules registers their commands on the group.
 from dubrunner.cli import admin, checks, jobs, results, submitting  # noqa: F401
@@ -19,25 +21,46 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     try:
+        code = _run()
+    except KeyboardInterrupt:  # wherever it lands, even while another outcome is being reported
+        click.echo("interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    sys.exit(code)
+
+
+def _run() -> int:
+    """The command's exit code; every failure said in one line."""
+    try:
         # Without standalone mode click returns a command's exit code instead of raising it.
         code = cli.main(prog_name="dubrunner", standalone_mode=False)
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        return exc.exit_code
+    except click.exceptions.Abort:
         click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        sys.exit(0)
+        return 0
     except Exception as exc:
         if os.environ.get("DUBRUNNER_DEBUG"):
             raise
         click.echo(
-            f"internal error: {type(exc).__name__}: {scrub(str(exc))} "
+            f"internal error: {type(exc).__name__}: {scrub(_first_line(exc))} "
             "(set DUBRUNNER_DEBUG=1 for the traceback, and please report it)",
             err=True,
         )
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def _first_line(exc: BaseException) -> str:
+    """What may be shown of an unexpected error: the lines below the first (SQLAlchemy's SQL and
+    parameters, a driver's DETAIL) can quote media URLs and their credentials."""
+    if isinstance(exc, SQLAlchemyError) and getattr(exc, "orig", None) is not None:
+        exc = exc.orig  # type: ignore[attr-defined]
+    return str(exc).partition("\n")[0]

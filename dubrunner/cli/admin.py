@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from dubrunner.cli.common import (
+    HOUR,
+    Seconds,
     UserError,
     cli,
     common_options,
@@ -81,7 +83,7 @@ def db_upgrade() -> None:
 )
 @click.option(
     "--complete-after",
-    type=click.FloatRange(0),
+    type=Seconds(0, HOUR),
     default=1.0,
     show_default=True,
     help="Seconds until a job completes.",

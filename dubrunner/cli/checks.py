@@ -20,11 +20,13 @@ from dubrunner.cli.common import (
 )
 from dubrunner.output import (
     ProgressDisplay,
+    plain,
     print_media_problems,
     table_console,
 )
 from dubrunner.preflight import Pair, Preflight, PreflightReport
 from dubrunner.redact import scrub
+from dubrunner.runner import EXIT_INTERRUPTED
 from dubrunner.states import State
 from dubrunner.store import Store
 
@@ -44,9 +46,17 @@ def run_preflight(pairs: list[Pair], concurrency: int, per_host: int) -> Preflig
         preflight.close()
     if report.problems:
         print_media_problems(report.problems, table_console())
+    bad = len(report.bad_references)
+    if report.interrupted:
+        click.echo(
+            f"interrupted: checked {report.checked} of {report.urls} media URL(s) of "
+            f"{report.jobs} job(s) before the stop: {bad} job(s) with a problem so far",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
     say(
         f"checked {report.checked} media URL(s) of {report.jobs} job(s): "
-        f"{len(report.bad_references)} job(s) with a problem"
+        f"{bad} job(s) with a problem"
     )
     return report
 
@@ -95,7 +105,7 @@ def doctor(allow_insecure_http: bool) -> None:
     for name in ("check", "", "finding"):
         table.add_column(name, overflow="fold")
     for f in findings:
-        table.add_row(f.check, "ok" if f.ok else "PROBLEM", scrub(f.detail))
+        table.add_row(f.check, "ok" if f.ok else "PROBLEM", plain(scrub(f.detail)))
     table_console().print(table)
     bad = [f for f in findings if not f.ok]
     if bad:

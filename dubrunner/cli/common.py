@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from dubrunner import __version__
+from dubrunner.__main__ import QuietInterrupt
 from dubrunner.api import ApiClient, ConfigError, Credentials
 from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
 from dubrunner.manifest import load as load_manifest
@@ -61,21 +63,53 @@ else:
     _ParamType = click.ParamType
 
 
+MIN_RATE = 0.001  # requests per second: one every 17 minutes
+MAX_RATE = 100_000.0
+
+
 class RateType(_ParamType):
-    """A positive number of requests per second, or 'auto'."""
+    """A number of requests per second within [MIN_RATE, MAX_RATE], or 'auto'."""
 
     name = "N|auto"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, float) or value == "auto":
+        if value == "auto":
             return value
         try:
             rate = float(value)
         except (TypeError, ValueError):
-            rate = -1.0
-        if not rate > 0:
+            rate = math.nan
+        if not (rate > 0 and math.isfinite(rate)):  # nan fails every comparison
             self.fail(f"{value!r} is neither a positive number nor 'auto'", param, ctx)
+        if not MIN_RATE <= rate <= MAX_RATE:
+            self.fail(
+                f"{value!r} requests per second is out of range: give {MIN_RATE:g} to "
+                f"{MAX_RATE:g}, or 'auto'",
+                param,
+                ctx,
+            )
         return rate
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds within [min, max]. click's FloatRange alone lets nan through
+    (every comparison with it is false), and inf or 1e300 would overflow the clocks they meet."""
+
+    name = "seconds"
+
+    def __init__(self, min: float, max: float) -> None:
+        super().__init__(min, max)
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+HOUR = 3600.0
 
 
 def worker_options(fn: F) -> F:
@@ -120,7 +154,7 @@ def worker_options(fn: F) -> F:
         ),
         click.option(
             "--retry-wait",
-            type=click.FloatRange(min=0),
+            type=Seconds(0, HOUR),
             default=0.5,
             show_default=True,
             envvar="DUBRUNNER_RETRY_WAIT",
@@ -128,7 +162,7 @@ def worker_options(fn: F) -> F:
         ),
         click.option(
             "--request-timeout",
-            type=click.FloatRange(min=0.1),
+            type=Seconds(0.1, HOUR),
             default=60.0,
             show_default=True,
             envvar="DUBRUNNER_REQUEST_TIMEOUT",
@@ -190,14 +224,14 @@ def worker_options(fn: F) -> F:
 def poll_options(fn: F) -> F:
     fn = click.option(
         "--timeout",
-        type=click.FloatRange(min=0),
+        type=Seconds(0, 30 * 24 * HOUR),
         default=None,
         envvar="DUBRUNNER_POLL_TIMEOUT",
         help="With --wait: give up after this many seconds [default: never].",
     )(fn)
     return click.option(
         "--interval",
-        type=click.FloatRange(min=0.01),
+        type=Seconds(0.01, HOUR),
         default=5.0,
         show_default=True,
         envvar="DUBRUNNER_POLL_INTERVAL",
@@ -344,6 +378,9 @@ class stop_on_signals:
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
+            if handler is signal.default_int_handler:
+                # Python's own would print a traceback on the next Ctrl-C: the quiet one instead.
+                handler = QuietInterrupt()
             signal.signal(sig, handler)
 
 

@@ -11,6 +11,8 @@ import click
 from dubrunner.api import ApiClient
 from dubrunner.cli.checks import run_preflight, unsent_pairs
 from dubrunner.cli.common import (
+    HOUR,
+    Seconds,
     UserError,
     check_batch,
     cli,
@@ -166,7 +168,7 @@ def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool)
 )
 @click.option(
     "--idle-poll",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(0.05, HOUR),
     default=2.0,
     show_default=True,
     help="With --follow: seconds between looks for new jobs when idle.",
