@@ -40,9 +40,12 @@ test: lint
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dubrunner.db dubrunner.db-wal dubrunner.db-shm
 
-# The manifest fuzzer at length (make test runs it briefly, with a fixed seed).
+# The manifest fuzzer and the model check of "never twice" at length (make test runs both
+# briefly, with a fixed seed).
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz DUBRUNNER_FUZZ_SUBMITS=300 $(BIN)/pytest tests/test_fuzz.py -p no:cacheprovider
+	HYPOTHESIS_PROFILE=fuzz DUBRUNNER_MODEL_EXAMPLES=300 DUBRUNNER_MODEL_STEPS=40 \
+	    $(BIN)/pytest tests/test_model.py -p no:cacheprovider -p no:logging
 
 # Benchmarks against the emulator on loopback; prints a table and writes BENCHMARKS.md.
 bench: $(STAMP)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ from dubrunner.errors import (
     ResponseTooLarge,
     classify_answer,
     classify_exception,
+    parse_json,
 )
 from dubrunner.governor import Governor, Stopped
 from dubrunner.redact import scrub
@@ -178,7 +178,7 @@ class Poller:
                 self.report.halt_message = message
                 self.stop.set()
             return
-        values = interpret(json.loads(body))
+        values = interpret(parse_json(body))
         state = values["state"]
         ended: AttemptRecord | None = None
         if state is not State.PROCESSING:

@@ -257,6 +257,8 @@ class HostileApi:
                 status, headers, body = owner.routes.get(self.path, (404, {}, b"{}"))
                 self.send_response_only(status)  # no Date or Server header of its own
                 for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    if value == NOW:  # the time of the answer, not of the test's import
+                        value = email.utils.formatdate(usegmt=True)
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
@@ -279,7 +281,8 @@ class HostileApi:
 
 
 JSON = {"Content-Type": "application/json"}
-HEALTH = (200, {**JSON, "Date": email.utils.formatdate(usegmt=True)}, b'{"status": "ok"}')
+NOW = "<now>"
+HEALTH = (200, {**JSON, "Date": NOW}, b'{"status": "ok"}')
 ME = (200, JSON, b'{"name": "someone"}')
 DEEP = b"[" * 300_000
 

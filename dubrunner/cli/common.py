@@ -170,7 +170,7 @@ def worker_options(fn: F) -> F:
         ),
         click.option(
             "--lookup-grace",
-            type=click.FloatRange(0, 3600),
+            type=Seconds(0, HOUR),
             default=30.0,
             show_default=True,
             envvar="DUBRUNNER_LOOKUP_GRACE",

@@ -103,11 +103,19 @@ def run_fetch(store: Store, batch: str | None, out: Path, concurrency: int) -> i
             )
 
         fetcher.run(tick)
+    restarted = f", {report.restarted} started over" if report.restarted else ""
     summary = (
-        f"{report.downloaded} downloaded ({report.bytes / 1e6:.1f} MB, {report.resumed} resumed), "
-        f"{report.skipped} already there, {report.failed} failed, into {out}"
+        f"{report.downloaded} downloaded ({report.bytes / 1e6:.1f} MB, {report.resumed} resumed"
+        f"{restarted}), {report.skipped} already there, {report.failed} failed, into {out}"
     )
-    failure = f"{summary} — see `dubrunner status --format json`" if report.failed else None
+    failure = None
+    if report.failed:
+        failure = f"{summary} — see `dubrunner status --format json`"
+    elif report.busy:
+        failure = (
+            f"{summary}; {report.busy} being downloaded by another dubrunner fetch right now "
+            "— run fetch again once it has ended"
+        )
     return conclude(summary, failure, report.interrupted, report.fatal)
 
 
