@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 
 from dubrunner.api import Answer, ApiClient, ConfigError, Credentials, base_url_from_env
+from dubrunner.db import known_revisions, migration_head
 from dubrunner.errors import ResponseTooLarge, error_message
-from dubrunner.store import Store, known_revisions, migration_head
+from dubrunner.store import Store
 
 CLOCK_SKEW_LIMIT = 30.0  # seconds; leases compare wall clocks across hosts
 

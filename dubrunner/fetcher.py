@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +28,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from dubrunner import __version__
+from dubrunner.records import AttemptRecord, FetchTarget
 from dubrunner.redact import scrub
-from dubrunner.store import AttemptRecord, FetchTarget, Store, StoreError
-from dubrunner.worker import run_ticking, worker_id
+from dubrunner.running import Report, Run
+from dubrunner.store import Store
 
 log = logging.getLogger("dubrunner")
 PAGE = 500
@@ -47,7 +47,7 @@ MAX_NAME = 180
 
 
 @dataclass
-class FetchReport:
+class FetchReport(Report):
     downloaded: int = 0
     skipped: int = 0
     failed: int = 0
@@ -55,8 +55,6 @@ class FetchReport:
     restarted: int = 0  # partial files dropped because the server's answer did not continue them
     busy: int = 0  # left to another process downloading them: neither done nor failed
     bytes: int = 0
-    fatal: str | None = None
-    interrupted: bool = False
 
 
 class DownloadFailed(Exception):
@@ -103,7 +101,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-class Fetcher:
+class Fetcher(Run):
+    report: FetchReport
+
     def __init__(
         self,
         store: Store,
@@ -113,14 +113,12 @@ class Fetcher:
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        super().__init__()
         self.store = store
         self.out_dir = out_dir
         self.batch = batch
         self.concurrency = concurrency
-        self.owner = worker_id()
-        self.stop = threading.Event()
         self.report = FetchReport()
-        self._lock = threading.Lock()
         self._in_use: set[str] = set()  # parts this process is writing, under _lock
         # A plain client: output URLs are pre-signed and must never see the API's credentials.
         self._client = httpx.Client(
@@ -131,35 +129,21 @@ class Fetcher:
             transport=transport,
         )
 
-    def request_stop(self) -> None:
-        self.report.interrupted = True
-        self.stop.set()
-
-    def _add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            setattr(self.report, name, getattr(self.report, name) + n)
-
     def run(self, tick: Callable[[], None] | None = None) -> FetchReport:
         self.store.start_group_commit()
-        run_ticking(self._all, tick)
+        self.ticking(self._all, tick)
         self._client.close()
         return self.report
 
     def _all(self) -> None:
         after = 0
-        try:
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="fetch") as pool:
-                while not self.stop.is_set():
-                    page = self.store.fetch_targets(self.batch, after, PAGE)
-                    if not page:
-                        return
-                    after = page[-1].id
-                    list(pool.map(self._fetch_one, page))
-        except StoreError as exc:
-            self.report.fatal = f"the database failed: {exc}"
-        except Exception as exc:  # a bug: say so, stop safely
-            log.exception("unexpected error while fetching")
-            self.report.fatal = f"internal error: {type(exc).__name__}: {scrub(str(exc))}"
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="fetch") as pool:
+            while not self.stop.is_set():
+                page = self.store.fetch_targets(self.batch, after, PAGE)
+                if not page:
+                    return
+                after = page[-1].id
+                list(pool.map(self._fetch_one, page))
 
     def destination(self, target: FetchTarget, content_type: str | None = None) -> Path:
         ext = extension_for(target.output_url, content_type)
@@ -169,7 +153,7 @@ class Fetcher:
         if self.stop.is_set():
             return
         if _vouched(target):
-            self._add("skipped")
+            self.add("skipped")
             return
         # The part is named for this job alone (its extension is the URL's, or .mp4); the final
         # name differs from it at most by an extension chosen from the first answer.
@@ -188,34 +172,31 @@ class Fetcher:
             with _owned_part(part) as f:
                 got = self._obtain(target, dest, part, f)
                 if got is None:
-                    self._add("skipped")
+                    self.add("skipped")
                     return
                 final, size, digest = got
                 # Recorded before the part's lock is let go: a process that finds the file
                 # unlocked finds the row too.
-                self.store.record_download(
+                self.store.mark_downloaded(
                     target.id,
-                    AttemptRecord("download", "downloaded", 200, None, _ms(started)),
                     self.owner,
-                    download_state="downloaded",
-                    download_error=None,
-                    local_path=str(final),
-                    size_bytes=size,
-                    sha256=digest,
+                    AttemptRecord("download", "downloaded", 200, None, _ms(started)),
+                    str(final),
+                    size,
+                    digest,
                 )
-                self._add("downloaded")
+                self.add("downloaded")
         except _Busy as exc:
             self._busy(target, str(exc))
         except DownloadFailed as exc:
             reason = scrub(str(exc))
-            self.store.record_download(
+            self.store.mark_download_failed(
                 target.id,
-                AttemptRecord("download", "failed", None, reason, _ms(started)),
                 self.owner,
-                download_state="failed",
-                download_error=reason,
+                AttemptRecord("download", "failed", None, reason, _ms(started)),
+                reason,
             )
-            self._add("failed")
+            self.add("failed")
             log.info("%s: download failed: %s", target.reference_id, reason)
         finally:
             with self._lock:
@@ -223,7 +204,7 @@ class Fetcher:
 
     def _busy(self, target: FetchTarget, reason: str) -> None:
         """Left to whoever holds it: not failed, not downloaded; a later fetch looks again."""
-        self._add("busy")
+        self.add("busy")
         log.warning("%s: left alone this run: %s", target.reference_id, reason)
 
     def _obtain(
@@ -264,7 +245,7 @@ class Fetcher:
             except _Restart as exc:
                 # Not an error, and no try used: the next request asks for the whole file, so a
                 # restart only comes again after a cut, and cuts use up tries.
-                self._add("restarted")
+                self.add("restarted")
                 log.info("%s: starting the download over: %s", target.reference_id, exc)
                 # Emptied, not removed: a removed part could be created again by another
                 # process while this one still holds the lock on the old one.
@@ -310,11 +291,11 @@ class Fetcher:
                 if status == 206:
                     total: int | None = _continued_total(resp, have, info)
                     if have:
-                        self._add("resumed")
+                        self.add("resumed")
                 else:
                     if have:
                         # The whole file again (no ranges there, or If-Range found a change).
-                        self._add("restarted")
+                        self.add("restarted")
                         log.info("%s: the server sent the whole file again", target.reference_id)
                         f.truncate(0)
                         have, info = 0, None
@@ -343,7 +324,7 @@ class Fetcher:
                     if self.stop.is_set():
                         raise DownloadFailed("interrupted")
                     _write_all(f, chunk)
-                    self._add("bytes", len(chunk))
+                    self.add("bytes", len(chunk))
                 os.fsync(f.fileno())
                 size = os.fstat(f.fileno()).st_size
                 if total is not None and size != total:

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from dubrunner.records import JobSpec
+
 try:  # the C loader is an order of magnitude faster on large manifests
     from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
@@ -43,15 +45,6 @@ _DEFAULT_KEYS = frozenset({"disable_active_speaker_detection"})
 _JOB_KEYS = frozenset(
     {"video", "audio", "inputs", "reference_id", "disable_active_speaker_detection"}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    reference_id: str
-    video_url: str
-    audio_url: str
-    disable_asd: bool
-    line: int  # where the job starts in the manifest (1-based)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,9 @@ class Job(Base):
     reference_id: Mapped[str] = mapped_column(String(200), unique=True)
     video_url: Mapped[str] = mapped_column(Text)
     audio_url: Mapped[str] = mapped_column(Text)
-    disable_asd: Mapped[bool] = mapped_column(Boolean, default=False)
+    disable_active_speaker_detection: Mapped[bool] = mapped_column(
+        "disable_asd", Boolean, default=False
+    )
     source: Mapped[str | None] = mapped_column(Text)  # manifest file:line it came from
     state: Mapped[str] = mapped_column(String(20))
     # The API documents UUIDs; a look-up may show ids of another shape, and they are kept too.

@@ -22,8 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from dubrunner.queries import JobRow
 from dubrunner.redact import redact_url, scrub
-from dubrunner.store import JobRow
 
 FORMATS = ("table", "json", "csv")
 ROW_FIELDS = (
@@ -81,7 +81,7 @@ def row_dict(row: JobRow) -> dict[str, Any]:
         "attempts": row.attempts,
         "video_url": redact_url(row.video_url),
         "audio_url": redact_url(row.audio_url),
-        "disable_active_speaker_detection": bool(row.disable_asd),
+        "disable_active_speaker_detection": bool(row.disable_active_speaker_detection),
         "source": row.source,
         "created_at": _time(row.created_at),
         "updated_at": _time(row.updated_at),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +20,11 @@ from dubrunner.errors import (
     parse_json,
 )
 from dubrunner.governor import Governor, Stopped
+from dubrunner.records import AttemptRecord, PollTarget, RemoteView
 from dubrunner.redact import scrub
+from dubrunner.running import Report, Run
 from dubrunner.states import State, state_for_remote
-from dubrunner.store import AttemptRecord, PollTarget, Store, StoreError
-from dubrunner.worker import run_ticking, worker_id
+from dubrunner.store import Store
 
 log = logging.getLogger("dubrunner")
 PAGE = 500
@@ -32,15 +32,12 @@ MAX_INTERVAL = 60.0
 
 
 @dataclass
-class PollReport:
+class PollReport(Report):
     rounds: int = 0
     requests: int = 0
     completed: int = 0  # ended well during this run
     failed: int = 0  # ended badly during this run
     errors: int = 0  # polls that got no usable answer (tried again next round)
-    halt_message: str | None = None
-    fatal: str | None = None
-    interrupted: bool = False
     timed_out: bool = False
 
 
@@ -52,8 +49,8 @@ def _text(value: object, limit: int) -> str | None:
     return scrub(str(value))[:limit]
 
 
-def interpret(view: dict[str, Any]) -> dict[str, Any]:
-    """The job's new columns from `GET v1/lipsync/requests/{id}`."""
+def interpret(view: dict[str, Any]) -> RemoteView:
+    """What `GET v1/lipsync/requests/{id}` says about the job, ready to be kept."""
     remote = _text(view.get("status"), 40)
     state = state_for_remote(remote)
     output = view.get("output_url")
@@ -63,22 +60,25 @@ def interpret(view: dict[str, Any]) -> dict[str, Any]:
         else None
     )
     error = _text(view.get("error_message"), 500)
-    values: dict[str, Any] = {
-        "state": state,
-        "remote_status": remote,
-        "remote_error": error,
-        "output_url": output_url,
-        "remote_started_at": _text(view.get("started_at"), 40),
-        "remote_finished_at": _text(view.get("finished_at"), 40),
-    }
+    last_error = None
     if state is State.FAILED:
-        values["last_error"] = f"failed remotely: {values['remote_error'] or remote}"
+        last_error = f"failed remotely: {error or remote}"
     elif state is State.COMPLETED and output_url is None:
-        values["remote_error"] = "the API reported completion without an output_url"
-    return values
+        error = "the API reported completion without an output_url"
+    return RemoteView(
+        state,
+        remote,
+        error,
+        output_url,
+        _text(view.get("started_at"), 40),
+        _text(view.get("finished_at"), 40),
+        last_error,
+    )
 
 
-class Poller:
+class Poller(Run):
+    report: PollReport
+
     def __init__(
         self,
         store: Store,
@@ -87,23 +87,13 @@ class Poller:
         batch: str | None,
         concurrency: int,
     ) -> None:
+        super().__init__()
         self.store = store
         self.api = api
         self.governor = governor
         self.batch = batch
         self.concurrency = concurrency
-        self.owner = worker_id()
-        self.stop = threading.Event()
         self.report = PollReport()
-        self._lock = threading.Lock()
-
-    def request_stop(self) -> None:
-        self.report.interrupted = True
-        self.stop.set()
-
-    def _count(self, name: str) -> None:
-        with self._lock:
-            setattr(self.report, name, getattr(self.report, name) + 1)
 
     def remaining(self) -> int:
         return self.store.count_in_states(self.batch, [State.SUBMITTED, State.PROCESSING])
@@ -117,27 +107,21 @@ class Poller:
     ) -> PollReport:
         """One round, or (wait) rounds with a growing interval until every job has ended."""
         self.store.start_group_commit()
-        run_ticking(lambda: self._rounds(wait, interval, timeout), tick)
+        self.ticking(lambda: self._rounds(wait, interval, timeout), tick)
         return self.report
 
     def _rounds(self, wait: bool, interval: float, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while not self.stop.is_set():
-                self._round()
-                self.report.rounds += 1
-                if not wait or self.stop.is_set() or self.remaining() == 0:
-                    return
-                if deadline is not None and time.monotonic() + interval > deadline:
-                    self.report.timed_out = True
-                    return
-                self.stop.wait(interval)
-                interval = min(interval * 1.5, max(interval, MAX_INTERVAL))
-        except StoreError as exc:
-            self.report.fatal = f"the database failed: {exc}"
-        except Exception as exc:  # a bug: say so, stop safely
-            log.exception("unexpected error while polling")
-            self.report.fatal = f"internal error: {type(exc).__name__}: {scrub(str(exc))}"
+        while not self.stop.is_set():
+            self._round()
+            self.report.rounds += 1
+            if not wait or self.stop.is_set() or self.remaining() == 0:
+                return
+            if deadline is not None and time.monotonic() + interval > deadline:
+                self.report.timed_out = True
+                return
+            self.stop.wait(interval)
+            interval = min(interval * 1.5, max(interval, MAX_INTERVAL))
 
     def _round(self) -> None:
         after = 0
@@ -153,7 +137,7 @@ class Poller:
         if self.stop.is_set():
             return
         started = time.monotonic()
-        self._count("requests")
+        self.add("requests")
         try:
             with self.governor.slot(self.stop):
                 answer = self.api.get_request(target.request_id)
@@ -171,28 +155,21 @@ class Poller:
         if outcome.action is not Action.ACCEPTED:
             message = scrub(outcome.message)
             attempt = AttemptRecord("poll", outcome.action.value, outcome.status, message, duration)
-            self.store.record_poll(target.id, attempt, self.owner)
-            self._count("errors")
+            self.store.record_poll_error(target.id, self.owner, attempt)
+            self.add("errors")
             log.debug("%s poll → %s %s", target.reference_id, outcome.status or "-", message)
             if outcome.action is Action.HALT_BATCH:
-                self.report.halt_message = message
-                self.stop.set()
+                self.halt(message)
             return
-        values = interpret(parse_json(body))
-        state = values["state"]
+        view = interpret(parse_json(body))
         ended: AttemptRecord | None = None
-        if state is not State.PROCESSING:
+        if view.state != State.PROCESSING:
             ended = AttemptRecord(
-                "poll",
-                state.value,
-                outcome.status,
-                values.get("last_error"),
-                duration,
-                target.request_id,
+                "poll", view.state, outcome.status, view.last_error, duration, target.request_id
             )
-        if self.store.record_poll(target.id, ended, self.owner, **values):
-            if state is State.COMPLETED:
-                self._count("completed")
-            elif state is State.FAILED:
-                self._count("failed")
-        log.debug("%s poll → %s", target.reference_id, values["remote_status"])
+        if self.store.record_remote(target.id, self.owner, view, ended):
+            if view.state == State.COMPLETED:
+                self.add("completed")
+            elif view.state == State.FAILED:
+                self.add("failed")
+        log.debug("%s poll → %s", target.reference_id, view.status)

@@ -1,28 +1,35 @@
-"""Claim → (look up) → send → classify → record, on a few threads, until the work runs out or a
-stop comes. Each outcome is committed the moment it is known; a request_id is never held only in
-memory, and a job whose POST may have landed is always looked up before it is sent again."""
+"""Claim → (look up) → send → classify → decide → record, on a few threads, until the work runs
+out or a stop comes. Each outcome is committed the moment it is known; a request_id is never held
+only in memory, and a job whose POST may have landed is always looked up before it is sent again.
+What each answer means for the job is decided in decisions.py; this module does the I/O."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import random
-import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_result
 
 from dubrunner.api import Answer, ApiClient, SendWindowClosed, boottime
+from dubrunner.db import StoreError
+from dubrunner.decisions import (
+    Count,
+    Decision,
+    Next,
+    Policy,
+    Progress,
+    after_lookup,
+    after_send,
+    backoff,
+    on_stop,
+)
 from dubrunner.errors import (
-    RETRYABLE,
     Action,
     Lookup,
     LookupResult,
@@ -34,14 +41,13 @@ from dubrunner.errors import (
     classify_lookup,
 )
 from dubrunner.governor import Governor, Stopped
+from dubrunner.records import AttemptRecord, ClaimedJob, Lease, Tally
 from dubrunner.redact import scrub
+from dubrunner.running import Report, Run, owner_is_dead
 from dubrunner.states import State
-from dubrunner.store import AttemptRecord, ClaimedJob, Lease, Store, StoreError, utcnow
+from dubrunner.store import Store
 
 log = logging.getLogger("dubrunner")
-
-# A job may be told "slow down" this many times its --max-attempts before it gives up.
-THROTTLE_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class WorkerOptions:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     grace_seconds: float = 30.0  # after a stop, how long in-flight requests may take
-    request_timeout: float = 60.0  # the HTTP read timeout; leases derive from it (store.Lease)
+    request_timeout: float = 60.0  # the HTTP read timeout; leases derive from it (Lease)
     # After an ambiguous answer, how long the server may still take to create the request: a
     # look-up that finds nothing sooner proves nothing, so the job waits and is looked up again.
     lookup_grace: float = 30.0
@@ -59,13 +65,15 @@ class WorkerOptions:
     burst: int = 1
     rate_shared: bool = False  # --rate is for all workers on the database together
     rate_auto: bool = False  # --rate auto: find the server's limit (governor.observe)
-    follow: float | None = (
-        None  # when nothing is left, look for new jobs this often (work --follow)
-    )
+    follow: float | None = None  # when nothing is left, look for new jobs this often (--follow)
 
     @property
     def lease(self) -> Lease:
         return Lease(self.request_timeout)
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.max_attempts, self.lookup_grace)
 
     def governor(self, store: Store, api: ApiClient) -> Governor:
         """The process's one governor; with rate_shared, its rate is booked in the database."""
@@ -77,7 +85,7 @@ class WorkerOptions:
 
 
 @dataclass
-class RunReport:
+class RunReport(Report):
     submitted: int = 0
     failed: int = 0
     halted: int = 0
@@ -86,64 +94,36 @@ class RunReport:
     found_by_lookup: int = 0
     deferred: int = 0  # jobs handed back until a look-up can prove their absence
     lost: int = 0  # jobs another worker took over (our lease had lapsed)
-    halt_message: str | None = None
-    fatal: str | None = None
-    interrupted: bool = False
-    started: float = field(default_factory=time.monotonic)
 
 
 class _Lost(Exception):
     """The job is no longer ours: drop it."""
 
 
-class _Deferred(Exception):
-    """The job went back to pending until its look-up can mean something (lookup_after)."""
-
-
 @dataclass
 class _JobRun:
+    """One claim of one job, as this worker sees it between tries."""
+
     job: ClaimedJob
-    lookup_needed: bool
+    lookup_owed: bool
     lookup_after: float | None
-    tries: int  # POSTs that counted against --max-attempts, this claim and earlier ones
-    posts: int = 0
-    throttled: int = 0  # answers that only said "slow down"
+    tries: int  # answers that counted against --max-attempts, this claim and earlier ones
+    posts: int  # POSTs sent, all claims included
+    throttled: int = 0  # answers of this claim that only said "slow down"
+    last_status: int | None = None
+
+    @classmethod
+    def of(cls, job: ClaimedJob) -> _JobRun:
+        return cls(job, job.lookup_owed, job.lookup_after, job.tries, job.posts)
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.tries, self.throttled, self.posts, self.lookup_owed, self.lookup_after)
 
 
-def run_ticking(target: Callable[[], None], tick: Callable[[], None] | None) -> None:
-    """Run `target` on a thread and call `tick` from this one meanwhile: the main thread stays
-    free for signal handlers and the progress display."""
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.1)
-        if tick is not None:
-            tick()
+class Worker(Run):
+    report: RunReport
 
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True only when the owner is provably a dead process on this host."""
-    try:
-        host, pid_text, _ = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-class Worker:
     def __init__(
         self,
         store: Store,
@@ -152,15 +132,14 @@ class Worker:
         options: WorkerOptions,
         batch: str | None,
     ) -> None:
+        super().__init__()
         self.store = store
         self.api = api
         self.governor = governor
         self.options = options
+        self.policy = options.policy
         self.batch = batch
-        self.owner = worker_id()
-        self.stop = threading.Event()
         self.report = RunReport()
-        self._lock = threading.Lock()  # the report's counters, the held jobs
         self._claim_lock = threading.Lock()  # the queue of claimed jobs
         self._queue: deque[ClaimedJob] = deque()
         self._held: set[int] = set()  # jobs claimed and not yet settled by this worker
@@ -171,38 +150,13 @@ class Worker:
         self.waiting_for_others = False
         # One policy for every job: tenacity keeps per-call state thread-locally (9.x).
         self._retrying = Retrying(
-            stop=self._should_stop,
+            stop=lambda _: self.stop.is_set(),
             wait=self._wait,
-            retry=retry_if_result(lambda o: o.action in RETRYABLE),
+            retry=retry_if_result(lambda d: d.next is Next.AGAIN),
             sleep=self._sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-            before_sleep=self._before_sleep,
+            before_sleep=lambda _: self.add("retries"),
         )
-
-    # -- control ----------
-
-    def request_stop(self) -> None:
-        """Ctrl-C / SIGTERM: claim nothing more, let what is in flight finish.
-
-        Runs in a signal handler: it takes no lock (the interrupted code might hold it)."""
-        self.report.interrupted = True
-        self.stop.set()
-
-    def _halt(self, message: str) -> None:
-        with self._lock:
-            if self.report.halt_message is None:
-                self.report.halt_message = message
-        self.stop.set()
-
-    def _fatal(self, message: str) -> None:
-        with self._lock:
-            if self.report.fatal is None:
-                self.report.fatal = message
-        self.stop.set()
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            setattr(self.report, name, getattr(self.report, name) + n)
 
     # -- the run ----------
 
@@ -241,6 +195,36 @@ class Worker:
             if tick is not None:
                 tick()
         return self.report
+
+    def work_once(self) -> bool:
+        """Claim one job and see it through on the calling thread; False when there was none to
+        claim. No heartbeat runs: the model check drives workers step by step with this."""
+        jobs = self.store.claim(self.owner, self.batch, 1, self.options.lease)
+        if not jobs:
+            return False
+        with self._lock:
+            self._held.add(jobs[0].id)
+        self._see_through(jobs[0])
+        return True
+
+    def _thread_main(self) -> None:
+        while not self.stop.is_set():
+            try:
+                job = self._next_job()
+            except StoreError as exc:
+                self.fatal(f"the database failed: {exc}")
+                return
+            if job is None:
+                return
+            self._see_through(job)
+
+    def _see_through(self, job: ClaimedJob) -> None:
+        try:
+            self.guarded(lambda: self._process(_JobRun.of(job)))
+        finally:
+            with self._lock:
+                self._held.discard(job.id)
+                self._taken.discard(job.id)
 
     def _reclaim_dead_owners(self) -> None:
         for owner in self.store.owners_of_submitting(self.batch):
@@ -311,91 +295,74 @@ class Worker:
             except StoreError as exc:
                 log.warning("could not release %d claimed job(s): %s", len(ids), exc)
 
-    def _thread_main(self) -> None:
-        while not self.stop.is_set():
-            try:
-                job = self._next_job()
-            except StoreError as exc:
-                self._fatal(f"the database failed: {exc}")
-                return
-            if job is None:
-                return
-            self._see_through(job)
-
-    def work_once(self) -> bool:
-        """Claim one job and see it through on the calling thread; False when there was none to
-        claim. No heartbeat runs: the model check drives workers step by step with this."""
-        jobs = self.store.claim(self.owner, self.batch, 1, self.options.lease)
-        if not jobs:
-            return False
-        with self._lock:
-            self._held.add(jobs[0].id)
-        self._see_through(jobs[0])
-        return True
-
-    def _see_through(self, job: ClaimedJob) -> None:
-        try:
-            self._process(_JobRun(job, job.lookup_needed, job.lookup_after, job.tries))
-        except _Lost:
-            self._count("lost")
-        except _Deferred:
-            self._count("deferred")
-        except StoreError as exc:
-            self._fatal(f"the database failed: {exc}")
-        except Exception as exc:  # a bug: stop safely, say so
-            log.exception("unexpected error in a worker")
-            self._fatal(f"internal error: {type(exc).__name__}: {scrub(str(exc))}")
-        finally:
-            with self._lock:
-                self._held.discard(job.id)
-                self._taken.discard(job.id)
-
     # -- one job ----------
-
-    def _should_stop(self, state: RetryCallState) -> bool:
-        run: _JobRun = state.args[0]
-        return (
-            self.stop.is_set()
-            or run.tries >= self.options.max_attempts
-            or run.throttled >= self.options.max_attempts * THROTTLE_FACTOR
-        )
-
-    def _wait(self, state: RetryCallState) -> float:
-        assert state.outcome is not None
-        outcome: Outcome = state.outcome.result()
-        if outcome.retry_after is not None:
-            return float(outcome.retry_after)
-        run: _JobRun = state.args[0]
-        n = max(0, (run.throttled if outcome.throttled else run.tries) - 1)
-        backoff = min(self.options.backoff_max, self.options.backoff_base * 2.0**n)
-        return backoff * (1 - 0.25 * random.random())
 
     def _sleep(self, seconds: float) -> None:
         self.stop.wait(seconds)
 
+    def _wait(self, state: RetryCallState) -> float:
+        assert state.outcome is not None
+        decision: Decision = state.outcome.result()
+        if decision.wait is not None:
+            return decision.wait
+        run: _JobRun = state.args[0]
+        failures = run.throttled if decision.throttled else run.tries
+        return backoff(failures, self.options.backoff_base, self.options.backoff_max)
+
     def _process(self, run: _JobRun) -> None:
-        outcome: Outcome = self._retrying(self._attempt, run)
-        if outcome.action not in RETRYABLE:
+        try:
+            decision: Decision = self._retrying(self._step, run)
+        except _Lost:
+            self.add("lost")
             return
-        job = run.job
-        if self.stop.is_set():
-            # Interrupted or halted: hand it back, remembering whether a look-up is owed.
-            self._move(run, None, state=State.PENDING, lookup_needed=run.lookup_needed)
-            return
-        message = f"gave up after {job.attempts + run.posts} attempts: {outcome.message}"
-        self._move(
-            run, None, state=State.FAILED, last_error=message, lookup_needed=run.lookup_needed
-        )
-        self._count("failed")
-        log.info("%s failed: %s", job.reference_id, message)
+        if decision.next is Next.AGAIN:  # a stop came between tries
+            self._apply(run, on_stop(run.progress), None)
 
-    def _before_sleep(self, state: RetryCallState) -> None:
-        self._count("retries")
+    def _step(self, run: _JobRun) -> Decision:
+        """One try: the look-up the job owes, then (if it proved the job absent) its POST."""
+        if run.lookup_owed:
+            decision = self._lookup(run)
+            if decision.next is not Next.SEND:
+                return decision
+            run.lookup_owed, run.lookup_after = False, None
+        return self._send(run)
 
-    def _move(self, run: _JobRun, attempt: AttemptRecord | None, **values: Any) -> None:
-        if not self.store.transition(run.job.id, self.owner, attempt, self.owner, **values):
-            log.warning("%s was taken over by another worker; dropping it", run.job.reference_id)
+    def _apply(self, run: _JobRun, d: Decision, attempt: AttemptRecord | None) -> None:
+        """Record a decision through the store's verbs, and in the run's counters."""
+        job, store, owner = run.job, self.store, self.owner
+        if d.charged:
+            run.tries += 1
+        if d.throttled:
+            run.throttled += 1
+        run.lookup_owed, run.lookup_after = d.lookup_owed, d.lookup_after
+        tally = Tally(run.posts, run.tries, run.last_status, scrub(d.error) if d.error else None)
+        owed, after = d.lookup_owed, d.lookup_after
+        if d.state is State.SUBMITTED:
+            assert d.request_id is not None
+            moved = store.mark_submitted(job.id, owner, d.request_id, attempt, tally)  # type: ignore[arg-type]
+        elif d.state is State.FAILED:
+            moved = store.mark_failed(job.id, owner, attempt, tally, owed, after)
+        elif d.state is State.HALTED:
+            moved = store.mark_halted(job.id, owner, attempt, tally, owed, after)
+        elif d.state is State.PENDING:
+            moved = store.hand_back(job.id, owner, attempt, owed, after)
+        else:
+            moved = store.record_try(job.id, owner, attempt, tally, owed, after)
+        if not moved:
+            log.warning("%s was taken over by another worker; dropping it", job.reference_id)
             raise _Lost
+        if d.count is Count.FOUND:
+            self.add(Count.SUBMITTED)
+        if d.count is not None:
+            self.add(d.count)
+        if d.note:
+            log.warning("%s: %s", job.reference_id, scrub(d.note))
+        if d.count is Count.FAILED:
+            log.info("%s failed: %s", job.reference_id, scrub(d.error or ""))
+        if d.halt:
+            self.halt(scrub(d.halt))
+
+    # -- sending ----------
 
     def _check_still_ours(self, run: _JobRun) -> None:
         with self._lock:
@@ -406,7 +373,7 @@ class Worker:
 
     def _send_window(self, run: _JobRun) -> Callable[[], None]:
         """Confirm in the database that the job is still ours, right before its POST; the
-        guard the API client calls just before the first byte leaves (see store.Lease).
+        guard the API client calls just before the first byte leaves (see records.Lease).
 
         A stalled database pauses sending; one that stays away for a whole lease stops the run."""
         lease = self.options.lease
@@ -423,7 +390,7 @@ class Worker:
             if boottime() < closes:
                 break
             if boottime() > give_up:
-                self._fatal("the database is too slow to confirm a claim before sending; stopped")
+                self.fatal("the database is too slow to confirm a claim before sending; stopped")
                 raise Stopped
 
         def guard() -> None:
@@ -433,40 +400,37 @@ class Worker:
         return guard
 
     def _call(self, fn: Callable[[], Answer]) -> tuple[Answer | None, BaseException | None]:
-        self._count("requests")
+        self.add("requests")
         try:
             with self.governor.slot(self.stop):
                 return fn(), None
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
             return None, exc
 
-    def _attempt(self, run: _JobRun) -> Outcome:
+    def _post(self, run: _JobRun) -> tuple[Answer | None, BaseException | None]:
         job = run.job
-        if run.lookup_needed:
-            outcome = self._lookup(run)
-            if outcome.action is not Action.ACCEPTED or outcome.request_id:
-                return outcome
-            run.lookup_needed = False
-            run.lookup_after = None
+        while True:
+            try:
+                return self._call(
+                    lambda: self.api.generate(
+                        job.video_url,
+                        job.audio_url,
+                        job.reference_id,
+                        job.disable_active_speaker_detection,
+                        retry_count=run.posts,
+                        guard=self._send_window(run),
+                    )
+                )
+            except SendWindowClosed:
+                continue  # nothing left: confirm the claim again
+
+    def _send(self, run: _JobRun) -> Decision:
+        job = run.job
         started = time.monotonic()
         try:
-            while True:
-                try:
-                    answer, exc = self._call(
-                        lambda: self.api.generate(
-                            job.video_url,
-                            job.audio_url,
-                            job.reference_id,
-                            job.disable_asd,
-                            retry_count=run.posts,
-                            guard=self._send_window(run),
-                        )
-                    )
-                    break
-                except SendWindowClosed:
-                    continue  # nothing left: confirm the claim again
+            answer, exc = self._post(run)
         except Stopped:
-            return Outcome(Action.RETRY, "stopped before sending")
+            return Decision(Next.AGAIN, lookup_owed=run.lookup_owed)  # nothing was sent
         run.posts += 1
         if answer is not None:
             outcome = classify_answer(answer.status, answer.headers, answer.body)
@@ -474,13 +438,10 @@ class Worker:
         else:
             assert exc is not None
             outcome = classify_exception(exc)
-        if outcome.throttled:
-            run.throttled += 1
-        else:
-            run.tries += 1
-        duration = int((time.monotonic() - started) * 1000)
         if outcome.retry_after:
             self.governor.pause(outcome.retry_after)
+        run.last_status = outcome.status
+        decision = after_send(outcome, run.progress, self.policy, time.time())
         message = scrub(outcome.message)
         request_id = scrub(outcome.request_id) if outcome.request_id else None
         attempt = AttemptRecord(
@@ -488,46 +449,20 @@ class Worker:
             outcome.action.value,
             outcome.status,
             None if outcome.action is Action.ACCEPTED else message,
-            duration,
+            _ms(started),
             request_id,
         )
-        # Whatever is decided next, a POST that may have created the request owes a look-up,
-        # and a "not found" means something only once the server has had time to act.
-        owed = outcome.lookup_owed
-        run.lookup_needed = owed
-        run.lookup_after = time.time() + self.options.lookup_grace if owed else None
-        values: dict[str, Any] = {
-            "attempts": job.attempts + run.posts,
-            "tries": run.tries,
-            "last_http_status": outcome.status,
-            "last_error": None if outcome.action is Action.ACCEPTED else message,
-            "lookup_needed": owed,
-            "lookup_after": run.lookup_after,
-        }
-        action = outcome.action
-        if action is Action.ACCEPTED:
-            values.update(state=State.SUBMITTED, request_id=request_id, submitted_at=utcnow())
-        elif action is Action.FAIL_JOB:
-            values.update(state=State.FAILED)
-        elif action is Action.HALT_BATCH:
-            values.update(state=State.HALTED)
-        self._move(run, attempt, **values)
         log.debug(
             "%s POST → %s %s (%d ms)",
             job.reference_id,
             outcome.status or "-",
             request_id or message,
-            duration,
+            _ms(started),
         )
-        if action is Action.ACCEPTED:
-            self._count("submitted")
-        elif action is Action.FAIL_JOB:
-            self._count("failed")
-            log.info("%s failed: %s", job.reference_id, message)
-        elif action is Action.HALT_BATCH:
-            self._count("halted")
-            self._halt(message)
-        return outcome
+        self._apply(run, decision, attempt)
+        return decision
+
+    # -- looking up ----------
 
     def _ask(self, run: _JobRun, ended: frozenset[str]) -> tuple[LookupResult, int | None]:
         """One look-up by reference_id (and the direct GET when the list ignores its filter);
@@ -545,27 +480,23 @@ class Worker:
                 )
                 return result, answer.status
         assert exc is not None
-        outcome = classify_exception(exc, idempotent=True)
-        return LookupResult(Lookup.ERROR, outcome=outcome), None
+        return LookupResult(Lookup.ERROR, outcome=classify_exception(exc, idempotent=True)), None
 
-    def _lookup(self, run: _JobRun) -> Outcome:
-        """Ask the API whether an earlier POST of this job landed.
-
-        ACCEPTED with a request_id: it did (the job is now submitted). ACCEPTED without one: it
-        provably did not, so sending is safe. Anything else: no answer yet (retry or halt)."""
+    def _lookup(self, run: _JobRun) -> Decision:
+        """Ask the API whether an earlier POST of this job landed, and act on the answer."""
         job = run.job
         started = time.monotonic()
         ended = self.store.ended_requests(job.id)
         try:
             result, status = self._ask(run, ended)
         except Stopped:
-            return Outcome(Action.RETRY, "stopped before the look-up")
-        duration = int((time.monotonic() - started) * 1000)
-        error = result.outcome
+            return Decision(Next.AGAIN, lookup_owed=True, lookup_after=run.lookup_after)
+        error: Outcome | None = result.outcome
         if error is not None:
             self.governor.observe(error.throttled)
             if error.retry_after:
                 self.governor.pause(error.retry_after)
+        decision = after_lookup(result, run.progress, self.policy, time.time())
         message = scrub(result.message)
         request_id = scrub(result.request_id) if result.request_id else None
         attempt = AttemptRecord(
@@ -573,47 +504,16 @@ class Worker:
             result.kind.value if error is None else error.action.value,
             status,
             None if message in ("found", "not found") else message,
-            duration,
+            _ms(started),
             request_id,
         )
         log.debug("%s look-up → %s %s", job.reference_id, status or "-", request_id or message)
-        if result.kind is Lookup.FOUND:
-            if result.note != "found":
-                log.warning("%s: %s", job.reference_id, message)
-            self._move(
-                run,
-                attempt,
-                state=State.SUBMITTED,
-                request_id=request_id,
-                submitted_at=utcnow(),
-                lookup_needed=False,
-                lookup_after=None,
-                last_error=None,
-            )
-            self._count("submitted")
-            self._count("found_by_lookup")
-            return Outcome(Action.ACCEPTED, message, status, request_id=request_id)
-        if result.kind is Lookup.NOT_FOUND:
-            if run.lookup_after is not None and time.time() < run.lookup_after:
-                # The server may still be creating it (a proxy gave up before the backend did):
-                # wait, then ask again, before any resend.
-                self._move(run, attempt, state=State.PENDING, lookup_needed=True)
-                log.debug("%s: not found yet; looked up again after the grace", job.reference_id)
-                raise _Deferred
-            self._move(run, attempt)
-            return Outcome(Action.ACCEPTED, "not found", status)
-        assert error is not None
-        if error.action is Action.HALT_BATCH:
-            self._move(
-                run,
-                attempt,
-                state=State.HALTED,
-                last_error=message,
-                last_http_status=status,
-                lookup_needed=True,
-            )
-            self._count("halted")
-            self._halt(message)
+        if decision.next is Next.SEND:  # proven absent: the look-up is settled, the POST follows
+            self._apply(run, Decision(Next.AGAIN), attempt)
         else:
-            self._move(run, attempt)
-        return error
+            self._apply(run, decision, attempt)
+        return decision
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 
 from dubrunner.emulator import Emulator
+from dubrunner.records import Lease
 from dubrunner.states import State
-from dubrunner.store import Lease
 from tests.conftest import (
     BOTH_DATABASES,
     TOKEN,

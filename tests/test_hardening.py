@@ -395,7 +395,7 @@ def test_remote_strings_are_scrubbed_before_they_are_stored() -> None:
     }
     values = interpret(view)
     assert key[:10] not in repr(values), values
-    assert values["output_url"] == "https://out.test/v.mp4?k=***"
+    assert values.output_url == "https://out.test/v.mp4?k=***"
 
 
 def test_status_export_and_check_mask_secret_parameters(

@@ -178,13 +178,13 @@ def test_both_shapes_defaults_and_derived_reference_ids() -> None:
     assert first.reference_id == derive_reference_id(
         "season-2", "https://a.test/v1", "https://a.test/a1"
     )
-    assert first.disable_asd is True and first.line == 3
+    assert first.disable_active_speaker_detection is True and first.line == 3
     assert (second.video_url, second.audio_url, second.reference_id) == (
         "https://a.test/v2",
         "https://a.test/a2",
         "ep2",
     )
-    assert second.disable_asd is False
+    assert second.disable_active_speaker_detection is False
     assert third.reference_id == "3"
     # Derived ids are stable: the same file loads to the same ids.
     again = parse(

@@ -8,8 +8,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from dubrunner.db import SCHEMA_HEAD, alembic_config, migration_head
 from dubrunner.models import Base
-from dubrunner.store import SCHEMA_HEAD, Store, alembic_config, migration_head
+from dubrunner.store import Store
 
 
 def test_exactly_one_head_and_the_code_knows_it() -> None:

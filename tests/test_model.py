@@ -52,8 +52,8 @@ from hypothesis.stateful import (
 from dubrunner.api import ApiClient, Credentials
 from dubrunner.fetcher import safe_name
 from dubrunner.governor import Governor
-from dubrunner.manifest import JobSpec
 from dubrunner.poller import Poller
+from dubrunner.records import JobSpec
 from dubrunner.store import LoadConflict, Store
 from dubrunner.worker import Worker, WorkerOptions
 
@@ -402,7 +402,7 @@ class NeverTwice(RuleBasedStateMachine):
                 assert created and row.request_id == created[-1].id, (row, created)
             elif row.state in ("pending", "failed", "halted", "cancelled") and live:
                 # The API holds a request the table does not: it must be asked about first.
-                assert row.lookup_needed, (row, created)
+                assert row.lookup_owed, (row, created)
                 assert row.state != "cancelled", row
 
     @invariant()

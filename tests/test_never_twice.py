@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from dubrunner.emulator import Emulator
-from dubrunner.manifest import JobSpec
-from dubrunner.store import Lease, LoadConflict, Store
+from dubrunner.records import JobSpec, Lease
+from dubrunner.store import LoadConflict, Store
 from tests.conftest import (
     BOTH_DATABASES,
     TOKEN,
@@ -271,7 +271,7 @@ def test_a_dead_workers_unsent_jobs_are_reclaimed_at_once_its_sent_ones_after_se
     assert store.mark_owner_dead(owner) == 4
     again = store.claim("resumer", "b", 4, lease)
     assert sorted(j.id for j in again) == sorted(j.id for j in held[1:])
-    assert all(j.lookup_needed for j in again)
+    assert all(j.lookup_owed for j in again)
     [(settle,)] = db_rows(db, "SELECT settle_at FROM jobs WHERE id = ?", held[0].id)
     assert settle >= time.time() + 60  # the server has R (60 s) to act on the POST it got
     store.close()

@@ -157,8 +157,8 @@ def test_poll_makes_one_get_per_job_per_round(
 )
 def test_remote_statuses(status: str | None, state: State) -> None:
     values = interpret({"status": status, "output_url": "https://o.test/x.mp4"})
-    assert values["state"] is state
-    assert values["remote_status"] == status
+    assert values.state is state
+    assert values.status == status
 
 
 def test_a_full_disk_fails_that_download_and_moves_on(

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from dubrunner.manifest import JobSpec
+from dubrunner.records import AttemptRecord, JobSpec, Lease, RemoteView, Tally
 from dubrunner.states import State
-from dubrunner.store import Lease, LoadConflict, Store, StoreError
+from dubrunner.store import LoadConflict, Store, StoreError
 
 LONG = Lease(60)
+TALLY = Tally(posts=1, tries=1)
+SENT = AttemptRecord("generate", "accepted", 200, None, 5, "x")
 
 
 def specs(n: int, prefix: str = "r") -> list[JobSpec]:
@@ -72,15 +74,15 @@ def test_concurrent_claims_never_overlap(tmp_path: Path, store: Store) -> None:
 def test_expired_lease_is_reclaimed_with_a_lookup(store: Store) -> None:
     store.load("b", specs(2), "m.yaml")
     first = store.claim("dead", "b", 2, Lease(0.025))
-    assert [j.lookup_needed for j in first] == [False, False]
+    assert [j.lookup_owed for j in first] == [False, False]
     assert store.claim("alive", "b", 5, LONG) == []  # leases still valid
     time.sleep(0.1)
     again = store.claim("alive", "b", 5, LONG)
     assert [j.id for j in again] == [j.id for j in first]
-    assert all(j.lookup_needed for j in again)
+    assert all(j.lookup_owed for j in again)
     # The dead owner's late answer no longer moves the job.
-    assert not store.transition(first[0].id, "dead", None, "dead", state=State.SUBMITTED)
-    assert store.transition(first[0].id, "alive", None, "alive", state=State.SUBMITTED)
+    assert not store.mark_submitted(first[0].id, "dead", "x", SENT, TALLY)
+    assert store.mark_submitted(first[0].id, "alive", "x", SENT, TALLY)
     assert store.counts() == {"submitted": 1, "submitting": 1}
 
 
@@ -88,9 +90,9 @@ def test_release_retry_and_cancel(store: Store) -> None:
     store.load("b", specs(4), "m.yaml")
     jobs = store.claim("me", "b", 4, LONG)
     assert store.release([jobs[0].id], "me") == 1
-    store.transition(jobs[1].id, "me", None, "me", state=State.FAILED, last_error="no face")
-    store.transition(jobs[2].id, "me", None, "me", state=State.HALTED, last_error="token limit")
-    store.transition(jobs[3].id, "me", None, "me", state=State.SUBMITTED, request_id="x")
+    store.mark_failed(jobs[1].id, "me", None, Tally(1, 1, 400, "no face"), False, None)
+    store.mark_halted(jobs[2].id, "me", None, Tally(1, 1, 429, "token limit"), False, None)
+    store.mark_submitted(jobs[3].id, "me", "x", SENT, TALLY)
     assert store.retry("b", [State.FAILED], "face") == 1
     assert store.retry("b", [State.FAILED, State.HALTED], None) == 1
     assert store.counts() == {"pending": 3, "submitted": 1}
@@ -103,7 +105,7 @@ def test_cancel_keeps_jobs_that_may_be_at_the_api(store: Store) -> None:
     store.load("b", specs(2), "m.yaml")
     jobs = store.claim("me", "b", 2, LONG)
     # The first one's POST got no answer; then the run was stopped: pending, owed a look-up.
-    store.transition(jobs[0].id, "me", None, "me", state=State.PENDING, lookup_needed=True)
+    store.hand_back(jobs[0].id, "me", None, lookup_owed=True, lookup_after=None)
     store.release([jobs[1].id], "me")
     assert store.cancel("b", []) == (1, 1)
     assert store.counts() == {"cancelled": 1, "pending": 1}
@@ -122,22 +124,13 @@ def test_group_commit_batches_without_falling_back(store: Store) -> None:
     store.load("b", specs(200), "m.yaml")
     jobs = store.claim("me", "b", 200, LONG)
     store.start_group_commit()
-    committer = store._committer
-    assert committer is not None
     results: list[bool] = []
+    processing = RemoteView(State.PROCESSING, "processing", None, None, None, None, None)
 
     def finish(chunk: list[int]) -> None:
         for job_id in chunk:
-            results.append(
-                store.transition(
-                    job_id, "me", None, "me", state=State.SUBMITTED, request_id=f"r{job_id}"
-                )
-            )
-            results.append(
-                store.record_poll(
-                    job_id, None, "me", state=State.PROCESSING, remote_status="PROCESSING"
-                )
-            )
+            results.append(store.mark_submitted(job_id, "me", f"r{job_id}", SENT, TALLY))
+            results.append(store.record_remote(job_id, "me", processing, None))
 
     ids = [j.id for j in jobs]
     threads = [threading.Thread(target=finish, args=(ids[i::8],)) for i in range(8)]
@@ -146,7 +139,7 @@ def test_group_commit_batches_without_falling_back(store: Store) -> None:
     for t in threads:
         t.join()
     assert results == [True] * 400
-    assert committer.fallbacks == 0
+    assert store.db.group_commit_fallbacks == 0
     # A write that finds its row gone (someone else took the job) is told so, alone.
-    assert store.transition(ids[0], "me", None, "me", state=State.FAILED) is False
+    assert store.mark_failed(ids[0], "me", None, TALLY, False, None) is False
     assert store.counts() == {"processing": 200}

@@ -87,7 +87,7 @@ def unsent_pairs(store: Store, batch: str) -> list[Pair]:
     return [
         Pair(r.reference_id, r.video_url, r.audio_url)
         for r in store.iter_rows(batch)
-        if r.state in unsent and not r.request_id and not r.lookup_needed
+        if r.state in unsent and not r.request_id and not r.lookup_owed
     ]
 
 

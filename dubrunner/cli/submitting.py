@@ -34,9 +34,10 @@ from dubrunner.manifest import Manifest
 from dubrunner.output import (
     ProgressDisplay,
 )
+from dubrunner.records import LoadPlan
 from dubrunner.runner import EXIT_INTERRUPTED, BatchResult, BatchRun
 from dubrunner.states import AT_API, State
-from dubrunner.store import LoadConflict, LoadPlan, Store, StoreError
+from dubrunner.store import LoadConflict, Store, StoreError
 from dubrunner.worker import WorkerOptions
 
 

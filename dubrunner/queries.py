@@ -1,0 +1,301 @@
+"""The job table as people and scripts see it, and the operator's actions on it: summaries,
+rows, the attempt history, retry, cancel. The worker-side half of the table is in store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, Self, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import func, select, update
+
+from dubrunner.db import Database
+from dubrunner.models import Attempt, Job
+from dubrunner.records import utcnow
+from dubrunner.states import State
+
+
+class _Filterable(Protocol):
+    def where(self, *clauses: Any) -> Self: ...
+
+
+S = TypeVar("S", bound=_Filterable)
+
+
+def in_batch(stmt: S, batch: str | None) -> S:
+    """The statement limited to one batch, or as it is for every batch."""
+    return stmt if batch is None else stmt.where(Job.batch == batch)
+
+
+def back_to_pending() -> dict[str, Any]:
+    """A job handed back for sending: no owner, no lease (a look-up owed is kept as it is)."""
+    return {
+        "state": State.PENDING,
+        "owner": None,
+        "lease_expires": None,
+        "settle_at": None,
+        "updated_at": utcnow(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A job as shown to people and scripts."""
+
+    batch: str
+    reference_id: str
+    state: str
+    request_id: str | None
+    error: str | None
+    http_status: int | None
+    attempts: int
+    video_url: str
+    audio_url: str
+    disable_active_speaker_detection: bool
+    source: str | None
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None
+    owner: str | None
+    lookup_owed: bool
+    remote_status: str | None
+    remote_error: str | None
+    output_url: str | None
+    remote_started_at: str | None
+    remote_finished_at: str | None
+    download_state: str | None
+    download_error: str | None
+    local_path: str | None
+    size_bytes: int | None
+    sha256: str | None
+
+
+_ROW_COLUMNS = (
+    Job.batch,
+    Job.reference_id,
+    Job.state,
+    Job.request_id,
+    Job.last_error,
+    Job.last_http_status,
+    Job.attempts,
+    Job.video_url,
+    Job.audio_url,
+    Job.disable_active_speaker_detection,
+    Job.source,
+    Job.created_at,
+    Job.updated_at,
+    Job.submitted_at,
+    Job.owner,
+    Job.lookup_needed,
+    Job.remote_status,
+    Job.remote_error,
+    Job.output_url,
+    Job.remote_started_at,
+    Job.remote_finished_at,
+    Job.download_state,
+    Job.download_error,
+    Job.local_path,
+    Job.size_bytes,
+    Job.sha256,
+)
+
+
+class Queries:
+    """Reading the table, and the operator's actions (mixed into Store)."""
+
+    db: Database
+
+    def page(
+        self, columns: Sequence[Any], where: Sequence[Any], batch: str | None, after: int, n: int
+    ) -> list[Any]:
+        """The next `n` matching rows after id `after` (keyset paging: memory stays flat)."""
+        stmt = select(*columns).where(Job.id > after, *where).order_by(Job.id).limit(n)
+        with self.db.read() as conn:
+            return list(conn.execute(in_batch(stmt, batch)))
+
+    # -- what is there ----------
+
+    def counts(self, batch: str | None = None) -> dict[str, int]:
+        stmt = select(Job.state, func.count()).group_by(Job.state)
+        with self.db.read() as conn:
+            return {state: n for state, n in conn.execute(in_batch(stmt, batch))}
+
+    def count_in_states(self, batch: str | None, states: Sequence[str]) -> int:
+        stmt = select(func.count()).select_from(Job).where(Job.state.in_(list(states)))
+        with self.db.read() as conn:
+            return int(conn.execute(in_batch(stmt, batch)).scalar() or 0)
+
+    def count_remote_failures(self, batch: str | None) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(Job)
+            .where(Job.state == State.FAILED, Job.remote_status.is_not(None))
+        )
+        with self.db.read() as conn:
+            return int(conn.execute(in_batch(stmt, batch)).scalar() or 0)
+
+    def summary(self, batch: str | None = None) -> list[tuple[str, str, int]]:
+        """(batch, state, count) for every batch and state present."""
+        stmt = (
+            select(Job.batch, Job.state, func.count())
+            .group_by(Job.batch, Job.state)
+            .order_by(Job.batch, Job.state)
+        )
+        with self.db.read() as conn:
+            return [(b, s, n) for b, s, n in conn.execute(in_batch(stmt, batch))]
+
+    def batches(self) -> list[str]:
+        with self.db.read() as conn:
+            return list(conn.execute(select(Job.batch).distinct().order_by(Job.batch)).scalars())
+
+    def rows(
+        self,
+        batch: str | None = None,
+        states: Sequence[str] = (),
+        limit: int | None = None,
+        reference_ids: Sequence[str] = (),
+    ) -> list[JobRow]:
+        stmt = in_batch(select(*_ROW_COLUMNS).order_by(Job.id), batch)
+        if states:
+            stmt = stmt.where(Job.state.in_(list(states)))
+        if reference_ids:
+            stmt = stmt.where(Job.reference_id.in_(list(reference_ids)))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.db.read() as conn:
+            return [JobRow(*row) for row in conn.execute(stmt)]  # type: ignore[call-arg]
+
+    def iter_rows(self, batch: str | None = None, page: int = 1000) -> Iterator[JobRow]:
+        """Every job, in pages (memory stays flat however large the table)."""
+        after = 0
+        while rows := self.page((Job.id, *_ROW_COLUMNS), (), batch, after, page):
+            after = rows[-1][0]
+            for row in rows:
+                yield JobRow(*row[1:])
+
+    def unsent(self, batch: str) -> list[JobRow]:
+        """Jobs of the batch that never reached the API and owe no look-up: safe to check, or
+        to fail without sending."""
+        unsent = {State.PENDING, State.HALTED, State.FAILED}
+        return [
+            r
+            for r in self.iter_rows(batch)
+            if r.state in unsent and not r.request_id and not r.lookup_owed
+        ]
+
+    def attempts_of(self, reference_id: str) -> list[dict[str, Any]]:
+        stmt = (
+            select(
+                Attempt.at,
+                Attempt.kind,
+                Attempt.outcome,
+                Attempt.http_status,
+                Attempt.error,
+                Attempt.request_id,
+                Attempt.duration_ms,
+                Attempt.worker,
+            )
+            .join(Job, Job.id == Attempt.job_id)
+            .where(Job.reference_id == reference_id)
+            .order_by(Attempt.id)
+        )
+        with self.db.read() as conn:
+            return [dict(row._mapping) for row in conn.execute(stmt)]
+
+    # -- the operator's actions ----------
+
+    def reset_halted(self, batch: str | None) -> int:
+        """Halted jobs go back to pending: the cause (tokens, a credential) was fixed meanwhile."""
+        stmt = in_batch(update(Job).where(Job.state == State.HALTED), batch)
+        with self.db.write() as conn:
+            return conn.execute(stmt.values(state=State.PENDING, updated_at=utcnow())).rowcount
+
+    def _retry_where(
+        self, batch: str | None, states: Sequence[str], error: str | None
+    ) -> list[Any]:
+        where: list[Any] = [Job.state.in_(list(states))]
+        if batch is not None:
+            where.append(Job.batch == batch)
+        if error:
+            where.append(Job.last_error.contains(error, autoescape=True))
+        return where
+
+    def retry_preview(
+        self, batch: str | None, states: Sequence[str], error: str | None
+    ) -> tuple[int, int]:
+        """(jobs that retry would put back, those among them that ran at the API and failed
+        there: sending those again is paid again)."""
+        where = self._retry_where(batch, states, error)
+        stmt = select(func.count(), func.count(Job.remote_status)).where(*where)
+        with self.db.read() as conn:
+            total, ran = conn.execute(stmt).one()
+        return int(total), int(ran)
+
+    def retry(self, batch: str | None, states: Sequence[str], error: str | None) -> int:
+        """Put chosen jobs back to pending. A job whose request ran at the API and failed there
+        gets a fresh start: that request has ended (it stays in the attempts), so the job is
+        sent anew; the others keep whatever look-up they owe."""
+        where = self._retry_where(batch, states, error)
+        with self.db.write() as conn:
+            ran = conn.execute(
+                update(Job)
+                .where(*where, Job.remote_status.is_not(None))
+                .values(
+                    {
+                        **back_to_pending(),
+                        "tries": 0,
+                        "request_id": None,
+                        "lookup_needed": False,
+                        "lookup_after": None,
+                        "remote_status": None,
+                        "remote_error": None,
+                        "output_url": None,
+                        "remote_started_at": None,
+                        "remote_finished_at": None,
+                        "polled_at": None,
+                    }
+                )
+            ).rowcount
+            rest = conn.execute(
+                update(Job).where(*where).values({**back_to_pending(), "tries": 0})
+            ).rowcount
+        return int(ran) + int(rest)
+
+    def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> tuple[int, int]:
+        """Cancel pending jobs: (cancelled, kept). A pending job whose earlier POST may have
+        landed is kept: cancelling it would hide a request the account may have paid for."""
+        where = [Job.state == State.PENDING]
+        if batch is not None:
+            where.append(Job.batch == batch)
+        if reference_ids:
+            where.append(Job.reference_id.in_(list(reference_ids)))
+        with self.db.write() as conn:
+            kept = conn.execute(
+                select(func.count()).select_from(Job).where(*where, Job.lookup_needed.is_(True))
+            ).scalar()
+            done = conn.execute(
+                update(Job)
+                .where(*where, Job.lookup_needed.is_(False))
+                .values(state=State.CANCELLED, updated_at=utcnow())
+            ).rowcount
+        return int(done), int(kept or 0)
+
+    def fail_unsent(self, batch: str, reasons: dict[str, str]) -> int:
+        """Fail jobs that were never sent (preflight found their media wrong)."""
+        if not reasons:
+            return 0
+        stmt = (
+            update(Job)
+            .where(
+                Job.batch == batch,
+                Job.reference_id == sa.bindparam("ref"),
+                sa.or_(Job.state == State.PENDING, Job.state == State.HALTED),
+                Job.lookup_needed.is_(False),
+            )
+            .values(last_error=sa.bindparam("why"), state=State.FAILED, updated_at=utcnow())
+        )
+        with self.db.write() as conn:
+            rows = [{"ref": ref, "why": why} for ref, why in reasons.items()]
+            return int(conn.execute(stmt, rows).rowcount)

@@ -1,0 +1,147 @@
+"""The values that pass between the layers: a manifest's job, a claimed job, what a worker did
+with it, a lease. Plain data, no behaviour that touches a database or the network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    """The time as the job table stores it: UTC, without a zone."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job of a manifest, validated."""
+
+    reference_id: str
+    video_url: str
+    audio_url: str
+    disable_active_speaker_detection: bool
+    line: int  # where the job starts in the manifest (1-based)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """How long a claim holds, derived from the request timeout R: the time within which the
+    server is assumed to act on a POST it received, if it ever does.
+
+    - A POST leaves only inside a *send window*: right after its worker re-confirmed, in the
+      database, that it still owns the job (`Store.confirm_send`), and at most `window` seconds
+      later (checked right before the first byte, on a clock that keeps counting while the
+      machine is suspended). The confirmation sets `settle_at` = then + window + R: from then
+      on a look-up by reference_id tells the truth about every POST that owner made.
+    - `lease_expires` is the last renewal + 2R (renewed every `heartbeat`), always later than
+      `settle_at`. From then anyone may reclaim the job, and looks it up before sending it.
+    - A claim sets `settle_at` to the moment of the claim (nothing was sent yet), so the jobs of a
+      worker on this host that is provably dead are reclaimed at once when it never sent them,
+      and at their settle time when it did.
+    """
+
+    request_timeout: float = 60.0
+
+    @property
+    def heartbeat(self) -> float:
+        return max(0.05, self.request_timeout / 6)
+
+    @property
+    def window(self) -> float:
+        """How long after the confirmation of ownership a POST may still leave."""
+        return self.heartbeat
+
+    @property
+    def seconds(self) -> float:
+        return 2 * self.request_timeout
+
+    def claimed(self, now: float) -> tuple[float, float]:
+        """(lease_expires, settle_at) for a job claimed at `now`."""
+        return now + self.seconds, now
+
+    def renewed(self, now: float) -> float:
+        """lease_expires for a lease renewed at `now`."""
+        return now + self.seconds
+
+    def confirmed(self, now: float) -> tuple[float, float]:
+        """(lease_expires, settle_at) for a send confirmed at `now`."""
+        return now + self.seconds, now + self.window + self.request_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job a worker holds: what it needs to send it, and what earlier claims left owed."""
+
+    id: int
+    reference_id: str
+    video_url: str
+    audio_url: str
+    disable_active_speaker_detection: bool
+    lookup_owed: bool  # an earlier POST may have landed: look it up before any resend
+    posts: int  # POSTs sent so far, all claims together
+    lookup_after: float | None  # a "not found" before this moment proves nothing (Unix time)
+    tries: int  # POSTs so far that count against --max-attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What one claim of a job has come to so far, as the job table keeps it."""
+
+    posts: int
+    tries: int
+    http_status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollTarget:
+    id: int
+    reference_id: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchTarget:
+    id: int
+    batch: str
+    reference_id: str
+    output_url: str
+    download_state: str | None
+    local_path: str | None
+    size_bytes: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One HTTP exchange about a job, for the attempts table (its audit trail)."""
+
+    kind: str  # generate | lookup | poll | download
+    outcome: str
+    http_status: int | None
+    error: str | None
+    duration_ms: int | None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteView:
+    """What a GET of a request said about it, ready to be kept (see poller.interpret)."""
+
+    state: str  # the job's state it implies (processing, completed or failed)
+    status: str | None
+    error: str | None
+    output_url: str | None
+    started_at: str | None
+    finished_at: str | None
+    last_error: str | None  # the job's error when it failed remotely
+
+
+@dataclass(slots=True)
+class LoadPlan:
+    batch: str
+    new: list[JobSpec] = field(default_factory=list)
+    changed: list[tuple[int, JobSpec]] = field(default_factory=list)
+    unchanged: int = 0
+    already_submitted: int = 0  # among unchanged: the API already holds them
+    to_send: int = 0  # what a run would send: new + changed + unchanged not yet at the API
