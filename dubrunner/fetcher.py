@@ -9,25 +9,33 @@ writing it. A resume continues a part only with the bytes it asked for, of the f
 from __future__ import annotations
 
 import errno
-import fcntl
-import hashlib
-import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass
 from io import FileIO
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
 
 from dubrunner import __version__
+from dubrunner.outfiles import (
+    EXTENSIONS,
+    Busy,
+    DownloadFailed,
+    PartInfo,
+    lock_if_present,
+    owned_part,
+    safe_name,
+    sha256_of,
+    sidecar,
+    write_all,
+)
 from dubrunner.records import AttemptRecord, FetchTarget
 from dubrunner.redact import scrub
 from dubrunner.running import Report, Run
@@ -36,14 +44,8 @@ from dubrunner.store import Store
 log = logging.getLogger("dubrunner")
 PAGE = 500
 TRIES = 3
-_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
 _TYPES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm"}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)", re.IGNORECASE)
-# Names keep these characters only; the rest is replaced (and the name then suffixed).
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_LEADING_DOT = re.compile(r"^\.")
-# Leaves room for "~" + 12 hex digits, an extension and ".part.json" in a 255-byte file name.
-MAX_NAME = 180
 
 
 @dataclass
@@ -57,48 +59,17 @@ class FetchReport(Report):
     bytes: int = 0
 
 
-class DownloadFailed(Exception):
-    """This output cannot be had now; the reason is said in the message."""
-
-
 class _Retryable(Exception):
     pass
 
 
-def safe_name(text: str) -> str:
-    """A file (or directory) name for an id, distinct for distinct ids, also where the file
-    system ignores case (macOS, Windows): two jobs never share an output.
-
-    An id of lower-case letters, digits and . _ - that neither starts nor ends with a dot
-    (Windows drops a trailing one, so `b.` would be the directory `b`) and is at most MAX_NAME
-    long is its own name, so names stay readable. Any other id has the other characters
-    replaced and gets `~` plus 12 hex digits of its SHA-256. `~` is never in an unsuffixed name,
-    so a suffixed name cannot equal an unsuffixed one, and two suffixed names differ by the hash.
-    """
-    name = _UNSAFE.sub("_", text)
-    plain = name == text and name == name.lower() and 0 < len(name) <= MAX_NAME
-    if plain and not name.startswith(".") and not name.endswith("."):
-        return name
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    # No leading dot: a hidden file would look lost. The hash keeps the name apart anyway.
-    return f"{_LEADING_DOT.sub('_', name[:MAX_NAME])}~{digest}"
-
-
 def extension_for(url: str, content_type: str | None = None) -> str:
     suffix = Path(urlsplit(url).path).suffix.lower()
-    if suffix in _EXTENSIONS:
+    if suffix in EXTENSIONS:
         return suffix
     if content_type:
         return _TYPES.get(content_type.split(";")[0].strip().lower(), ".mp4")
     return ".mp4"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Fetcher(Run):
@@ -169,7 +140,7 @@ class Fetcher(Run):
             return
         started = time.monotonic()
         try:
-            with _owned_part(part) as f:
+            with owned_part(part) as f:
                 got = self._obtain(target, dest, part, f)
                 if got is None:
                     self.add("skipped")
@@ -186,7 +157,7 @@ class Fetcher(Run):
                     digest,
                 )
                 self.add("downloaded")
-        except _Busy as exc:
+        except Busy as exc:
             self._busy(target, str(exc))
         except DownloadFailed as exc:
             reason = scrub(str(exc))
@@ -217,7 +188,7 @@ class Fetcher(Run):
             for final in _final_names(target, dest):
                 # A holder renames its part into place and records the row before letting go of
                 # the lock, which then sits on the final file: wait for neither, skip the job.
-                found = _lock_if_present(final)
+                found = lock_if_present(final)
                 if found is not None:
                     held.enter_context(found)
                     present.append(final)
@@ -250,7 +221,7 @@ class Fetcher(Run):
                 # Emptied, not removed: a removed part could be created again by another
                 # process while this one still holds the lock on the old one.
                 f.truncate(0)
-                _sidecar(part).unlink(missing_ok=True)
+                sidecar(part).unlink(missing_ok=True)
             except _Retryable as exc:
                 last = str(exc)
                 tries += 1
@@ -261,10 +232,10 @@ class Fetcher(Run):
     def _stream(
         self, target: FetchTarget, dest: Path, part: Path, f: FileIO, present: list[Path]
     ) -> tuple[Path, int, str]:
-        sidecar = _sidecar(part)
+        side = sidecar(part)
         url_path = urlsplit(target.output_url).path
         have = os.fstat(f.fileno()).st_size
-        info = _PartInfo.load(sidecar) if have else None
+        info = PartInfo.load(side) if have else None
         if have and (info is None or info.url_path != url_path):
             # Bytes of unknown origin (an older version named parts of several jobs alike) or
             # of another output of this job (polled again since): never continue them.
@@ -312,24 +283,24 @@ class Fetcher(Run):
                         # renamed into place just before a crash (no other job has this name).
                         # The server vouches for its length; anything else is downloaded again.
                         return final, total, sha256_of(final)
-                    _PartInfo(
+                    PartInfo(
                         url_path,
                         ext,
                         total,
                         resp.headers.get("etag"),
                         resp.headers.get("last-modified"),
-                    ).save(sidecar)
+                    ).save(side)
                 # Each piece is written as it arrives: a cut keeps every byte received.
                 for chunk in resp.iter_bytes():
                     if self.stop.is_set():
                         raise DownloadFailed("interrupted")
-                    _write_all(f, chunk)
+                    write_all(f, chunk)
                     self.add("bytes", len(chunk))
                 os.fsync(f.fileno())
                 size = os.fstat(f.fileno()).st_size
                 if total is not None and size != total:
                     raise _Retryable(f"got {size} of {total} bytes")
-                sidecar.unlink(missing_ok=True)
+                side.unlink(missing_ok=True)
                 os.replace(part, final)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
@@ -344,42 +315,7 @@ class _Restart(Exception):
     """The bytes kept do not belong with what the server sends: start the file over."""
 
 
-@dataclass
-class _PartInfo:
-    """What a part was started from, kept beside it (`<part>.json`) so that a resume continues
-    only the same file: the output URL's path (never its query, which holds the signature), the
-    final extension, the total length and the validators."""
-
-    url_path: str
-    ext: str
-    total: int | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-
-    @classmethod
-    def load(cls, path: Path) -> _PartInfo | None:
-        try:
-            info = cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-        fields_ok = (
-            isinstance(info.url_path, str)
-            and info.ext in _EXTENSIONS
-            and (info.total is None or (type(info.total) is int and info.total >= 0))
-            and all(v is None or isinstance(v, str) for v in (info.etag, info.last_modified))
-        )
-        return info if fields_ok else None
-
-    def save(self, path: Path) -> None:
-        # Not fsynced: a sidecar lost or torn in a crash only means starting that file over.
-        path.write_text(json.dumps(asdict(self)))
-
-
-def _sidecar(part: Path) -> Path:
-    return part.with_name(part.name + ".json")
-
-
-def _continued_total(resp: httpx.Response, have: int, info: _PartInfo | None) -> int:
+def _continued_total(resp: httpx.Response, have: int, info: PartInfo | None) -> int:
     """The file's length from a 206, which must run from byte `have` to the end of the file this
     part was started from; anything else would splice two different byte ranges or files."""
     found = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", "").strip())
@@ -405,7 +341,7 @@ def _continued_total(resp: httpx.Response, have: int, info: _PartInfo | None) ->
     raise _Retryable(f"a partial answer to a request for the whole file: {problem}")
 
 
-def _changed(info: _PartInfo, resp: httpx.Response) -> bool:
+def _changed(info: PartInfo, resp: httpx.Response) -> bool:
     """Whether the answer names a different version than the one the part was started from."""
     for kept, header in ((info.etag, "etag"), (info.last_modified, "last-modified")):
         sent = resp.headers.get(header)
@@ -414,87 +350,12 @@ def _changed(info: _PartInfo, resp: httpx.Response) -> bool:
     return False
 
 
-class _Busy(Exception):
-    """Another download holds this job's files."""
-
-
-@contextmanager
-def _owned_part(part: Path) -> Iterator[FileIO]:
-    """The job's partial file, opened and locked (flock, exclusive, not waiting) for the whole
-    download: one process and one thread write it. A part left empty is removed at the end."""
-    try:
-        part.parent.mkdir(parents=True, exist_ok=True)
-        f = _open_locked(part)
-    except OSError as exc:
-        raise DownloadFailed(f"cannot write {part}: {exc.strerror}") from None
-    try:
-        yield f
-    finally:
-        try:
-            if os.fstat(f.fileno()).st_size == 0 and _is_at(part, f):
-                part.unlink()
-        except OSError:
-            pass
-        f.close()
-
-
-def _open_locked(part: Path) -> FileIO:
-    for _ in range(3):
-        f = open(part, "ab", buffering=0)  # noqa: SIM115 - handed to the caller, locked
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise _Busy("another dubrunner process is downloading it") from None
-        except OSError:
-            f.close()
-            raise
-        if _is_at(part, f):
-            return f
-        # Its holder renamed it into place between our open and our lock: what we hold is no
-        # longer the part. Open the name again.
-        f.close()
-    raise _Busy("its partial file keeps being replaced")
-
-
-def _is_at(path: Path, f: FileIO) -> bool:
-    """Whether `path` still names the file open as `f`."""
-    try:
-        return os.path.samestat(os.stat(path), os.fstat(f.fileno()))
-    except FileNotFoundError:
-        return False
-
-
-def _lock_if_present(final: Path) -> BinaryIO | None:
-    try:
-        f = open(final, "rb")  # noqa: SIM115 - handed to the caller, locked
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise DownloadFailed(f"cannot read {final}: {exc.strerror}") from None
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise _Busy("another dubrunner process is finishing it") from None
-    except OSError as exc:
-        f.close()
-        raise DownloadFailed(f"cannot lock {final}: {exc.strerror}") from None
-    return f
-
-
 def _final_names(target: FetchTarget, dest: Path) -> list[Path]:
     """Every name this job's output can have: the URL's extension, or one per content type."""
-    if Path(urlsplit(target.output_url).path).suffix.lower() in _EXTENSIONS:
+    if Path(urlsplit(target.output_url).path).suffix.lower() in EXTENSIONS:
         return [dest]
     stem = safe_name(target.reference_id)
     return [dest.with_name(stem + ext) for ext in sorted({".mp4", *_TYPES.values()})]
-
-
-def _write_all(f: FileIO, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[f.write(view) or 0 :]
 
 
 def _length(value: str | None) -> int | None:
@@ -508,7 +369,7 @@ def _named_for(target: FetchTarget, path: Path) -> bool:
     """Whether a file's name is the one this job's output gets (in any output directory).
     Older versions gave several jobs one name; such a file may hold another job's video."""
     return (
-        path.suffix in _EXTENSIONS
+        path.suffix in EXTENSIONS
         and path.name == safe_name(target.reference_id) + path.suffix
         and path.parent.name == safe_name(target.batch)
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from dubrunner.db import Database, StoreError, Update
-from dubrunner.loadplan import CHANGEABLE, Existing, LoadConflict, plan_load
+from dubrunner.loading import LoadConflict, load_jobs
 from dubrunner.models import Attempt, Job, RateBudget
 from dubrunner.queries import Queries, back_to_pending, in_batch
 from dubrunner.records import (
@@ -38,15 +38,6 @@ from dubrunner.states import POLLABLE, State
 
 __all__ = ["LoadConflict", "Store", "StoreError"]
 
-_CHUNK = 500
-# "The API holds no request for this job and no worker is about to send it", as SQL (the same
-# rule as loadplan.Existing.never_sent, checked again at the moment of the write).
-_NEVER_SENT = (
-    sa.or_(*(Job.state == state for state in sorted(CHANGEABLE))),
-    Job.owner.is_(None),
-    Job.request_id.is_(None),
-    Job.lookup_needed.is_(False),
-)
 _CLAIM_COLUMNS = (
     Job.id,
     Job.reference_id,
@@ -66,11 +57,6 @@ class Guard(Enum):
     OWNED = "owned"  # a job this worker holds: submitting, under its owner name
     OPEN = "open"  # a job whose remote request has not ended (a poll must not move it back)
     ANY = "any"  # any job (a download's record)
-
-
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class Store(Queries):
@@ -101,97 +87,7 @@ class Store(Queries):
         self, batch: str, specs: Sequence[JobSpec], source: str, *, dry_run: bool = False
     ) -> LoadPlan:
         """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none."""
-        try:
-            return self._load(batch, specs, source, dry_run)
-        except sa.exc.IntegrityError:
-            # Only another writer inserting the same reference_ids at the same moment gets here
-            # (loads take turns): say so, never the statement and its parameters.
-            raise LoadConflict(
-                [f"{source}: another process loaded some of these reference_ids at the same time"]
-            ) from None
-
-    def _load(self, batch: str, specs: Sequence[JobSpec], source: str, dry_run: bool) -> LoadPlan:
-        with self.db.write() as conn:
-            if conn.dialect.name == "postgresql":
-                # Two loads at once (of any batches: reference_ids are unique across all of them)
-                # would both see shared jobs as new: loads take turns. SQLite's BEGIN IMMEDIATE
-                # already serialises every writer.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242002)"))
-            plan = plan_load(batch, specs, self._existing(conn, specs), source)
-            if dry_run:
-                conn.rollback()
-                return plan
-            now = utcnow()
-            for chunk in _chunks(plan.new, 5000):
-                conn.execute(insert(Job), [self._new_row(batch, s, source, now) for s in chunk])
-            lost: list[str] = []
-            for job_id, spec in plan.changed:
-                # Guarded where the data lives: a worker may have claimed the job since it was
-                # read above (workers do not take the loads' lock). Changing a claimed job would
-                # send it twice, with the old URLs and the new ones.
-                moved = conn.execute(
-                    update(Job)
-                    .where(Job.id == job_id, *_NEVER_SENT)
-                    .values(
-                        video_url=spec.video_url,
-                        audio_url=spec.audio_url,
-                        disable_active_speaker_detection=spec.disable_active_speaker_detection,
-                        source=f"{source}:{spec.line}",
-                        state=State.PENDING,
-                        tries=0,
-                        last_error=None,
-                        last_http_status=None,
-                        updated_at=now,
-                    )
-                ).rowcount
-                if moved != 1:
-                    lost.append(
-                        f"{source}:{spec.line}: reference_id {spec.reference_id!r} was taken by "
-                        "a worker while loading; nothing was loaded — load again to see whether "
-                        "it can still change"
-                    )
-            if lost:
-                raise LoadConflict(lost)
-        return plan
-
-    @staticmethod
-    def _existing(conn: Connection, specs: Sequence[JobSpec]) -> dict[str, Existing]:
-        existing: dict[str, Existing] = {}
-        for chunk in _chunks([s.reference_id for s in specs]):
-            for row in conn.execute(
-                select(
-                    Job.reference_id,
-                    Job.id,
-                    Job.batch,
-                    Job.video_url,
-                    Job.audio_url,
-                    Job.disable_active_speaker_detection,
-                    Job.state,
-                    Job.request_id,
-                    Job.lookup_needed,
-                    Job.owner,
-                ).where(Job.reference_id.in_(chunk))
-            ):
-                ref, *values = row
-                existing[ref] = Existing(*values)
-        return existing
-
-    @staticmethod
-    def _new_row(batch: str, spec: JobSpec, source: str, now: Any) -> dict[str, Any]:
-        return {
-            "batch": batch,
-            "reference_id": spec.reference_id,
-            "video_url": spec.video_url,
-            "audio_url": spec.audio_url,
-            "disable_active_speaker_detection": spec.disable_active_speaker_detection,
-            "source": f"{source}:{spec.line}",
-            "state": State.PENDING,
-            "attempts": 0,
-            "tries": 0,
-            "lookup_needed": False,
-            "created_at": now,
-            "updated_at": now,
-        }
+        return load_jobs(self.db, batch, specs, source, dry_run)
 
     # -- claims and leases ----------
 

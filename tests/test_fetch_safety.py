@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dubrunner.emulator import Emulator, output_content
-from dubrunner.fetcher import Fetcher, safe_name
+from dubrunner.fetcher import Fetcher
+from dubrunner.outfiles import safe_name
 from dubrunner.store import Store
 from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, write_manifest
 from tests.test_crash import start

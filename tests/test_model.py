@@ -50,8 +50,8 @@ from hypothesis.stateful import (
 )
 
 from dubrunner.api import ApiClient, Credentials
-from dubrunner.fetcher import safe_name
 from dubrunner.governor import Governor
+from dubrunner.outfiles import safe_name
 from dubrunner.poller import Poller
 from dubrunner.records import JobSpec
 from dubrunner.store import LoadConflict, Store
