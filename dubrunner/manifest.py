@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,16 @@ from urllib.parse import urlsplit
 import yaml
 
 from dubrunner.records import JobSpec
-
-try:  # the C loader is an order of magnitude faster on large manifests
-    from yaml import CSafeLoader as _BaseLoader
-except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
+from dubrunner.yamlstream import (
+    ALLOWED_TAGS,
+    EventReader,
+    LineDict,
+    LineList,
+    YamlProblem,
+    line_of_event,
+    show,
+    type_name,
+)
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_JOBS = 1_000_000
@@ -80,158 +84,6 @@ class ManifestError(Exception):
         return shown
 
 
-class _LineDict(dict[Any, Any]):
-    """A mapping that remembers the line of itself and of each of its values."""
-
-    line: int
-    key_lines: dict[Any, int]
-
-
-class _LineList(list[Any]):
-    line: int
-    item_lines: list[int]
-
-
-class _Problem(Exception):
-    def __init__(self, line: int | None, text: str) -> None:
-        self.problem = Problem(line, text)
-        super().__init__(text)
-
-
-_ALLOWED_TAGS = frozenset(
-    {
-        None,
-        "!",
-        "tag:yaml.org,2002:str",
-        "tag:yaml.org,2002:int",
-        "tag:yaml.org,2002:bool",
-        "tag:yaml.org,2002:null",
-        "tag:yaml.org,2002:float",
-        "tag:yaml.org,2002:map",
-        "tag:yaml.org,2002:seq",
-    }
-)
-
-
-class _EventReader:
-    """Builds values from the parser's event stream, with line numbers, without keeping the node
-    tree: a 100k-job manifest is read one job at a time. Aliases are shared, never copied (an
-    alias bomb stays small), duplicate keys and non-standard tags are errors."""
-
-    def __init__(self, text: str) -> None:
-        self.events: Iterator[yaml.Event] = yaml.parse(text, Loader=_BaseLoader)
-        self.anchors: dict[str, Any] = {}
-        self.resolver = yaml.resolver.Resolver()
-        self.constructor = yaml.constructor.SafeConstructor()
-        # First characters for which the resolver might read a plain scalar as not-text.
-        self.resolved_starts = frozenset(
-            c for c in self.resolver.yaml_implicit_resolvers if isinstance(c, str)
-        )
-
-    def next(self) -> yaml.Event:
-        return next(self.events)
-
-    def scalar(self, ev: yaml.ScalarEvent) -> Any:
-        value = ev.value
-        if ev.tag is None and (ev.style or (value and value[0] not in self.resolved_starts)):
-            return value  # quoted, or no implicit type starts so: text (the usual URL or id)
-        tag = ev.tag if ev.tag not in (None, "!") else None
-        if tag is None:
-            implicit = (ev.implicit[0], ev.implicit[1]) if ev.tag is None else (False, True)
-            tag = self.resolver.resolve(yaml.ScalarNode, ev.value, implicit)  # type: ignore[no-untyped-call]
-        if tag == "tag:yaml.org,2002:str":
-            return ev.value
-        if tag in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
-            try:
-                node = yaml.ScalarNode(tag, ev.value, None, None, ev.style)
-                return self.constructor.construct_object(node)
-            except (yaml.YAMLError, ValueError):
-                raise _Problem(_line(ev), f"{ev.value[:40]!r} is not a valid {tag[18:]}") from None
-        if tag == "tag:yaml.org,2002:null":
-            return None
-        return ev.value  # timestamps and the like: plain text here
-
-    def value(self, ev: yaml.Event, depth: int = 0) -> Any:
-        if depth > MAX_DEPTH:
-            raise _Problem(_line(ev), f"the YAML is nested more than {MAX_DEPTH} levels deep")
-        if isinstance(ev, yaml.AliasEvent):
-            if ev.anchor not in self.anchors:
-                raise _Problem(_line(ev), f"unknown alias *{ev.anchor}")
-            return self.anchors[ev.anchor]
-        tag = getattr(ev, "tag", None)
-        if tag not in _ALLOWED_TAGS:
-            raise _Problem(_line(ev), f"the tag {str(tag)[:60]} is not allowed in a manifest")
-        result: Any
-        if isinstance(ev, yaml.ScalarEvent):
-            result = self.scalar(ev)
-        elif isinstance(ev, yaml.SequenceStartEvent):
-            result = _LineList()
-            result.line = _line(ev)
-            result.item_lines = []
-            for item in self.items(yaml.SequenceEndEvent):
-                result.item_lines.append(_line(item))
-                result.append(self.value(item, depth + 1))
-        elif isinstance(ev, yaml.MappingStartEvent):
-            result = self.mapping(ev, depth)
-        else:  # pragma: no cover - the parser only yields the kinds above here
-            raise _Problem(_line(ev), f"unexpected YAML {type(ev).__name__}")
-        anchor = getattr(ev, "anchor", None)
-        if anchor:
-            self.anchors[anchor] = result
-        return result
-
-    def items(self, end: type[yaml.Event]) -> Iterator[yaml.Event]:
-        while not isinstance(ev := self.next(), end):
-            yield ev
-
-    def mapping(
-        self,
-        ev: yaml.Event,
-        depth: int,
-        special: Callable[[Any, yaml.Event], bool] | None = None,
-    ) -> _LineDict:
-        data = _LineDict()
-        data.line = _line(ev)
-        data.key_lines = {}
-        for key_ev in self.items(yaml.MappingEndEvent):
-            key = self.value(key_ev, depth + 1)
-            try:
-                hash(key)
-            except TypeError:
-                raise _Problem(_line(key_ev), "a mapping key must be a plain value") from None
-            if key in data:
-                raise _Problem(_line(key_ev), f"duplicate key {_show(key)}")
-            value_ev = self.next()
-            data.key_lines[key] = _line(value_ev)
-            if special is not None and special(key, value_ev):
-                data[key] = None  # consumed by the caller as it streamed by
-                continue
-            value = self.value(value_ev, depth + 1)
-            if key == "<<" and isinstance(value, _LineDict):
-                for k, v in value.items():
-                    data.setdefault(k, v)
-                    data.key_lines.setdefault(k, value.key_lines.get(k, data.line))
-                del data.key_lines[key]
-                continue
-            data[key] = value
-        return data
-
-
-MAX_DEPTH = 50
-
-
-def _line(ev: yaml.Event) -> int:
-    return int(ev.start_mark.line) + 1 if ev.start_mark is not None else 0
-
-
-def _show(value: object, width: int = 40) -> str:
-    """A short, bounded rendering of a user value (never a full repr of a big structure)."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        text = repr(value)
-        return text if len(text) <= width else text[: width - 1] + "…"
-    return _type_name(value)
-
-
 def derive_reference_id(batch: str, video_url: str, audio_url: str) -> str:
     """A stable reference_id for a job that has none: same batch and URLs, same id."""
     digest = hashlib.sha256(f"{batch}\0{video_url}\0{audio_url}".encode()).hexdigest()[:20]
@@ -248,7 +100,7 @@ _PLAIN_URL = re.compile(
 def _check_url(value: object, what: str) -> str | None:
     """The problem with a media URL, or None when it is a usable absolute http(s) URL."""
     if not isinstance(value, str):
-        return f"{what} must be a URL string, not {_type_name(value)}"
+        return f"{what} must be a URL string, not {type_name(value)}"
     if len(value) > MAX_URL:
         return f"{what} is longer than {MAX_URL} characters"
     plain = _PLAIN_URL.fullmatch(value)
@@ -266,20 +118,8 @@ def _check_url(value: object, what: str) -> str | None:
     return None
 
 
-def _type_name(value: object) -> str:
-    return {
-        type(None): "nothing",
-        bool: "true/false",
-        int: "a number",
-        float: "a number",
-        str: "text",
-        _LineDict: "a mapping",
-        _LineList: "a list",
-    }.get(type(value), type(value).__name__)
-
-
 def _line_of(mapping: object, key: str, default: int | None) -> int | None:
-    if isinstance(mapping, _LineDict):
+    if isinstance(mapping, LineDict):
         return mapping.key_lines.get(key, mapping.line)
     return default
 
@@ -331,20 +171,22 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
     """Validate a manifest's text. Raises ManifestError listing every problem found."""
     problems: list[Problem] = []
     raws: list[_RawJob] = []
-    reader = _EventReader(text)
+    reader = EventReader(text)
     streamed = {"jobs": False}
 
     def stream_jobs(key: Any, ev: yaml.Event) -> bool:
         """The jobs list goes by one job at a time: validated, kept compact, the rest dropped."""
         if key != "jobs" or not isinstance(ev, yaml.SequenceStartEvent) or ev.anchor:
             return False
-        if ev.tag not in _ALLOWED_TAGS:
+        if ev.tag not in ALLOWED_TAGS:
             return False
         streamed["jobs"] = True
         for index, item in enumerate(reader.items(yaml.SequenceEndEvent), start=1):
             if index > max_jobs:
-                raise _Problem(_line(ev), f"more than {max_jobs:,} jobs; the limit is {max_jobs:,}")
-            job = _parse_job(reader.value(item, 2), index, _line(item), problems)
+                raise YamlProblem(
+                    line_of_event(ev), f"more than {max_jobs:,} jobs; the limit is {max_jobs:,}"
+                )
+            job = _parse_job(reader.value(item, 2), index, line_of_event(item), problems)
             if job is not None:
                 raws.append(job)
         return True
@@ -355,7 +197,7 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
         if isinstance(ev, yaml.StreamEndEvent):
             raise ManifestError(name, [Problem(None, "the manifest is empty")])
         root = reader.next()
-        if isinstance(root, yaml.MappingStartEvent) and root.tag in _ALLOWED_TAGS:
+        if isinstance(root, yaml.MappingStartEvent) and root.tag in ALLOWED_TAGS:
             doc: Any = reader.mapping(root, 0, special=stream_jobs)
             if root.anchor:
                 reader.anchors[root.anchor] = doc
@@ -364,7 +206,9 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
         reader.next()  # the document ends
         after = reader.next()
         if isinstance(after, yaml.DocumentStartEvent):
-            raise _Problem(_line(after), "a manifest is one YAML document; found another")
+            raise YamlProblem(
+                line_of_event(after), "a manifest is one YAML document; found another"
+            )
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(str(p) for p in (exc.context, exc.problem) if p) or "invalid YAML"
@@ -373,22 +217,22 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
         ) from None
     except yaml.YAMLError as exc:
         raise ManifestError(name, [Problem(None, f"YAML error: {str(exc)[:200]}")]) from None
-    except _Problem as exc:
-        raise ManifestError(name, [exc.problem]) from None
+    except YamlProblem as exc:
+        raise ManifestError(name, [Problem(exc.line, exc.text)]) from None
     except RecursionError:
         raise ManifestError(name, [Problem(None, "the YAML is nested too deeply")]) from None
 
     if doc is None:
         raise ManifestError(name, [Problem(None, "the manifest is empty")])
-    if not isinstance(doc, _LineDict):
+    if not isinstance(doc, LineDict):
         raise ManifestError(
             name,
-            [Problem(1, f"the top level must be a mapping with 'jobs:', not {_type_name(doc)}")],
+            [Problem(1, f"the top level must be a mapping with 'jobs:', not {type_name(doc)}")],
         )
     problems.extend(
         Problem(
             _line_of(doc, k, 1),
-            f"unknown top-level key {_show(k)} (expected batch, defaults, jobs)",
+            f"unknown top-level key {show(k)} (expected batch, defaults, jobs)",
         )
         for k in doc
         if k not in _TOP_KEYS and not (isinstance(k, str) and k.startswith("x-"))
@@ -400,7 +244,7 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
             Problem(
                 _line_of(doc, "batch", 1),
                 "batch must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
-                f"or digit (got {_show(batch, 60)})",
+                f"or digit (got {show(batch, 60)})",
             )
         )
         batch = default_batch
@@ -408,11 +252,11 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
     default_asd = False
     defaults = doc.get("defaults")
     if defaults is not None:
-        if not isinstance(defaults, _LineDict):
+        if not isinstance(defaults, LineDict):
             problems.append(Problem(_line_of(doc, "defaults", 1), "defaults must be a mapping"))
         else:
             problems.extend(
-                Problem(_line_of(defaults, k, None), f"unknown key {_show(k)} in defaults")
+                Problem(_line_of(defaults, k, None), f"unknown key {show(k)} in defaults")
                 for k in defaults
                 if k not in _DEFAULT_KEYS
             )
@@ -431,7 +275,7 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
     if "jobs" not in doc:
         problems.append(Problem(doc.line, "no 'jobs:' list"))
     elif not streamed["jobs"]:
-        aliased = isinstance(doc["jobs"], _LineList)
+        aliased = isinstance(doc["jobs"], LineList)
         problems.append(
             Problem(
                 jobs_line,
@@ -468,11 +312,11 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
 
 
 def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem]) -> _RawJob | None:
-    if not isinstance(raw, _LineDict):
+    if not isinstance(raw, LineDict):
         problems.append(
             Problem(
                 item_line,
-                f"job {index}: must be a mapping with video/audio or inputs, not {_type_name(raw)}",
+                f"job {index}: must be a mapping with video/audio or inputs, not {type_name(raw)}",
             )
         )
         return None
@@ -487,7 +331,7 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
         if k not in _JOB_KEYS:
             bad(
                 k,
-                f"unknown key {_show(k)} (expected video, audio or inputs, reference_id, "
+                f"unknown key {show(k)} (expected video, audio or inputs, reference_id, "
                 "disable_active_speaker_detection)",
             )
 
@@ -497,22 +341,22 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
         if "video" in raw or "audio" in raw:
             bad("inputs", "give either inputs or video/audio, not both")
         inputs = raw["inputs"]
-        if not isinstance(inputs, _LineList):
+        if not isinstance(inputs, LineList):
             bad("inputs", "inputs must be a list of {type, url}")
             inputs = None
         videos: list[object] = []
         audios: list[object] = []
         for item in inputs or ():
-            if not isinstance(item, _LineDict):
+            if not isinstance(item, LineDict):
                 bad(
                     "inputs",
-                    f"each input must be a mapping with type and url, not {_type_name(item)}",
+                    f"each input must be a mapping with type and url, not {type_name(item)}",
                 )
                 continue
             extra = [k for k in item if k not in ("type", "url")]
             if extra:
                 problems.append(
-                    Problem(item.line, f"job {index}: unknown input key {_show(extra[0])}")
+                    Problem(item.line, f"job {index}: unknown input key {show(extra[0])}")
                 )
             kind = item.get("type")
             if kind == "video":
@@ -523,7 +367,7 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
                 problems.append(
                     Problem(
                         item.key_lines.get("type", item.line),
-                        f'job {index}: input type must be "video" or "audio", not {_show(kind)}',
+                        f'job {index}: input type must be "video" or "audio", not {show(kind)}',
                     )
                 )
         if inputs is not None:
@@ -563,7 +407,7 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
             bad(
                 "reference_id",
                 "reference_id must be text of letters, digits and . _ : / @ + = - "
-                f"(got {_show(reference_id, 60)})",
+                f"(got {show(reference_id, 60)})",
             )
         elif len(reference_id) > MAX_REFERENCE_ID:
             bad("reference_id", f"reference_id is longer than {MAX_REFERENCE_ID} characters")

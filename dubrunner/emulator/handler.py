@@ -1,218 +1,33 @@
-"""A local stand-in for the Chamelaion API, for `make demo`, the tests and the benchmarks.
-
-It speaks the API of shared/API.md (generate, requests by id or reference_id, the filtered list,
-health, users/me) with the documented error messages, keeps a ledger of every request it accepted
-(to count duplicates), and has fault knobs: rate limit with Retry-After, random 500s, a token limit,
-latency, a connection dropped after a job was accepted. Each response is sent in one write, so the
-emulator is never the bottleneck of a measurement (separate header/body writes meet delayed ACKs).
-"""
+"""The emulator's HTTP side: routing, the API's answers and error messages, and its faults."""
 
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import json
-import random
 import socket
 import sys
 import threading
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-PREFIX = "/api/"
+from dubrunner.emulator.content import PREFIX, output_content
+
+if TYPE_CHECKING:
+    from dubrunner.emulator.model import Emulator
 
 
-@dataclass
-class EmulatorConfig:
-    tokens: tuple[str, ...] = ("test-token",)
-    rate: float | None = None  # API requests per second before 429 (burst: one second's worth)
-    p500: float = 0.0  # chance that a generate answers 500 "internal error"
-    latency_ms: float = 0.0  # added to every API answer
-    token_limit: int | None = None  # accepted generates before "token limit reached"
-    token_limit_status: int = 429
-    drop_after_accept: float = 0.0  # chance of closing the connection after accepting a job
-    # Chance that a generate is answered 504 by "a proxy" while the backend goes on and creates
-    # the request `create_delay` seconds later (the case a look-up's grace period is for).
-    p504_create: float = 0.0
-    create_delay: float = 3.0
-    complete_after: float = 1.0  # seconds from accepted to COMPLETED/FAILED
-    fail_marker: str = "FAIL"  # a video URL containing it fails remotely
-    output_bytes: int = 64 * 1024  # size of the generated output file
-    output_rate: float | None = None  # bytes per second when serving outputs (None: at once)
-    seed: int | None = None
-
-
-@dataclass
-class RemoteRequest:
-    id: str
-    reference_id: str | None
-    video_url: str
-    audio_url: str
-    disable_active_speaker_detection: bool
-    created: float
-    index: int
-
-    def view(self, cfg: EmulatorConfig, base: str) -> dict[str, Any]:
-        age = time.time() - self.created
-        status = "PENDING"
-        data: dict[str, Any] = {
-            "id": self.id,
-            "created_at": _iso(self.created),
-            "reference_id": self.reference_id,
-            "started_at": None,
-            "finished_at": None,
-            "output_url": None,
-            "error_message": None,
-        }
-        if age >= cfg.complete_after / 3:
-            status = "PROCESSING"
-            data["started_at"] = _iso(self.created + cfg.complete_after / 3)
-        if age >= cfg.complete_after:
-            data["finished_at"] = _iso(self.created + cfg.complete_after)
-            if cfg.fail_marker and cfg.fail_marker in self.video_url:
-                status = "FAILED"
-                data["error_message"] = "no face found in the video"
-            else:
-                status = "COMPLETED"
-                data["output_url"] = f"{base}outputs/{self.id}.mp4"
-        data["status"] = status
-        return data
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
-
-
-def output_content(request_id: str, size: int) -> bytes:
-    """The deterministic 'lip-synced video' served for a request."""
-    seed = hashlib.sha256(request_id.encode()).digest()
-    reps = size // len(seed) + 1
-    return (b"\x00\x00\x00\x18ftypmp42" + seed * reps)[:size]
-
-
-@dataclass
-class Stats:
-    requests: int = 0
-    generate: int = 0
-    accepted: int = 0
-    rate_limited: int = 0
-    errors_500: int = 0
-    dropped: int = 0
-    late_creates: int = 0
-    lookups: int = 0
-    polls: int = 0
-    downloads: int = 0
-    range_requests: int = 0
-    first_generate_at: float | None = None  # wall clock of the first and last generate
-    last_generate_at: float | None = None
-    by_status: dict[int, int] = field(default_factory=dict)
-
-
-class Emulator:
-    """Start with `.start()`; `.base_url` is what CHAMELAION_BASE_URL should be."""
-
-    def __init__(
-        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
-    ):
-        self.config = config or EmulatorConfig()
-        self.stats = Stats()
-        self.lock = threading.Lock()
-        self.requests: dict[str, RemoteRequest] = {}
-        self.by_reference: dict[str, list[str]] = {}
-        self._random = random.Random(self.config.seed)
-        self._bucket = 0.0
-        self._bucket_at = time.monotonic()
-        self._server = _Server((host, port), _Handler)
-        self._server.emulator = self
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PREFIX}"
-
-    def start(self) -> Emulator:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._server.serve_forever(poll_interval=0.2)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- what tests check ----------
-
-    def accepted(self) -> dict[str, list[str]]:
-        """reference_id → the request_ids accepted for it (more than one is a duplicate)."""
-        with self.lock:
-            return {ref: list(ids) for ref, ids in self.by_reference.items()}
-
-    def duplicates(self) -> dict[str, list[str]]:
-        return {ref: ids for ref, ids in self.accepted().items() if len(ids) > 1}
-
-    def update(self, **changes: Any) -> None:
-        with self.lock:
-            for key, value in changes.items():
-                if not hasattr(self.config, key):
-                    raise AttributeError(key)
-                setattr(self.config, key, tuple(value) if key == "tokens" else value)
-
-    # -- the server's logic ----------
-
-    def _take_token(self) -> float | None:
-        """None when the request may go; else seconds until it could."""
-        rate = self.config.rate
-        if not rate:
-            return None
-        now = time.monotonic()
-        capacity = max(1.0, rate)
-        self._bucket = min(capacity, self._bucket + (now - self._bucket_at) * rate)
-        self._bucket_at = now
-        if self._bucket >= 1.0:
-            self._bucket -= 1.0
-            return None
-        return (1.0 - self._bucket) / rate
-
-    def _create(self, ref: str | None, video: str, audio: str, asd: bool) -> RemoteRequest:
-        req = RemoteRequest(
-            str(uuid.uuid4()), ref, video, audio, asd, time.time(), len(self.requests)
-        )
-        self.requests[req.id] = req
-        if ref is not None:
-            self.by_reference.setdefault(ref, []).append(req.id)
-        self.stats.accepted += 1
-        return req
-
-
-class _Server(ThreadingHTTPServer):
+class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
     allow_reuse_address = True
     emulator: Emulator
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client killed mid-request is an everyday event here, not worth a traceback.
@@ -225,7 +40,7 @@ _AUTH_EXEMPT = {"health"}
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: Server
 
     def setup(self) -> None:
         super().setup()

@@ -1,0 +1,189 @@
+"""Reading YAML as a stream of parser events, one value at a time, with the line of every
+value: a 100k-job manifest is read one job at a time, never as a whole tree."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import yaml
+
+try:  # the C loader is an order of magnitude faster on large manifests
+    from yaml import CSafeLoader as _BaseLoader
+except ImportError:  # pragma: no cover - depends on how PyYAML was built
+    from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
+
+
+class LineDict(dict[Any, Any]):
+    """A mapping that remembers the line of itself and of each of its values."""
+
+    line: int
+    key_lines: dict[Any, int]
+
+
+class LineList(list[Any]):
+    line: int
+    item_lines: list[int]
+
+
+ALLOWED_TAGS = frozenset(
+    {
+        None,
+        "!",
+        "tag:yaml.org,2002:str",
+        "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:bool",
+        "tag:yaml.org,2002:null",
+        "tag:yaml.org,2002:float",
+        "tag:yaml.org,2002:map",
+        "tag:yaml.org,2002:seq",
+    }
+)
+
+
+class YamlProblem(Exception):
+    """Something in the document that cannot be read as a manifest value, at a line."""
+
+    def __init__(self, line: int | None, text: str) -> None:
+        self.line = line
+        self.text = text
+        super().__init__(text)
+
+
+class EventReader:
+    """Builds values from the parser's event stream, with line numbers, without keeping the node
+    tree: a 100k-job manifest is read one job at a time. Aliases are shared, never copied (an
+    alias bomb stays small), duplicate keys and non-standard tags are errors."""
+
+    def __init__(self, text: str) -> None:
+        self.events: Iterator[yaml.Event] = yaml.parse(text, Loader=_BaseLoader)
+        self.anchors: dict[str, Any] = {}
+        self.resolver = yaml.resolver.Resolver()
+        self.constructor = yaml.constructor.SafeConstructor()
+        # First characters for which the resolver might read a plain scalar as not-text.
+        self.resolved_starts = frozenset(
+            c for c in self.resolver.yaml_implicit_resolvers if isinstance(c, str)
+        )
+
+    def next(self) -> yaml.Event:
+        return next(self.events)
+
+    def scalar(self, ev: yaml.ScalarEvent) -> Any:
+        value = ev.value
+        if ev.tag is None and (ev.style or (value and value[0] not in self.resolved_starts)):
+            return value  # quoted, or no implicit type starts so: text (the usual URL or id)
+        tag = ev.tag if ev.tag not in (None, "!") else None
+        if tag is None:
+            implicit = (ev.implicit[0], ev.implicit[1]) if ev.tag is None else (False, True)
+            tag = self.resolver.resolve(yaml.ScalarNode, ev.value, implicit)  # type: ignore[no-untyped-call]
+        if tag == "tag:yaml.org,2002:str":
+            return ev.value
+        if tag in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+            try:
+                node = yaml.ScalarNode(tag, ev.value, None, None, ev.style)
+                return self.constructor.construct_object(node)
+            except (yaml.YAMLError, ValueError):
+                raise YamlProblem(
+                    line_of_event(ev), f"{ev.value[:40]!r} is not a valid {tag[18:]}"
+                ) from None
+        if tag == "tag:yaml.org,2002:null":
+            return None
+        return ev.value  # timestamps and the like: plain text here
+
+    def value(self, ev: yaml.Event, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            raise YamlProblem(
+                line_of_event(ev), f"the YAML is nested more than {MAX_DEPTH} levels deep"
+            )
+        if isinstance(ev, yaml.AliasEvent):
+            if ev.anchor not in self.anchors:
+                raise YamlProblem(line_of_event(ev), f"unknown alias *{ev.anchor}")
+            return self.anchors[ev.anchor]
+        tag = getattr(ev, "tag", None)
+        if tag not in ALLOWED_TAGS:
+            raise YamlProblem(
+                line_of_event(ev), f"the tag {str(tag)[:60]} is not allowed in a manifest"
+            )
+        result: Any
+        if isinstance(ev, yaml.ScalarEvent):
+            result = self.scalar(ev)
+        elif isinstance(ev, yaml.SequenceStartEvent):
+            result = LineList()
+            result.line = line_of_event(ev)
+            result.item_lines = []
+            for item in self.items(yaml.SequenceEndEvent):
+                result.item_lines.append(line_of_event(item))
+                result.append(self.value(item, depth + 1))
+        elif isinstance(ev, yaml.MappingStartEvent):
+            result = self.mapping(ev, depth)
+        else:  # pragma: no cover - the parser only yields the kinds above here
+            raise YamlProblem(line_of_event(ev), f"unexpected YAML {type(ev).__name__}")
+        anchor = getattr(ev, "anchor", None)
+        if anchor:
+            self.anchors[anchor] = result
+        return result
+
+    def items(self, end: type[yaml.Event]) -> Iterator[yaml.Event]:
+        while not isinstance(ev := self.next(), end):
+            yield ev
+
+    def mapping(
+        self,
+        ev: yaml.Event,
+        depth: int,
+        special: Callable[[Any, yaml.Event], bool] | None = None,
+    ) -> LineDict:
+        data = LineDict()
+        data.line = line_of_event(ev)
+        data.key_lines = {}
+        for key_ev in self.items(yaml.MappingEndEvent):
+            key = self.value(key_ev, depth + 1)
+            try:
+                hash(key)
+            except TypeError:
+                raise YamlProblem(
+                    line_of_event(key_ev), "a mapping key must be a plain value"
+                ) from None
+            if key in data:
+                raise YamlProblem(line_of_event(key_ev), f"duplicate key {show(key)}")
+            value_ev = self.next()
+            data.key_lines[key] = line_of_event(value_ev)
+            if special is not None and special(key, value_ev):
+                data[key] = None  # consumed by the caller as it streamed by
+                continue
+            value = self.value(value_ev, depth + 1)
+            if key == "<<" and isinstance(value, LineDict):
+                for k, v in value.items():
+                    data.setdefault(k, v)
+                    data.key_lines.setdefault(k, value.key_lines.get(k, data.line))
+                del data.key_lines[key]
+                continue
+            data[key] = value
+        return data
+
+
+MAX_DEPTH = 50
+
+
+def line_of_event(ev: yaml.Event) -> int:
+    return int(ev.start_mark.line) + 1 if ev.start_mark is not None else 0
+
+
+def show(value: object, width: int = 40) -> str:
+    """A short, bounded rendering of a user value (never a full repr of a big structure)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = repr(value)
+        return text if len(text) <= width else text[: width - 1] + "…"
+    return type_name(value)
+
+
+def type_name(value: object) -> str:
+    return {
+        type(None): "nothing",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        str: "text",
+        LineDict: "a mapping",
+        LineList: "a list",
+    }.get(type(value), type(value).__name__)
