@@ -54,7 +54,7 @@ class Credentials:
 
     def headers(self) -> dict[str, str]:
         """As the vendor's SDK sends them; one credential alone goes both ways, since the server
-        checks the Bearer header (see API.md)."""
+        checks the Bearer header (its documented errors are about that header)."""
         key = self.api_key or self.bearer_token
         token = self.bearer_token or self.api_key
         out: dict[str, str] = {}

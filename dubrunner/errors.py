@@ -33,9 +33,6 @@ class Action(StrEnum):
     HALT_BATCH = "halt_batch"  # will fail for every job (auth, token limit): stop the batch
 
 
-RETRYABLE = frozenset({Action.RETRY, Action.AMBIGUOUS})
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
     action: Action

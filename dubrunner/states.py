@@ -1,4 +1,16 @@
-"""A job's states and which ones count as what. See DESIGN.md for the life of a job."""
+"""A job's states and which ones count as what.
+
+    load ──▶ pending ──claim──▶ submitting ──POST answered with a request_id──▶ submitted
+               ▲  ▲                 │   │                                        │ poll
+      retry /  │  └── look-up: ─────┘   └──▶ failed (its own fault, or retries   ▼
+      resume   │      not there              run out)                  processing ─▶ completed
+               │                                                                 └──▶ failed
+             halted ◀── auth error, "token limit reached": the whole batch stops
+
+`submitting` is the recovery point: committed, with an owner and a lease, before the POST. A job
+found there with its lease expired may have reached the API, so it is looked up by reference_id
+before anything else.
+"""
 
 from __future__ import annotations
 
@@ -27,12 +39,8 @@ class State(StrEnum):
 
 # States in which the API holds a request for the job (it was paid for).
 AT_API = frozenset({State.SUBMITTED, State.PROCESSING, State.COMPLETED})
-# States a worker may claim from.
-CLAIMABLE = frozenset({State.PENDING})
-# States `resume` puts back to pending before working.
-RESUMABLE = frozenset({State.HALTED})
-# States `retry` may put back to pending.
-RETRYABLE = frozenset({State.FAILED, State.HALTED})
+# States `dubrunner retry` may put back to pending.
+RETRY_FROM = frozenset({State.FAILED, State.HALTED})
 
 # Remote statuses (the API does not enumerate them; vendors of this kind use these). Matching
 # ignores case; anything not listed here is taken as "still going" and kept verbatim.

@@ -101,7 +101,7 @@ class _Lost(Exception):
 
 
 @dataclass
-class _JobRun:
+class _Claim:
     """One claim of one job, as this worker sees it between tries."""
 
     job: ClaimedJob
@@ -113,7 +113,7 @@ class _JobRun:
     last_status: int | None = None
 
     @classmethod
-    def of(cls, job: ClaimedJob) -> _JobRun:
+    def of(cls, job: ClaimedJob) -> _Claim:
         return cls(job, job.lookup_owed, job.lookup_after, job.tries, job.posts)
 
     @property
@@ -220,7 +220,7 @@ class Worker(Run):
 
     def _see_through(self, job: ClaimedJob) -> None:
         try:
-            self.guarded(lambda: self._process(_JobRun.of(job)))
+            self.guarded(lambda: self._process(_Claim.of(job)))
         finally:
             with self._lock:
                 self._held.discard(job.id)
@@ -305,11 +305,11 @@ class Worker(Run):
         decision: Decision = state.outcome.result()
         if decision.wait is not None:
             return decision.wait
-        run: _JobRun = state.args[0]
+        run: _Claim = state.args[0]
         failures = run.throttled if decision.throttled else run.tries
         return backoff(failures, self.options.backoff_base, self.options.backoff_max)
 
-    def _process(self, run: _JobRun) -> None:
+    def _process(self, run: _Claim) -> None:
         try:
             decision: Decision = self._retrying(self._step, run)
         except _Lost:
@@ -318,7 +318,7 @@ class Worker(Run):
         if decision.next is Next.AGAIN:  # a stop came between tries
             self._apply(run, on_stop(run.progress), None)
 
-    def _step(self, run: _JobRun) -> Decision:
+    def _step(self, run: _Claim) -> Decision:
         """One try: the look-up the job owes, then (if it proved the job absent) its POST."""
         if run.lookup_owed:
             decision = self._lookup(run)
@@ -327,7 +327,7 @@ class Worker(Run):
             run.lookup_owed, run.lookup_after = False, None
         return self._send(run)
 
-    def _apply(self, run: _JobRun, d: Decision, attempt: AttemptRecord | None) -> None:
+    def _apply(self, run: _Claim, d: Decision, attempt: AttemptRecord | None) -> None:
         """Record a decision through the store's verbs, and in the run's counters."""
         job, store, owner = run.job, self.store, self.owner
         if d.charged:
@@ -364,14 +364,14 @@ class Worker(Run):
 
     # -- sending ----------
 
-    def _check_still_ours(self, run: _JobRun) -> None:
+    def _check_still_ours(self, run: _Claim) -> None:
         with self._lock:
             taken = run.job.id in self._taken
         if taken:
             log.warning("%s was taken over by another worker; dropping it", run.job.reference_id)
             raise _Lost
 
-    def _send_window(self, run: _JobRun) -> Callable[[], None]:
+    def _send_window(self, run: _Claim) -> Callable[[], None]:
         """Confirm in the database that the job is still ours, right before its POST; the
         guard the API client calls just before the first byte leaves (see records.Lease).
 
@@ -407,7 +407,7 @@ class Worker(Run):
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
             return None, exc
 
-    def _post(self, run: _JobRun) -> tuple[Answer | None, BaseException | None]:
+    def _post(self, run: _Claim) -> tuple[Answer | None, BaseException | None]:
         job = run.job
         while True:
             try:
@@ -424,7 +424,7 @@ class Worker(Run):
             except SendWindowClosed:
                 continue  # nothing left: confirm the claim again
 
-    def _send(self, run: _JobRun) -> Decision:
+    def _send(self, run: _Claim) -> Decision:
         job = run.job
         started = time.monotonic()
         try:
@@ -464,7 +464,7 @@ class Worker(Run):
 
     # -- looking up ----------
 
-    def _ask(self, run: _JobRun, ended: frozenset[str]) -> tuple[LookupResult, int | None]:
+    def _ask(self, run: _Claim, ended: frozenset[str]) -> tuple[LookupResult, int | None]:
         """One look-up by reference_id (and the direct GET when the list ignores its filter);
         the result and the HTTP status it came with."""
         ref = run.job.reference_id
@@ -482,7 +482,7 @@ class Worker(Run):
         assert exc is not None
         return LookupResult(Lookup.ERROR, outcome=classify_exception(exc, idempotent=True)), None
 
-    def _lookup(self, run: _JobRun) -> Decision:
+    def _lookup(self, run: _Claim) -> Decision:
         """Ask the API whether an earlier POST of this job landed, and act on the answer."""
         job = run.job
         started = time.monotonic()

@@ -20,7 +20,7 @@ from dubrunner.output import (
     print_status_table,
     table_console,
 )
-from dubrunner.states import RETRYABLE, State
+from dubrunner.states import RETRY_FROM, State
 
 
 @cli.command()
@@ -75,7 +75,7 @@ def status(
     "--state",
     "states",
     multiple=True,
-    type=click.Choice(sorted(s.value for s in RETRYABLE)),
+    type=click.Choice(sorted(s.value for s in RETRY_FROM)),
     help="Which jobs to put back [default: failed and halted].",
 )
 @click.option("--error", "error", help="Only jobs whose last error contains this text.")
@@ -88,7 +88,7 @@ def status(
 def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bool) -> None:
     """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
     store = open_store()
-    chosen = states or sorted(RETRYABLE)
+    chosen = states or sorted(RETRY_FROM)
     _, ran = store.retry_preview(batch, chosen, error)
     if ran and not yes:
         warning = (
