@@ -15,7 +15,8 @@ changes; the user retries, cancels and resumes. After every step:
 - no two jobs share an output file.
 
 The fake API keeps the model's one assumption: a request the server creates becomes visible to
-look-ups within the request timeout R of its POST (the grace and the settle times rest on it).
+look-ups within the request timeout R of its POST (the grace and the settle times rest on it):
+its late requests appear after LATE < R.
 
 `make test` runs it briefly with a fixed seed; `make fuzz` at length.
 """
@@ -23,21 +24,14 @@ look-ups within the request timeout R of its POST (the grace and the settle time
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import os
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -49,150 +43,19 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dubrunner.api import ApiClient, Credentials
 from dubrunner.governor import Governor
 from dubrunner.outfiles import safe_name
 from dubrunner.poller import Poller
 from dubrunner.records import JobSpec
 from dubrunner.store import LoadConflict, Store
 from dubrunner.worker import Worker, WorkerOptions
+from tests.fakeapi import MODES, FakeApi, Killed, client_for
 
 R = 0.2  # the request timeout: leases of 2R, a send window of R/6
 GRACE = 0.3  # --lookup-grace
-LATE = 0.15  # how long a 504's request stays out of the list: within R, as the model assumes
 BATCH = "m"
 # Reference_ids chosen to collide under careless file naming.
 REFS = ("ep:1", "ep/1", "ep_1", "EP_1", "ep1.", "ep1")
-
-MODES = (
-    "ok",
-    "lost",  # created, the answer never arrives
-    "500_created",
-    "500_not_created",
-    "500_created_no_retry",  # created, 500 with x-should-retry: false
-    "500_not_created_no_retry",
-    "504_late",  # a proxy's 504; the request appears in the list a little later
-    "odd_id",  # created with an id that is not a UUID, answered with it
-    "429",
-    "token_limit",
-    "200_token_limit_created",
-    "kill_before_send",
-    "kill_after_create",
-)
-
-
-class Killed(BaseException):
-    """The worker process dies here (kill -9): nothing after this line runs."""
-
-
-@dataclass
-class FakeRequest:
-    id: str
-    reference_id: str
-    seq: int
-    visible_at: float
-    failed: bool = False
-
-
-@dataclass
-class FakeApi:
-    requests: list[FakeRequest] = field(default_factory=list)
-    modes: deque[str] = field(default_factory=deque)
-    filter_ignored: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    hold_after_create: threading.Event | None = None  # a paused worker's POST: created, held
-    reached: threading.Event = field(default_factory=threading.Event)
-    counter: Iterator[int] = field(default_factory=itertools.count)
-
-    def created(self, ref: str) -> list[FakeRequest]:
-        with self.lock:
-            return [r for r in self.requests if r.reference_id == ref]
-
-    def _create(self, ref: str, request_id: str | None = None, late: float = 0.0) -> FakeRequest:
-        with self.lock:
-            req = FakeRequest(
-                request_id or str(uuid.uuid4()), ref, next(self.counter), time.time() + late
-            )
-            self.requests.append(req)
-            return req
-
-    def _visible(self, ref: str) -> list[FakeRequest]:
-        now = time.time()
-        with self.lock:
-            return [r for r in self.requests if r.reference_id == ref and r.visible_at <= now]
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        # The raw path: an escaped `/` inside an id must stay inside it.
-        path = request.url.raw_path.decode().split("?")[0].removeprefix("/api/")
-        if request.method == "POST" and path == "v1/lipsync/generate":
-            return self._generate(json.loads(request.content))
-        if request.method == "GET" and path == "v1/lipsync/requests":
-            ref = request.url.params["reference_id"]
-            items = [self._view(r) for r in self._visible(ref)]
-            if self.filter_ignored:
-                items.append({"id": str(uuid.uuid4()), "reference_id": "someone-else"})
-            return httpx.Response(200, json={"data": items, "pagination": {"total": len(items)}})
-        if request.method == "GET" and path.startswith("v1/lipsync/requests/"):
-            key = unquote(path.rsplit("/", 1)[1])
-            with self.lock:
-                by_id = [r for r in self.requests if r.id == key]
-            found = by_id or self._visible(key)[-1:]
-            if not found:
-                return httpx.Response(404, json={"error": "not found"})
-            return httpx.Response(200, json=self._view(found[0]))
-        return httpx.Response(404, json={"error": "not found"})
-
-    @staticmethod
-    def _view(r: FakeRequest) -> dict[str, Any]:
-        return {
-            "id": r.id,
-            "reference_id": r.reference_id,
-            "created_at": f"2026-01-01T00:00:{r.seq % 60:02d}.{r.seq:06d}Z",
-            "status": "failed" if r.failed else "processing",
-            "error_message": "no face found" if r.failed else None,
-        }
-
-    def _generate(self, body: dict[str, Any]) -> httpx.Response:
-        ref = body["reference_id"]
-        with self.lock:
-            mode = self.modes.popleft() if self.modes else "ok"
-        error = {"error": "internal error"}
-        odd = {"error": "odd"}
-        no_retry = {"x-should-retry": "false"}
-        if mode == "kill_before_send":
-            raise Killed
-        if mode in ("500_not_created", "500_not_created_no_retry"):
-            headers = no_retry if mode.endswith("no_retry") else {}
-            return httpx.Response(500, json=odd if headers else error, headers=headers)
-        if mode == "429":
-            return httpx.Response(
-                429, json={"error": "rate limit exceeded"}, headers={"retry-after-ms": "1"}
-            )
-        if mode == "token_limit":
-            return httpx.Response(402, json={"error": "token limit reached"})
-        req = self._create(
-            ref,
-            request_id=f"job-{next(self.counter)}" if mode == "odd_id" else None,
-            late=LATE if mode == "504_late" else 0.0,
-        )
-        hold = self.hold_after_create
-        if hold is not None:  # a pause after the server acted, before the answer
-            self.hold_after_create = None
-            self.reached.set()
-            hold.wait(10)
-        if mode == "kill_after_create":
-            raise Killed
-        if mode == "lost":
-            raise httpx.ReadError("connection reset")
-        if mode == "500_created":
-            return httpx.Response(500, json=error)
-        if mode == "500_created_no_retry":
-            return httpx.Response(500, json=odd, headers=no_retry)
-        if mode == "504_late":
-            return httpx.Response(504, text="<html>504 Gateway Time-out</html>")
-        if mode == "200_token_limit_created":
-            return httpx.Response(200, json={"error": "token limit reached"})
-        return httpx.Response(200, json={"status": "success", "request_id": req.id})
 
 
 class PausableGovernor(Governor):
@@ -220,12 +83,7 @@ class NeverTwice(RuleBasedStateMachine):
         self.tmp.mkdir(parents=True)
         self.db = f"sqlite:///{self.tmp / 'jobs.db'}"
         self.api_fake = FakeApi()
-        self.client = ApiClient(
-            Credentials("model-key", None),
-            "http://127.0.0.1:9/api/",
-            transport=httpx.MockTransport(self.api_fake.handle),
-            read_timeout=R,
-        )
+        self.client = client_for(self.api_fake, read_timeout=R)
         self.options = WorkerOptions(
             concurrency=1,
             max_attempts=3,
