@@ -58,7 +58,7 @@ class Job(Base):
     lookup_after: Mapped[float | None] = mapped_column(Float)
     owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires: Mapped[float | None] = mapped_column(Float)
-    # From when a look-up tells the truth about every POST its owner made (see store.Lease).
+    # From when a look-up tells the truth about every POST its owner made (see records.Lease).
     settle_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
@@ -95,8 +95,10 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime] = mapped_column(DateTime)
-    kind: Mapped[str] = mapped_column(String(20))  # generate | lookup
-    outcome: Mapped[str] = mapped_column(String(20))  # an errors.Action, or found / not_found
+    kind: Mapped[str] = mapped_column(String(20))  # generate | lookup | poll | download
+    # generate: an errors.Action; lookup: found / not_found or an Action; poll: a job state;
+    # download: downloaded / failed
+    outcome: Mapped[str] = mapped_column(String(20))
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(200))
