@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -106,18 +107,25 @@ def db_path(db: Database) -> Path:
     return db.path
 
 
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without any DUBRUNNER_ or CHAMELAION_ variable, then
+    `overrides`: a developer's own settings (a real API key, another database) must never reach
+    a dubrunner started by a test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))}
+    env.update(overrides)
+    return env
+
+
 @pytest.fixture
 def env(emulator: Emulator, db: Database) -> dict[str, str]:
     """The environment of a user pointed at the emulator, with fast retry backoff."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))}
-    base.update(
+    return clean_env(
         CHAMELAION_BASE_URL=emulator.base_url,
         CHAMELAION_API_KEY=TOKEN,
         DUBRUNNER_DB=db.url,
         DUBRUNNER_RETRY_WAIT="0.02",
         DUBRUNNER_LOOKUP_GRACE="0.3",
     )
-    return base
 
 
 @dataclass
@@ -151,6 +159,13 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def dead_owner() -> str:
+    """An owner name for a process of this host that surely no longer exists."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}:deadbeef"
 
 
 def write_manifest(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import socketserver
 import struct
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TOKEN, db_rows, run_cli, write_manifest
+from tests.conftest import TOKEN, clean_env, db_rows, run_cli, write_manifest
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -140,8 +139,7 @@ def test_broken_answers_end_in_a_defined_state(
     broken: BrokenServer, state: str, error: str, looked_up: bool, tmp_path: Path
 ) -> None:
     db = tmp_path / "jobs.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))}
-    env.update(
+    env = clean_env(
         CHAMELAION_BASE_URL=f"http://127.0.0.1:{broken.server_address[1]}/api/",
         CHAMELAION_API_KEY=TOKEN,
         DUBRUNNER_DB=str(db),

@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 from dubrunner.emulator import Emulator, output_content
 from dubrunner.fetcher import Fetcher, safe_name
 from dubrunner.store import Store
-from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, write_manifest
-from tests.test_crash import start
+from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, start, write_manifest
 
 # All valid reference_ids; the first three used to share one file, the next two another.
 COLLIDING = ("ep:1", "ep/1", "ep_1", "ep1.", "ep1", "EP1")

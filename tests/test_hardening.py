@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import os
 import random
 import signal
 import socket
@@ -29,7 +28,16 @@ from dubrunner.manifest import parse as parse_manifest
 from dubrunner.poller import interpret
 from dubrunner.redact import redact_url, register_secret
 from dubrunner.store import Store, StoreError
-from tests.conftest import TOKEN, Database, db_rows, load_jobs, run_cli, write_manifest
+from tests.conftest import (
+    TOKEN,
+    Database,
+    clean_env,
+    db_rows,
+    load_jobs,
+    run_cli,
+    start,
+    write_manifest,
+)
 
 
 def test_emulator_answers_after_its_stats(emulator: Emulator) -> None:
@@ -65,11 +73,6 @@ def test_a_trailing_newline_is_not_a_valid_name(batch: str, ref: str) -> None:
     with pytest.raises(ManifestError) as caught:
         parse_manifest(text, "m.yaml", "m")
     assert len(caught.value.problems) == 1
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))}
-    return {**env, **extra}
 
 
 def test_a_database_from_a_newer_dubrunner_is_named_so(tmp_path: Path) -> None:
@@ -460,13 +463,7 @@ def test_check_stops_at_the_first_ctrl_c(tmp_path: Path) -> None:
         ]
     manifest = tmp_path / "m.yaml"
     manifest.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dubrunner", "check", str(manifest)],
-        env=clean_env(DUBRUNNER_DB=str(tmp_path / "j.db")),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(["check", str(manifest)], clean_env(DUBRUNNER_DB=str(tmp_path / "j.db")))
     try:
         assert silent.accepted.wait(30), "no probe started"
         time.sleep(1)

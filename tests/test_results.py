@@ -15,8 +15,15 @@ import pytest
 from dubrunner.emulator import Emulator, output_content
 from dubrunner.poller import interpret
 from dubrunner.states import State
-from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, states, write_manifest
-from tests.test_crash import start
+from tests.conftest import (
+    BOTH_DATABASES,
+    Database,
+    db_rows,
+    run_cli,
+    start,
+    states,
+    write_manifest,
+)
 
 
 @BOTH_DATABASES

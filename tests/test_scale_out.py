@@ -17,9 +17,9 @@ from tests.conftest import (
     assert_exactly_once,
     db_rows,
     run_cli,
+    start,
     write_manifest,
 )
-from tests.test_crash import start
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
