@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import TOKEN, clean_env, db_rows, run_cli, write_manifest
 
+pytestmark = pytest.mark.slow  # every case runs dubrunner as a process
+
 
 class _Handler(socketserver.BaseRequestHandler):
     server: BrokenServer

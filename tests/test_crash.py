@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from dubrunner.emulator import Emulator
 from dubrunner.states import State
@@ -31,7 +32,7 @@ from tests.conftest import (
 # Re-exported (explicitly, for mypy): tests/test_never_twice.py imports it from this module.
 from tests.conftest import dead_owner as dead_owner
 
-pytestmark = BOTH_DATABASES
+pytestmark = [BOTH_DATABASES, pytest.mark.slow]
 
 
 def submitted(db: Database) -> int:

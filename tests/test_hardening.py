@@ -75,6 +75,7 @@ def test_a_trailing_newline_is_not_a_valid_name(batch: str, ref: str) -> None:
     assert len(caught.value.problems) == 1
 
 
+@pytest.mark.slow
 def test_a_database_from_a_newer_dubrunner_is_named_so(tmp_path: Path) -> None:
     path = tmp_path / "newer.db"
     Store(str(path)).close()
@@ -89,6 +90,7 @@ def test_a_database_from_a_newer_dubrunner_is_named_so(tmp_path: Path) -> None:
     assert (r.code, r.err) == (2, f"error: {newer}\n")
 
 
+@pytest.mark.slow
 def test_an_unrelated_sqlite_file_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     conn = sqlite3.connect(path)
@@ -190,6 +192,7 @@ def test_absurd_numbers_are_refused_when_parsed(args: list[str], tmp_path: Path)
     assert not db.exists()
 
 
+@pytest.mark.slow
 def test_absurd_numbers_are_refused_by_the_program(tmp_path: Path) -> None:
     manifest = str(write_manifest(tmp_path / "m.yaml", 2))
     env = clean_env(DUBRUNNER_DB=str(tmp_path / "j.db"), CHAMELAION_API_KEY="k-123456")
@@ -209,6 +212,7 @@ def test_absurd_numbers_are_refused_by_the_program(tmp_path: Path) -> None:
 MARKUP = "[/] [link=https://evil.test/]click me[/link] [bold]"
 
 
+@pytest.mark.slow
 def test_markup_from_the_server_or_the_manifest_is_shown_as_text(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
@@ -290,6 +294,7 @@ ME = (200, JSON, b'{"name": "someone"}')
 DEEP = b"[" * 300_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("routes", "check", "finding"),
     [
@@ -401,6 +406,7 @@ def test_remote_strings_are_scrubbed_before_they_are_stored() -> None:
     assert values["output_url"] == "https://out.test/v.mp4?k=***"
 
 
+@pytest.mark.slow
 def test_status_export_and_check_mask_secret_parameters(
     emulator: Emulator, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -452,6 +458,7 @@ class SilentServer:
             conn.close()
 
 
+@pytest.mark.slow
 def test_check_stops_at_the_first_ctrl_c(tmp_path: Path) -> None:
     silent = SilentServer()
     lines = ["batch: silent", "jobs:"]
@@ -485,6 +492,7 @@ def test_check_stops_at_the_first_ctrl_c(tmp_path: Path) -> None:
     assert "interrupted: checked 0 of 80 media URL(s) of 40 job(s)" in err, err
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_any_moment_exits_quietly(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'j.db'}", "sqlite", tmp_path / "j.db")
     load_jobs(db, write_manifest(tmp_path / "m.yaml", 5)).close()

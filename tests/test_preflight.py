@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dubrunner.emulator import Emulator
 from dubrunner.preflight import judge
 from tests.conftest import TOKEN, db_rows, run_cli
@@ -25,6 +27,7 @@ def media_manifest(path: Path, emulator: Emulator) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_check_reports_bad_media_in_one_table(
     emulator: Emulator, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -40,6 +43,7 @@ def test_check_reports_bad_media_in_one_table(
     assert emulator.stats.generate == 0
 
 
+@pytest.mark.slow
 def test_submit_preflight_fails_bad_jobs_without_paying(
     emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
 ) -> None:
@@ -74,6 +78,7 @@ def test_judge() -> None:
     assert judge("video", 200, "video/mp4", 0) == "only 0 bytes: too small to be video"
 
 
+@pytest.mark.slow
 def test_doctor(emulator: Emulator, env: dict[str, str]) -> None:
     ok = run_cli(["doctor"], env)
     assert ok.code == 0, ok.out + ok.err

@@ -21,6 +21,8 @@ from tests.conftest import (
     write_manifest,
 )
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 def test_eight_workers_with_random_kills_and_restarts(

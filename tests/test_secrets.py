@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dubrunner.api import Credentials
 from dubrunner.emulator import Emulator
 from dubrunner.redact import redact_url, register_secret, scrub
 from tests.conftest import TOKEN, run_cli, write_manifest
 
 
+@pytest.mark.slow
 def test_no_credential_anywhere_after_full_and_failing_runs(
     emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
 ) -> None:
