@@ -168,6 +168,10 @@ def test_submit_mutated_manifests_all_or_nothing(
     path.write_bytes(content)
     db = tmp_path / f"fz-{abs(hash(content))}.db"
     result = CliRunner().invoke(cli, ["submit", str(path), "--db", str(db)], env=api_env)
+    # CliRunner turns an uncaught exception into exit 1 too: only a SystemExit (or none) is a
+    # verdict of the program, so exit 1 here is a job that failed at the API, never a crash.
+    crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+    assert not crashed, (content, result.output, repr(result.exception))
     assert result.exit_code in (0, 1, 2), (content, result.output, result.exception)
     assert "Traceback" not in result.output
     if result.exit_code == 2:  # refused: nothing loaded, nothing sent
