@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench fuzz clean
+.PHONY: install demo test unit lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The fast tier alone (under 20 s): no dubrunner process, no PostgreSQL, no test over ~1 s.
+unit: $(STAMP)
+	$(BIN)/pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dubrunner.db dubrunner.db-wal dubrunner.db-shm

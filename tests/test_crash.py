@@ -6,13 +6,12 @@ import os
 import random
 import signal
 import socket
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from dubrunner.emulator import Emulator
 from dubrunner.records import Lease
@@ -25,21 +24,15 @@ from tests.conftest import (
     db_rows,
     load_jobs,
     run_cli,
+    start,
     states,
     write_manifest,
 )
 
-pytestmark = BOTH_DATABASES
+# Re-exported (explicitly, for mypy): tests/test_never_twice.py imports it from this module.
+from tests.conftest import dead_owner as dead_owner
 
-
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dubrunner", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+pytestmark = [BOTH_DATABASES, pytest.mark.slow]
 
 
 def submitted(db: Database) -> int:
@@ -113,13 +106,6 @@ def test_four_workers_on_one_sqlite_file(
     assert_exactly_once(emulator, db, 1000)
     workers = db_rows(db, "SELECT count(DISTINCT worker) FROM attempts")[0][0]
     assert workers >= 2  # the work was shared
-
-
-def dead_owner() -> str:
-    """An owner name for a process of this host that surely no longer exists."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return f"{socket.gethostname()}:{proc.pid}:deadbeef"
 
 
 def test_dead_workers_job_whose_post_landed_is_found_not_resent(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from dubrunner.emulator import Emulator
 from tests.conftest import (
     BOTH_DATABASES,
@@ -17,7 +19,7 @@ from tests.conftest import (
     write_manifest,
 )
 
-pytestmark = BOTH_DATABASES
+pytestmark = [BOTH_DATABASES, pytest.mark.slow]
 
 
 def test_200_jobs_land_exactly_once(

@@ -21,8 +21,7 @@ from dubrunner.emulator import Emulator, output_content
 from dubrunner.fetcher import Fetcher
 from dubrunner.outfiles import safe_name
 from dubrunner.store import Store
-from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, write_manifest
-from tests.test_crash import start
+from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, start, write_manifest
 
 # All valid reference_ids; the first three used to share one file, the next two another.
 COLLIDING = ("ep:1", "ep/1", "ep_1", "ep1.", "ep1", "EP1")
@@ -65,6 +64,7 @@ def _assert_each_row_has_its_own_output(db: Database, size: int) -> list[Path]:
 REFERENCE_IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,199}", fullmatch=True)
 
 
+@pytest.mark.slow  # 500 examples: over a second
 @settings(max_examples=500, derandomize=True, deadline=None)
 @given(REFERENCE_IDS, REFERENCE_IDS)
 def test_safe_names_are_distinct_for_distinct_ids_even_ignoring_case(a: str, b: str) -> None:
@@ -89,6 +89,7 @@ def test_safe_name_examples() -> None:
     assert len(safe_name("x" * 200)) <= 200 and safe_name("x" * 200) != safe_name("x" * 199)
 
 
+@pytest.mark.slow
 @BOTH_DATABASES
 def test_reference_ids_that_used_to_collide_get_a_file_each(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
@@ -117,6 +118,7 @@ def test_reference_ids_that_used_to_collide_get_a_file_each(
     assert _assert_each_row_has_its_own_output(db, size) == paths
 
 
+@pytest.mark.slow
 def test_a_row_naming_another_jobs_file_is_downloaded_again(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
@@ -144,6 +146,7 @@ def test_a_row_naming_another_jobs_file_is_downloaded_again(
     assert shared in paths and len(set(paths)) == 2
 
 
+@pytest.mark.slow
 def test_a_file_at_the_final_name_is_adopted_only_when_whole(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
@@ -175,6 +178,7 @@ def held(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
         yield path
 
 
+@pytest.mark.slow
 def test_a_file_locked_by_another_fetch_is_left_to_it(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path, held: Path
 ) -> None:
@@ -193,6 +197,7 @@ def test_a_file_locked_by_another_fetch_is_left_to_it(
     assert emulator.stats.downloads == 1
 
 
+@pytest.mark.slow
 def test_two_fetches_at_once_download_each_output_once(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
@@ -221,6 +226,7 @@ def test_two_fetches_at_once_download_each_output_once(
     assert _files(out) == sorted(paths)
 
 
+@pytest.mark.slow
 def test_two_threads_never_share_a_part(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
@@ -322,6 +328,7 @@ class _OutputHandler(BaseHTTPRequestHandler):
             raise AssertionError(b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("behaviour", "version", "requests"),
     [
@@ -378,6 +385,7 @@ def test_a_resume_keeps_only_the_bytes_it_asked_for(
     assert "SECRET" not in seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sidecar", [None, "another output"])
 def test_a_partial_file_of_unknown_origin_is_not_continued(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path, sidecar: str | None

@@ -133,6 +133,7 @@ def test_every_bad_job_is_reported_in_one_run(tmp_path: Path) -> None:
     assert lines[2].startswith(f"{path}:5: job 4:")
 
 
+@pytest.mark.slow
 def test_malformed_manifest_as_a_real_process(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("jobs:\n  - {video: 'https://a.test/v'}\n")

@@ -15,10 +15,18 @@ import pytest
 from dubrunner.emulator import Emulator, output_content
 from dubrunner.poller import interpret
 from dubrunner.states import State
-from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, states, write_manifest
-from tests.test_crash import start
+from tests.conftest import (
+    BOTH_DATABASES,
+    Database,
+    db_rows,
+    run_cli,
+    start,
+    states,
+    write_manifest,
+)
 
 
+@pytest.mark.slow
 @BOTH_DATABASES
 def test_submit_wait_fetch_and_export(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
@@ -70,6 +78,7 @@ def test_submit_wait_fetch_and_export(
     assert "no face found" in one.out and "poll" in one.out
 
 
+@pytest.mark.slow
 @BOTH_DATABASES
 def test_download_killed_halfway_resumes_with_range(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
@@ -105,6 +114,7 @@ def test_download_killed_halfway_resumes_with_range(
     ]
 
 
+@pytest.mark.slow
 @BOTH_DATABASES
 def test_expired_output_url_fails_that_download_only(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
@@ -124,6 +134,7 @@ def test_expired_output_url_fails_that_download_only(
     ) == [("failed", "HTTP 404 for the output URL")]
 
 
+@pytest.mark.slow
 def test_poll_makes_one_get_per_job_per_round(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
@@ -161,6 +172,7 @@ def test_remote_statuses(status: str | None, state: State) -> None:
     assert values.status == status
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_that_download_and_moves_on(
     emulator: Emulator,
     env: dict[str, str],

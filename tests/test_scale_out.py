@@ -17,9 +17,11 @@ from tests.conftest import (
     assert_exactly_once,
     db_rows,
     run_cli,
+    start,
     write_manifest,
 )
-from tests.test_crash import start
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dubrunner.api import Credentials
 from dubrunner.emulator import Emulator
 from dubrunner.redact import redact_url, register_secret, scrub
 from tests.conftest import TOKEN, run_cli, write_manifest
 
 
+@pytest.mark.slow
 def test_no_credential_anywhere_after_full_and_failing_runs(
     emulator: Emulator, env: dict[str, str], db_path: Path, tmp_path: Path
 ) -> None:
@@ -29,11 +32,14 @@ def test_no_credential_anywhere_after_full_and_failing_runs(
     outputs.append(run_cli(["status", "b-ep00001"], env))
     text = "".join(r.out + r.err for r in outputs)
     assert "POST" in text  # the -v lines were there to be searched
+    # The database and its WAL and shared-memory files, if any; at least the database itself,
+    # or the loop below would check nothing.
+    files = [f for f in tmp_path.iterdir() if f.name.startswith("jobs.db")]
+    assert db_path in files, files
     for secret in (TOKEN, wrong):
         assert secret not in text
-        for f in tmp_path.iterdir():
-            if f.name.startswith("jobs.db"):
-                assert secret.encode() not in f.read_bytes(), f
+        for f in files:
+            assert secret.encode() not in f.read_bytes(), f
 
 
 def test_credentials_repr_and_scrub() -> None:

@@ -19,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.conftest import clean_env
+
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "bench-token"
 
@@ -165,10 +167,7 @@ def main() -> int:
     n_submit = 2_000 if quick else 5_000
     with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
         work = Path(tmp)
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))
-        }
-        env.update(CHAMELAION_API_KEY=TOKEN, DUBRUNNER_DB=str(work / "bench.db"))
+        env = clean_env(CHAMELAION_API_KEY=TOKEN, DUBRUNNER_DB=str(work / "bench.db"))
 
         # 1. Load + validate a large manifest.
         big = manifest(work / "big.yaml", n_big, "big")
