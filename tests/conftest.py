@@ -25,19 +25,10 @@ TOKEN = "test-token-0123456789abcdef"
 # -- test tiers ---------------------------------------------------------------------------------
 # `make unit` runs `pytest -m "not slow"`. A test is `slow` when it starts dubrunner as a process,
 # kills processes, needs PostgreSQL or takes over about a second. Modules mark themselves
-# (`pytestmark`) or their tests; the two below are being rewritten on another branch, so they
-# are marked from here until they carry their own mark (every test in them is slow).
-SLOW_MODULES = frozenset({"tests.test_never_twice", "tests.test_model"})
+# (`pytestmark`) or their tests.
 
 # Whether the running test is of the slow tier; None outside a test (the benchmark uses helpers).
 _running_slow: bool | None = None
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and module.__name__ in SLOW_MODULES:
-            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -278,6 +278,9 @@ NeverTwice.TestCase.settings = settings(
 )
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(autouse=True)
 def _model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DUBRUNNER_MODEL_DIR", str(tmp_path))

@@ -3,7 +3,6 @@ shown as the user meets it (real processes, the emulator, both databases)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import socketserver
@@ -23,13 +22,17 @@ from tests.conftest import (
     TOKEN,
     Database,
     assert_exactly_once,
+    clean_env,
     db_rows,
+    dead_owner,
     load_jobs,
     run_cli,
     start,
     states,
     write_manifest,
 )
+
+pytestmark = pytest.mark.slow
 
 
 @BOTH_DATABASES
@@ -162,8 +165,7 @@ def test_a_server_trickling_header_lines_cannot_hold_a_post_for_ever(
 ) -> None:
     # Failed before: the deadline started once the headers had arrived, so the POST stayed in
     # flight for ever (and its lease kept being renewed).
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))}
-    env.update(
+    env = clean_env(
         CHAMELAION_BASE_URL=f"http://127.0.0.1:{trickle.server_address[1]}/api/",
         CHAMELAION_API_KEY=TOKEN,
         DUBRUNNER_DB=str(tmp_path / "jobs.db"),
@@ -230,8 +232,7 @@ def test_concurrent_loads_sharing_reference_ids_conflict_cleanly(
 ) -> None:
     # Failed before (PostgreSQL): "internal error: IntegrityError" with ~5 KB of SQL
     # parameters on stderr, media URL credentials included.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUBRUNNER_", "CHAMELAION_"))}
-    env["DUBRUNNER_DB"] = db.url
+    env = clean_env(DUBRUNNER_DB=db.url)
     assert run_cli(["db", "upgrade"], env).code == 0
     manifests = []
     for name in ("one", "two"):
@@ -262,8 +263,6 @@ def test_a_dead_workers_unsent_jobs_are_reclaimed_at_once_its_sent_ones_after_se
     # Failed before: every job of a dead worker waited for its settle time (80 s with defaults)
     # although the README promised "at once".
     store = load_jobs(db, write_manifest(tmp_path / "m.yaml", 4))
-    from tests.test_crash import dead_owner
-
     owner = dead_owner()
     lease = Lease(60)
     held = store.claim(owner, "b", 4, lease)
