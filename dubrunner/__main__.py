@@ -36,7 +36,11 @@ def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 def run() -> None:
-    signal.signal(signal.SIGINT, QuietInterrupt())
+    # SIGTERM (a supervisor, `kill`) is taken like Ctrl-C: a quiet exit 130 until a command that
+    # has work in flight installs its own way of stopping.
+    quiet = QuietInterrupt()
+    signal.signal(signal.SIGINT, quiet)
+    signal.signal(signal.SIGTERM, quiet)
     try:
         from dubrunner.cli import main
     except KeyboardInterrupt:
@@ -50,8 +54,9 @@ def run() -> None:
         # The command is over. A Ctrl-C while the interpreter shuts down (joining threads) exits
         # 130 at once. Once the atexit handlers run it is ignored: the very end of the shutdown
         # puts back the default handler, which would kill the process by the signal.
-        signal.signal(signal.SIGINT, _exit_interrupted)
-        atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _exit_interrupted)
+            atexit.register(signal.signal, sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
