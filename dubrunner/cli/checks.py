@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from dubrunner.cli.common import (
+    COMMON_OPTIONS,
+    MANIFEST_LIMITS,
+    PREFLIGHT_OPTIONS,
+    ManifestLimits,
     UserError,
     cli,
-    common_options,
-    manifest_limits,
     open_store,
-    preflight_options,
     quiet,
-    read_manifest,
     say,
     stop_on_signals,
 )
@@ -63,15 +63,13 @@ def run_preflight(pairs: list[Pair], concurrency: int, per_host: int) -> Preflig
 
 @cli.command()
 @click.argument("target")
-@manifest_limits
-@preflight_options
-@common_options
-def check(
-    target: str, max_manifest_bytes: int, max_jobs: int, media_concurrency: int, per_host: int
-) -> None:
+@MANIFEST_LIMITS
+@PREFLIGHT_OPTIONS
+@COMMON_OPTIONS
+def check(target: str, limits: ManifestLimits, media_concurrency: int, per_host: int) -> None:
     """Check the media URLs of a manifest file or a batch before paying for anything."""
     if Path(target).is_file():
-        m = read_manifest(target, max_manifest_bytes, max_jobs)
+        m = limits.read(target)
         pairs = [Pair(j.reference_id, j.video_url, j.audio_url) for j in m.jobs]
     else:
         store = open_store()
@@ -93,7 +91,7 @@ def unsent_pairs(store: Store, batch: str) -> list[Pair]:
 
 @cli.command()
 @click.option("--allow-insecure-http", is_flag=True, help="As for submit.")
-@common_options
+@COMMON_OPTIONS
 def doctor(allow_insecure_http: bool) -> None:
     """Check the set-up end to end: credentials, the API, the database, the clock."""
     from rich.table import Table

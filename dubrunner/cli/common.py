@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -37,24 +39,43 @@ class UserError(click.ClickException):
         click.echo(f"error: {scrub(self.format_message())}", err=True)
 
 
-def common_options(fn: F) -> F:
-    @click.option(
-        "--db",
-        envvar="DUBRUNNER_DB",
-        metavar="PATH|URL",
-        help="SQLite file or SQLAlchemy URL [env DUBRUNNER_DB; default ./dubrunner.db]",
-    )
-    @click.option("-v", "--verbose", count=True, help="One line per HTTP attempt.")
-    @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-    @functools.wraps(fn)
-    def wrapper(*args: Any, db: str | None, verbose: int, quiet: bool, **kwargs: Any) -> Any:
-        setup_logging(verbose, quiet)
-        ctx = click.get_current_context()
-        ctx.meta["quiet"] = quiet
-        ctx.meta["db"] = db
-        return fn(*args, **kwargs)
+class OptionGroup:
+    """Options several commands share, declared once and applied as one decorator.
 
-    return wrapper  # type: ignore[return-value]
+    Without `gather`, a command receives each option as a parameter of its own. With it, the
+    options named by `gather`'s parameters go to `gather` instead, and the command receives what
+    it returns as `into` (nothing when `into` is None); any other option of the group still comes
+    as a parameter of its own."""
+
+    def __init__(
+        self,
+        *options: Callable[[Any], Any],
+        gather: Callable[..., Any] | None = None,
+        into: str | None = None,
+    ) -> None:
+        self.options = options
+        self.gather = gather
+        self.into = into
+
+    def __call__(self, fn: F) -> F:
+        decorated: Any = fn if self.gather is None else self._gathering(fn)
+        for option in reversed(self.options):  # so that --help lists them in this order
+            decorated = option(decorated)
+        return decorated  # type: ignore[no-any-return]
+
+    def _gathering(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        gather, into = self.gather, self.into
+        assert gather is not None
+        names = tuple(inspect.signature(gather).parameters)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = gather(**{name: kwargs.pop(name) for name in names})
+            if into is not None:
+                kwargs[into] = value
+            return fn(*args, **kwargs)
+
+        return wrapper
 
 
 if TYPE_CHECKING:  # click 8.2+ makes ParamType generic; older ones cannot be subscripted
@@ -112,154 +133,202 @@ class Seconds(click.FloatRange):
 HOUR = 3600.0
 
 
-def worker_options(fn: F) -> F:
-    options = [
-        click.option(
-            "--concurrency",
-            type=click.IntRange(1, 256),
-            default=4,
-            show_default=True,
-            envvar="DUBRUNNER_CONCURRENCY",
-            help="Requests in flight at once.",
-        ),
-        click.option(
-            "--rate",
-            type=RateType(),
-            default=None,
-            envvar="DUBRUNNER_RATE",
-            help="Requests per second at most, or 'auto' to find the server's limit "
-            "[default: unlimited].",
-        ),
-        click.option(
-            "--burst",
-            type=click.IntRange(1, 1000),
-            default=1,
-            show_default=True,
-            envvar="DUBRUNNER_BURST",
-            help="Requests that may go at once under --rate.",
-        ),
-        click.option(
-            "--max-attempts",
-            type=click.IntRange(1, 100),
-            default=8,
-            show_default=True,
-            envvar="DUBRUNNER_MAX_ATTEMPTS",
-            help="Tries per job before it fails.",
-        ),
-        click.option(
-            "--rate-shared",
-            is_flag=True,
-            envvar="DUBRUNNER_RATE_SHARED",
-            help="--rate is for every worker on this database together (booked in the database).",
-        ),
-        click.option(
-            "--retry-wait",
-            type=Seconds(0, HOUR),
-            default=0.5,
-            show_default=True,
-            envvar="DUBRUNNER_RETRY_WAIT",
-            help="First wait before a retry, in seconds; it doubles each time (with jitter).",
-        ),
-        click.option(
-            "--request-timeout",
-            type=Seconds(0.1, HOUR),
-            default=60.0,
-            show_default=True,
-            envvar="DUBRUNNER_REQUEST_TIMEOUT",
-            help="Seconds to wait for an answer; claims are leased for twice that.",
-        ),
-        click.option(
-            "--lookup-grace",
-            type=Seconds(0, HOUR),
-            default=30.0,
-            show_default=True,
-            envvar="DUBRUNNER_LOOKUP_GRACE",
-            help="After an answer that leaves a job's fate unknown, seconds the server may "
-            "still take to create it: a look-up finding nothing sooner is repeated then, "
-            "before any resend.",
-        ),
-        click.option(
-            "--allow-insecure-http",
-            is_flag=True,
-            envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
-            help="Allow credentials over plain http to a host other than loopback.",
-        ),
-    ]
+@dataclass(frozen=True)
+class ManifestLimits:
+    max_jobs: int
+    max_manifest_bytes: int
 
-    @functools.wraps(fn)
-    def wrapper(
-        *args: Any,
-        concurrency: int,
-        rate: float | str | None,
-        burst: int,
-        rate_shared: bool,
-        max_attempts: int,
-        retry_wait: float,
-        request_timeout: float,
-        lookup_grace: float,
-        **kwargs: Any,
-    ) -> Any:
-        auto = rate == "auto"
-        if auto and rate_shared:
-            raise UserError("--rate auto and --rate-shared do not go together: give a number")
-        options = WorkerOptions(
-            concurrency=concurrency,
-            max_attempts=max_attempts,
-            backoff_base=retry_wait,
-            request_timeout=request_timeout,
-            lookup_grace=lookup_grace,
-            rate=None if auto else rate,  # type: ignore[arg-type]
-            burst=burst,
-            rate_shared=rate_shared,
-            rate_auto=auto,
-        )
-        return fn(*args, options=options, **kwargs)
-
-    decorated: Any = wrapper
-    for option in reversed(options):
-        decorated = option(decorated)
-    return decorated  # type: ignore[no-any-return]
+    def read(self, path: str) -> Manifest:
+        """The manifest, or every problem with it and exit 2."""
+        try:
+            return load_manifest(path, self.max_manifest_bytes, self.max_jobs)
+        except ManifestError as exc:
+            n = len(exc.problems)
+            for line in exc.lines():
+                click.echo(f"error: {line}", err=True)
+            raise UserError(
+                f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded"
+            ) from None
 
 
-def poll_options(fn: F) -> F:
-    fn = click.option(
-        "--timeout",
-        type=Seconds(0, 30 * 24 * HOUR),
+def _begin(db: str | None, verbose: int, quiet: bool) -> None:
+    setup_logging(verbose, quiet)
+    ctx = click.get_current_context()
+    ctx.meta["quiet"] = quiet
+    ctx.meta["db"] = db
+
+
+COMMON_OPTIONS = OptionGroup(
+    click.option(
+        "--db",
+        envvar="DUBRUNNER_DB",
+        metavar="PATH|URL",
+        help="SQLite file or SQLAlchemy URL [env DUBRUNNER_DB; default ./dubrunner.db]",
+    ),
+    click.option("-v", "--verbose", count=True, help="One line per HTTP attempt."),
+    click.option("-q", "--quiet", is_flag=True, help="Only errors."),
+    gather=_begin,
+)
+
+
+def _worker_options(
+    concurrency: int,
+    rate: float | str | None,
+    burst: int,
+    rate_shared: bool,
+    max_attempts: int,
+    retry_wait: float,
+    request_timeout: float,
+    lookup_grace: float,
+) -> WorkerOptions:
+    auto = rate == "auto"
+    if auto and rate_shared:
+        raise UserError("--rate auto and --rate-shared do not go together: give a number")
+    return WorkerOptions(
+        concurrency=concurrency,
+        max_attempts=max_attempts,
+        backoff_base=retry_wait,
+        request_timeout=request_timeout,
+        lookup_grace=lookup_grace,
+        rate=None if auto else rate,  # type: ignore[arg-type]
+        burst=burst,
+        rate_shared=rate_shared,
+        rate_auto=auto,
+    )
+
+
+# The command receives `options: WorkerOptions` and `allow_insecure_http` (for make_api).
+WORKER_OPTIONS = OptionGroup(
+    click.option(
+        "--concurrency",
+        type=click.IntRange(1, 256),
+        default=4,
+        show_default=True,
+        envvar="DUBRUNNER_CONCURRENCY",
+        help="Requests in flight at once.",
+    ),
+    click.option(
+        "--rate",
+        type=RateType(),
         default=None,
-        envvar="DUBRUNNER_POLL_TIMEOUT",
-        help="With --wait: give up after this many seconds [default: never].",
-    )(fn)
-    return click.option(
+        envvar="DUBRUNNER_RATE",
+        help="Requests per second at most, or 'auto' to find the server's limit "
+        "[default: unlimited].",
+    ),
+    click.option(
+        "--burst",
+        type=click.IntRange(1, 1000),
+        default=1,
+        show_default=True,
+        envvar="DUBRUNNER_BURST",
+        help="Requests that may go at once under --rate.",
+    ),
+    click.option(
+        "--max-attempts",
+        type=click.IntRange(1, 100),
+        default=8,
+        show_default=True,
+        envvar="DUBRUNNER_MAX_ATTEMPTS",
+        help="Tries per job before it fails.",
+    ),
+    click.option(
+        "--rate-shared",
+        is_flag=True,
+        envvar="DUBRUNNER_RATE_SHARED",
+        help="--rate is for every worker on this database together (booked in the database).",
+    ),
+    click.option(
+        "--retry-wait",
+        type=Seconds(0, HOUR),
+        default=0.5,
+        show_default=True,
+        envvar="DUBRUNNER_RETRY_WAIT",
+        help="First wait before a retry, in seconds; it doubles each time (with jitter).",
+    ),
+    click.option(
+        "--request-timeout",
+        type=Seconds(0.1, HOUR),
+        default=60.0,
+        show_default=True,
+        envvar="DUBRUNNER_REQUEST_TIMEOUT",
+        help="Seconds to wait for an answer; claims are leased for twice that.",
+    ),
+    click.option(
+        "--lookup-grace",
+        type=Seconds(0, HOUR),
+        default=30.0,
+        show_default=True,
+        envvar="DUBRUNNER_LOOKUP_GRACE",
+        help="After an answer that leaves a job's fate unknown, seconds the server may "
+        "still take to create it: a look-up finding nothing sooner is repeated then, "
+        "before any resend.",
+    ),
+    click.option(
+        "--allow-insecure-http",
+        is_flag=True,
+        envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
+        help="Allow credentials over plain http to a host other than loopback.",
+    ),
+    gather=_worker_options,
+    into="options",
+)
+
+POLL_OPTIONS = OptionGroup(
+    click.option(
         "--interval",
         type=Seconds(0.01, HOUR),
         default=5.0,
         show_default=True,
         envvar="DUBRUNNER_POLL_INTERVAL",
         help="Seconds between rounds at first; grows by half each round, up to a minute.",
-    )(fn)
+    ),
+    click.option(
+        "--timeout",
+        type=Seconds(0, 30 * 24 * HOUR),
+        default=None,
+        envvar="DUBRUNNER_POLL_TIMEOUT",
+        help="With --wait: give up after this many seconds [default: never].",
+    ),
+)
 
 
-def preflight_options(fn: F) -> F:
-    for option in reversed(
-        [
-            click.option(
-                "--media-concurrency",
-                type=click.IntRange(1, 128),
-                default=8,
-                show_default=True,
-                help="Media URLs checked at once.",
-            ),
-            click.option(
-                "--per-host",
-                type=click.IntRange(1, 32),
-                default=2,
-                show_default=True,
-                help="Media URLs checked at once on any one host.",
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+PREFLIGHT_OPTIONS = OptionGroup(
+    click.option(
+        "--media-concurrency",
+        type=click.IntRange(1, 128),
+        default=8,
+        show_default=True,
+        help="Media URLs checked at once.",
+    ),
+    click.option(
+        "--per-host",
+        type=click.IntRange(1, 32),
+        default=2,
+        show_default=True,
+        help="Media URLs checked at once on any one host.",
+    ),
+)
+
+MANIFEST_LIMITS = OptionGroup(
+    click.option(
+        "--max-jobs",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_JOBS,
+        envvar="DUBRUNNER_MAX_JOBS",
+        show_default=True,
+        help="Refuse manifests with more jobs.",
+    ),
+    click.option(
+        "--max-manifest-bytes",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_BYTES,
+        envvar="DUBRUNNER_MAX_MANIFEST_BYTES",
+        show_default=True,
+        help="Refuse larger files.",
+    ),
+    gather=ManifestLimits,
+    into="limits",
+)
 
 
 def open_store() -> Store:
@@ -281,37 +350,6 @@ def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
         )
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-
-
-def read_manifest(path: str, max_bytes: int, max_jobs: int) -> Manifest:
-    try:
-        return load_manifest(path, max_bytes, max_jobs)
-    except ManifestError as exc:
-        for line in exc.lines():
-            click.echo(f"error: {line}", err=True)
-        n = len(exc.problems)
-        raise UserError(
-            f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded"
-        ) from None
-
-
-def manifest_limits(fn: F) -> F:
-    fn = click.option(
-        "--max-manifest-bytes",
-        type=click.IntRange(1),
-        default=DEFAULT_MAX_BYTES,
-        envvar="DUBRUNNER_MAX_MANIFEST_BYTES",
-        show_default=True,
-        help="Refuse larger files.",
-    )(fn)
-    return click.option(
-        "--max-jobs",
-        type=click.IntRange(1),
-        default=DEFAULT_MAX_JOBS,
-        envvar="DUBRUNNER_MAX_JOBS",
-        show_default=True,
-        help="Refuse manifests with more jobs.",
-    )(fn)
 
 
 def say(text: str) -> None:

@@ -10,17 +10,17 @@ import click
 
 from dubrunner.api import ApiClient
 from dubrunner.cli.common import (
+    COMMON_OPTIONS,
+    POLL_OPTIONS,
+    WORKER_OPTIONS,
     check_batch,
     cli,
-    common_options,
     conclude,
     make_api,
     open_store,
-    poll_options,
     quiet,
     say,
     stop_on_signals,
-    worker_options,
 )
 from dubrunner.fetcher import Fetcher
 from dubrunner.output import (
@@ -122,9 +122,9 @@ def run_fetch(store: Store, batch: str | None, out: Path, concurrency: int) -> i
 @cli.command()
 @click.option("--batch", help="Only this batch [default: every batch].")
 @click.option("--wait", is_flag=True, help="Poll in rounds until every job has ended.")
-@poll_options
-@worker_options
-@common_options
+@POLL_OPTIONS
+@WORKER_OPTIONS
+@COMMON_OPTIONS
 def poll(
     batch: str | None,
     wait: bool,
@@ -152,7 +152,7 @@ def poll(
     help="Directory; files go to OUT/<batch>/<reference_id>.<ext>.",
 )
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
-@common_options
+@COMMON_OPTIONS
 def fetch(batch: str | None, out: Path, concurrency: int) -> None:
     """Download every completed job's output (resumed, verified by SHA-256, never twice)."""
     store = open_store()
@@ -166,7 +166,7 @@ def fetch(batch: str | None, out: Path, concurrency: int) -> None:
     "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
 )
 @click.option("--out", "out", type=click.File("w"), default="-", help="File [default: stdout].")
-@common_options
+@COMMON_OPTIONS
 def export(batch: str | None, fmt: str, out: Any) -> None:
     """One row per job: the deliverable (reference_id, URLs, request_id, state, output, sha256)."""
     store = open_store()

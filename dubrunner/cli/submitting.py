@@ -11,23 +11,23 @@ import click
 from dubrunner.api import ApiClient
 from dubrunner.cli.checks import run_preflight, unsent_pairs
 from dubrunner.cli.common import (
+    COMMON_OPTIONS,
     HOUR,
+    MANIFEST_LIMITS,
+    POLL_OPTIONS,
+    PREFLIGHT_OPTIONS,
+    WORKER_OPTIONS,
+    ManifestLimits,
     Seconds,
     UserError,
     check_batch,
     cli,
-    common_options,
     finish,
     make_api,
-    manifest_limits,
     open_store,
-    poll_options,
-    preflight_options,
     quiet,
-    read_manifest,
     say,
     stop_on_signals,
-    worker_options,
 )
 from dubrunner.cli.results import run_fetch, run_poll
 from dubrunner.manifest import Manifest
@@ -43,18 +43,18 @@ from dubrunner.worker import WorkerOptions
 
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@manifest_limits
-@common_options
-def validate(manifest: str, max_manifest_bytes: int, max_jobs: int) -> None:
+@MANIFEST_LIMITS
+@COMMON_OPTIONS
+def validate(manifest: str, limits: ManifestLimits) -> None:
     """Check a manifest without touching the database or the API."""
-    m = read_manifest(manifest, max_manifest_bytes, max_jobs)
+    m = limits.read(manifest)
     click.echo(f"{manifest}: ok — batch {m.batch}, {len(m.jobs)} jobs")
 
 
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@worker_options
-@manifest_limits
+@WORKER_OPTIONS
+@MANIFEST_LIMITS
 @click.option(
     "--dry-run", is_flag=True, help="Load nothing, send nothing: show what a run would do."
 )
@@ -70,9 +70,9 @@ def validate(manifest: str, max_manifest_bytes: int, max_jobs: int) -> None:
     is_flag=True,
     help="First check every media URL; jobs with bad media fail without being sent.",
 )
-@preflight_options
-@poll_options
-@common_options
+@PREFLIGHT_OPTIONS
+@POLL_OPTIONS
+@COMMON_OPTIONS
 def submit(
     manifest: str,
     options: WorkerOptions,
@@ -84,12 +84,11 @@ def submit(
     preflight: bool,
     media_concurrency: int,
     per_host: int,
-    max_manifest_bytes: int,
-    max_jobs: int,
+    limits: ManifestLimits,
     dry_run: bool,
 ) -> None:
     """Load MANIFEST into the job table and submit every job not yet at the API."""
-    m = read_manifest(manifest, max_manifest_bytes, max_jobs)
+    m = limits.read(manifest)
     api = None if dry_run else make_api(options, allow_insecure_http)
     store = open_store()
     plan, summary = load_into(store, m, manifest, dry_run)
@@ -139,12 +138,12 @@ def load_into(store: Store, m: Manifest, path: str, dry_run: bool) -> tuple[Load
 
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@manifest_limits
+@MANIFEST_LIMITS
 @click.option("--dry-run", is_flag=True, help="Write nothing: show what loading would do.")
-@common_options
-def load(manifest: str, max_manifest_bytes: int, max_jobs: int, dry_run: bool) -> None:
+@COMMON_OPTIONS
+def load(manifest: str, limits: ManifestLimits, dry_run: bool) -> None:
     """Load MANIFEST into the job table without sending anything (workers send: `work`)."""
-    m = read_manifest(manifest, max_manifest_bytes, max_jobs)
+    m = limits.read(manifest)
     plan, summary = load_into(open_store(), m, manifest, dry_run)
     verb = "would send" if dry_run else "to send"
     click.echo(f"{summary}; {plan.to_send} job(s) {verb}")
@@ -152,8 +151,8 @@ def load(manifest: str, max_manifest_bytes: int, max_jobs: int, dry_run: bool) -
 
 @cli.command()
 @click.option("--batch", help="Only this batch [default: every batch].")
-@worker_options
-@common_options
+@WORKER_OPTIONS
+@COMMON_OPTIONS
 def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool) -> None:
     """Continue pending and halted jobs, and reclaim those of dead workers (looked up first)."""
     work_on(batch, options, allow_insecure_http)
@@ -174,8 +173,8 @@ def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool)
     show_default=True,
     help="With --follow: seconds between looks for new jobs when idle.",
 )
-@worker_options
-@common_options
+@WORKER_OPTIONS
+@COMMON_OPTIONS
 def work(
     batch: str | None,
     follow: bool,
