@@ -243,8 +243,8 @@ class ProgressDisplay:
         self.quiet = quiet
         self.console = Console(file=self.stream)
         self.live = not quiet and self.console.is_terminal
-        self.started = time.monotonic()
-        self._last_line = self.started  # plain lines from 5 s on: a short run prints only its end
+        # Plain lines from 5 s on: a short run prints only its end.
+        self._last_line = time.monotonic()
         self._progress: Progress | None = None
         self._task: Any = None
 
@@ -267,9 +267,6 @@ class ProgressDisplay:
         if self._progress is not None:
             self._progress.stop()
             _route_logging_to(None)
-
-    def rate(self, count: int) -> float:
-        return count / max(time.monotonic() - self.started, 1e-6)
 
     def update(self, completed: int, detail: str) -> None:
         if self.quiet:

@@ -1,14 +1,16 @@
-"""What every command shares: the group, options, helpers, exit codes."""
+"""What every command shares: the group, the option groups, the terminal's Ui, and the one way a
+session's ending is shown and becomes the exit code. The only CLI module the others import."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -17,17 +19,62 @@ import click
 from dubrunner import __version__
 from dubrunner.__main__ import QuietInterrupt
 from dubrunner.api import ApiClient, ConfigError, Credentials
+from dubrunner.db import StoreError
 from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
 from dubrunner.manifest import load as load_manifest
-from dubrunner.output import (
-    setup_logging,
-)
+from dubrunner.output import ProgressDisplay, print_media_problems, setup_logging, table_console
+from dubrunner.preflight import MediaProblem
 from dubrunner.redact import scrub
-from dubrunner.runner import EXIT_INTERRUPTED, EXIT_USAGE, BatchResult
-from dubrunner.store import Store, StoreError
+from dubrunner.sessions import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Ending,
+    MediaCheck,
+    Polling,
+    Progress,
+)
+from dubrunner.store import Store
 from dubrunner.worker import WorkerOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group(
+    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="dubrunner")
+def cli() -> None:
+    """Submit batches of lip-sync dubbing jobs to the Chamelaion API, each exactly once.
+
+    Credentials come from CHAMELAION_API_KEY and/or CHAMELAION_BEARER_TOKEN, the API's address
+    from CHAMELAION_BASE_URL. Every option can also be set as DUBRUNNER_<COMMAND>_<OPTION>.
+    """
+
+
+# -- how a command ends ----------
+
+
+def is_quiet() -> bool:
+    """-q was given (outside a command, as when main shows a usage error: no)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get("quiet"))
+
+
+def show(ending: Ending) -> None:
+    """The one way an ending reaches the user: on stderr, "error: " before an error, a routine
+    summary left out under -q. Scrubbed, as everything dubrunner prints."""
+    if ending.routine and not ending.is_error and is_quiet():
+        return
+    prefix = "error: " if ending.is_error else ""
+    for line in (*ending.details, ending.sentence):
+        click.echo(prefix + scrub(line), err=True)
+
+
+def end(ending: Ending) -> NoReturn:
+    """Show the ending and exit with its code."""
+    show(ending)
+    sys.stderr.flush()
+    raise click.exceptions.Exit(ending.code)
 
 
 class UserError(click.ClickException):
@@ -36,7 +83,122 @@ class UserError(click.ClickException):
     exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {scrub(self.format_message())}", err=True)
+        show(Ending(self.format_message(), EXIT_USAGE, is_error=True))
+
+
+def say(text: str) -> None:
+    """A routine line on stderr (-q leaves it out)."""
+    if not is_quiet():
+        click.echo(text, err=True)
+
+
+class stop_on_signals:
+    """First Ctrl-C / SIGTERM: stop claiming, let in-flight requests finish. Second: quit now."""
+
+    def __init__(self, request_stop: Callable[[], None]) -> None:
+        self.request_stop = request_stop
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.request_stop()
+            click.echo(
+                "\nstopping: letting in-flight requests finish (press Ctrl-C again to quit now)",
+                err=True,
+            )
+        else:
+            # Still safe: claimed jobs stay 'submitting' and are looked up before any resend.
+            os._exit(EXIT_INTERRUPTED)
+
+    def __enter__(self) -> stop_on_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            if handler is signal.default_int_handler:
+                # Python's own would print a traceback on the next Ctrl-C: the quiet one instead.
+                handler = QuietInterrupt()
+            signal.signal(sig, handler)
+
+
+class TerminalUi:
+    """The sessions' Ui here: progress and lines on stderr, tables on stdout, Ctrl-C and SIGTERM
+    as a stop."""
+
+    @contextlib.contextmanager
+    def progress(
+        self, label: str, total: int | None, stop: Callable[[], None]
+    ) -> Iterator[Progress]:
+        with ProgressDisplay(label, total, is_quiet()) as display, stop_on_signals(stop):
+            yield display
+
+    def say(self, line: str) -> None:
+        say(line)
+
+    def tell(self, ending: Ending) -> None:
+        show(ending)
+
+    def media_problems(self, problems: Sequence[MediaProblem]) -> None:
+        print_media_problems(problems, table_console())
+
+
+# -- what commands open ----------
+
+
+def open_store() -> Store:
+    ctx = click.get_current_context()
+    try:
+        store = Store(ctx.meta.get("db"))
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    ctx.call_on_close(store.close)
+    return store
+
+
+def check_batch(store: Store, batch: str | None) -> None:
+    if batch is not None and batch not in store.batches():
+        raise UserError(f"no batch {batch!r} in the database")
+
+
+def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
+    try:
+        api = ApiClient(
+            Credentials.from_env(),
+            read_timeout=options.request_timeout,
+            allow_insecure_http=allow_insecure_http,
+        )
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    click.get_current_context().call_on_close(api.close)
+    return api
+
+
+@dataclass(frozen=True)
+class ManifestLimits:
+    max_jobs: int
+    max_manifest_bytes: int
+
+    def read(self, path: str) -> Manifest:
+        """The manifest, or every problem with it and exit 2."""
+        try:
+            return load_manifest(path, self.max_manifest_bytes, self.max_jobs)
+        except ManifestError as exc:
+            n = len(exc.problems)
+            end(
+                Ending(
+                    f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded",
+                    EXIT_USAGE,
+                    is_error=True,
+                    details=tuple(exc.lines()),
+                )
+            )
+
+
+# -- option groups ----------
 
 
 class OptionGroup:
@@ -131,24 +293,6 @@ class Seconds(click.FloatRange):
 
 
 HOUR = 3600.0
-
-
-@dataclass(frozen=True)
-class ManifestLimits:
-    max_jobs: int
-    max_manifest_bytes: int
-
-    def read(self, path: str) -> Manifest:
-        """The manifest, or every problem with it and exit 2."""
-        try:
-            return load_manifest(path, self.max_manifest_bytes, self.max_jobs)
-        except ManifestError as exc:
-            n = len(exc.problems)
-            for line in exc.lines():
-                click.echo(f"error: {line}", err=True)
-            raise UserError(
-                f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded"
-            ) from None
 
 
 def _begin(db: str | None, verbose: int, quiet: bool) -> None:
@@ -289,7 +433,13 @@ POLL_OPTIONS = OptionGroup(
         envvar="DUBRUNNER_POLL_TIMEOUT",
         help="With --wait: give up after this many seconds [default: never].",
     ),
+    gather=Polling,
+    into="polling",
 )
+
+
+def _media_check(media_concurrency: int, per_host: int) -> MediaCheck:
+    return MediaCheck(media_concurrency, per_host)
 
 
 PREFLIGHT_OPTIONS = OptionGroup(
@@ -307,6 +457,8 @@ PREFLIGHT_OPTIONS = OptionGroup(
         show_default=True,
         help="Media URLs checked at once on any one host.",
     ),
+    gather=_media_check,
+    into="media",
 )
 
 MANIFEST_LIMITS = OptionGroup(
@@ -329,110 +481,3 @@ MANIFEST_LIMITS = OptionGroup(
     gather=ManifestLimits,
     into="limits",
 )
-
-
-def open_store() -> Store:
-    ctx = click.get_current_context()
-    try:
-        store = Store(ctx.meta.get("db"))
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
-    ctx.call_on_close(store.close)
-    return store
-
-
-def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
-    try:
-        return ApiClient(
-            Credentials.from_env(),
-            read_timeout=options.request_timeout,
-            allow_insecure_http=allow_insecure_http,
-        )
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
-
-
-def say(text: str) -> None:
-    if not click.get_current_context().meta.get("quiet"):
-        click.echo(text, err=True)
-
-
-@click.group(
-    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]}
-)
-@click.version_option(__version__, prog_name="dubrunner")
-def cli() -> None:
-    """Submit batches of lip-sync dubbing jobs to the Chamelaion API, each exactly once.
-
-    Credentials come from CHAMELAION_API_KEY and/or CHAMELAION_BEARER_TOKEN, the API's address
-    from CHAMELAION_BASE_URL. Every option can also be set as DUBRUNNER_<COMMAND>_<OPTION>.
-    """
-
-
-def check_batch(store: Store, batch: str | None) -> None:
-    if batch is not None and batch not in store.batches():
-        raise UserError(f"no batch {batch!r} in the database")
-
-
-def quiet(ctx: click.Context) -> bool:
-    return bool(ctx.meta.get("quiet"))
-
-
-def finish(result: BatchResult) -> NoReturn:
-    sentence = result.sentence()
-    if result.exit_code == 0:
-        if not quiet(click.get_current_context()):
-            click.echo(sentence, err=True)
-    else:
-        click.echo(("error: " if result.report.fatal else "") + sentence, err=True)
-    sys.stderr.flush()
-    raise click.exceptions.Exit(result.exit_code)
-
-
-class stop_on_signals:
-    """First Ctrl-C / SIGTERM: stop claiming, let in-flight requests finish. Second: quit now."""
-
-    def __init__(self, request_stop: Callable[[], None]) -> None:
-        self.request_stop = request_stop
-        self.count = 0
-        self.previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if self.count == 1:
-            self.request_stop()
-            click.echo(
-                "\nstopping: letting in-flight requests finish (press Ctrl-C again to quit now)",
-                err=True,
-            )
-        else:
-            # Still safe: claimed jobs stay 'submitting' and are looked up before any resend.
-            os._exit(EXIT_INTERRUPTED)
-
-    def __enter__(self) -> stop_on_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            if handler is signal.default_int_handler:
-                # Python's own would print a traceback on the next Ctrl-C: the quiet one instead.
-                handler = QuietInterrupt()
-            signal.signal(sig, handler)
-
-
-def conclude(summary: str, failure: str | None, interrupted: bool, fatal: str | None) -> int:
-    """The closing line of a poll or fetch, and its exit code."""
-    if fatal:
-        click.echo(f"error: {fatal}; {summary}", err=True)
-        return 1
-    if interrupted:
-        click.echo(f"interrupted: {summary}", err=True)
-        return EXIT_INTERRUPTED
-    if failure:
-        click.echo(f"error: {failure}", err=True)
-        return 1
-    if not quiet(click.get_current_context()):
-        click.echo(summary, err=True)
-    return 0
