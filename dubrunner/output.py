@@ -286,7 +286,6 @@ _handler: logging.Handler | None = None
 
 def setup_logging(verbose: int, quiet: bool) -> None:
     """-v: a line per HTTP attempt; default: warnings and per-job failures; -q: errors only."""
-    global _handler
     logger = logging.getLogger("dubrunner")
     logger.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
