@@ -55,14 +55,14 @@ def cli() -> None:
 
 
 def is_quiet() -> bool:
-    """-q was given (outside a command, as when main shows a usage error: no)."""
+    """Whether -q was given; False outside a command (as when main shows a usage error)."""
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.meta.get("quiet"))
 
 
-def show(ending: Ending) -> None:
+def show_ending(ending: Ending) -> None:
     """The one way an ending reaches the user: on stderr, "error: " before an error, a routine
-    summary left out under -q. Scrubbed, as everything dubrunner prints."""
+    summary left out under -q; credentials scrubbed, wherever the sentence came from."""
     if ending.routine and not ending.is_error and is_quiet():
         return
     prefix = "error: " if ending.is_error else ""
@@ -72,7 +72,7 @@ def show(ending: Ending) -> None:
 
 def end(ending: Ending) -> NoReturn:
     """Show the ending and exit with its code."""
-    show(ending)
+    show_ending(ending)
     sys.stderr.flush()
     raise click.exceptions.Exit(ending.code)
 
@@ -83,7 +83,7 @@ class UserError(click.ClickException):
     exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
-        show(Ending(self.format_message(), EXIT_USAGE, is_error=True))
+        show_ending(Ending(self.format_message(), EXIT_USAGE, is_error=True))
 
 
 def say(text: str) -> None:
@@ -140,7 +140,7 @@ class TerminalUi:
         say(line)
 
     def tell(self, ending: Ending) -> None:
-        show(ending)
+        show_ending(ending)
 
     def media_problems(self, problems: Sequence[MediaProblem]) -> None:
         print_media_problems(problems, table_console())
