@@ -243,8 +243,8 @@ class ProgressDisplay:
         self.quiet = quiet
         self.console = Console(file=self.stream)
         self.live = not quiet and self.console.is_terminal
-        self.started = time.monotonic()
-        self._last_line = self.started  # plain lines from 5 s on: a short run prints only its end
+        # Plain lines from 5 s on: a short run prints only its end.
+        self._last_line = time.monotonic()
         self._progress: Progress | None = None
         self._task: Any = None
 
@@ -268,9 +268,6 @@ class ProgressDisplay:
             self._progress.stop()
             _route_logging_to(None)
 
-    def rate(self, count: int) -> float:
-        return count / max(time.monotonic() - self.started, 1e-6)
-
     def update(self, completed: int, detail: str) -> None:
         if self.quiet:
             return
@@ -289,7 +286,6 @@ _handler: logging.Handler | None = None
 
 def setup_logging(verbose: int, quiet: bool) -> None:
     """-v: a line per HTTP attempt; default: warnings and per-job failures; -q: errors only."""
-    global _handler
     logger = logging.getLogger("dubrunner")
     logger.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dubrunner.cli import admin, checks, jobs, results, submitting  # noqa: F401
 from dubrunner.cli.common import cli
 from dubrunner.redact import scrub
-from dubrunner.runner import EXIT_INTERRUPTED
+from dubrunner.sessions import EXIT_INTERRUPTED
 
 __all__ = ["cli", "main"]
 

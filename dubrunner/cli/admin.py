@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from dubrunner.cli.common import (
+    COMMON_OPTIONS,
     HOUR,
     Seconds,
     UserError,
     cli,
-    common_options,
 )
 from dubrunner.store import Store, StoreError
 
@@ -22,7 +22,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@common_options
+@COMMON_OPTIONS
 def db_upgrade() -> None:
     """Create or migrate the database to the newest schema (also done on first use)."""
     ctx = click.get_current_context()

@@ -1,13 +1,17 @@
-"""What every command shares: the group, options, helpers, exit codes."""
+"""What every command shares: the group, the option groups, the terminal's Ui, and the one way a
+session's ending is shown and becomes the exit code. The only CLI module the others import."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -15,17 +19,62 @@ import click
 from dubrunner import __version__
 from dubrunner.__main__ import QuietInterrupt
 from dubrunner.api import ApiClient, ConfigError, Credentials
+from dubrunner.db import StoreError
 from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
 from dubrunner.manifest import load as load_manifest
-from dubrunner.output import (
-    setup_logging,
-)
+from dubrunner.output import ProgressDisplay, print_media_problems, setup_logging, table_console
+from dubrunner.preflight import MediaProblem
 from dubrunner.redact import scrub
-from dubrunner.runner import EXIT_INTERRUPTED, EXIT_USAGE, BatchResult
-from dubrunner.store import Store, StoreError
+from dubrunner.sessions import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Ending,
+    MediaCheck,
+    Polling,
+    Progress,
+)
+from dubrunner.store import Store
 from dubrunner.worker import WorkerOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group(
+    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="dubrunner")
+def cli() -> None:
+    """Submit batches of lip-sync dubbing jobs to the Chamelaion API, each exactly once.
+
+    Credentials come from CHAMELAION_API_KEY and/or CHAMELAION_BEARER_TOKEN, the API's address
+    from CHAMELAION_BASE_URL. Every option can also be set as DUBRUNNER_<COMMAND>_<OPTION>.
+    """
+
+
+# -- how a command ends ----------
+
+
+def is_quiet() -> bool:
+    """Whether -q was given; False outside a command (as when main shows a usage error)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get("quiet"))
+
+
+def show_ending(ending: Ending) -> None:
+    """The one way an ending reaches the user: on stderr, "error: " before an error, a routine
+    summary left out under -q; credentials scrubbed, wherever the sentence came from."""
+    if ending.routine and not ending.is_error and is_quiet():
+        return
+    prefix = "error: " if ending.is_error else ""
+    for line in (*ending.details, ending.sentence):
+        click.echo(prefix + scrub(line), err=True)
+
+
+def end(ending: Ending) -> NoReturn:
+    """Show the ending and exit with its code."""
+    show_ending(ending)
+    sys.stderr.flush()
+    raise click.exceptions.Exit(ending.code)
 
 
 class UserError(click.ClickException):
@@ -34,27 +83,161 @@ class UserError(click.ClickException):
     exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {scrub(self.format_message())}", err=True)
+        show_ending(Ending(self.format_message(), EXIT_USAGE, is_error=True))
 
 
-def common_options(fn: F) -> F:
-    @click.option(
-        "--db",
-        envvar="DUBRUNNER_DB",
-        metavar="PATH|URL",
-        help="SQLite file or SQLAlchemy URL [env DUBRUNNER_DB; default ./dubrunner.db]",
-    )
-    @click.option("-v", "--verbose", count=True, help="One line per HTTP attempt.")
-    @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-    @functools.wraps(fn)
-    def wrapper(*args: Any, db: str | None, verbose: int, quiet: bool, **kwargs: Any) -> Any:
-        setup_logging(verbose, quiet)
-        ctx = click.get_current_context()
-        ctx.meta["quiet"] = quiet
-        ctx.meta["db"] = db
-        return fn(*args, **kwargs)
+def say(text: str) -> None:
+    """A routine line on stderr (-q leaves it out)."""
+    if not is_quiet():
+        click.echo(text, err=True)
 
-    return wrapper  # type: ignore[return-value]
+
+class stop_on_signals:
+    """First Ctrl-C / SIGTERM: stop claiming, let in-flight requests finish. Second: quit now."""
+
+    def __init__(self, request_stop: Callable[[], None]) -> None:
+        self.request_stop = request_stop
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.request_stop()
+            click.echo(
+                "\nstopping: letting in-flight requests finish (press Ctrl-C again to quit now)",
+                err=True,
+            )
+        else:
+            # Still safe: claimed jobs stay 'submitting' and are looked up before any resend.
+            os._exit(EXIT_INTERRUPTED)
+
+    def __enter__(self) -> stop_on_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            if handler is signal.default_int_handler:
+                # Python's own would print a traceback on the next Ctrl-C: the quiet one instead.
+                handler = QuietInterrupt()
+            signal.signal(sig, handler)
+
+
+class TerminalUi:
+    """The sessions' Ui here: progress and lines on stderr, tables on stdout, Ctrl-C and SIGTERM
+    as a stop."""
+
+    @contextlib.contextmanager
+    def progress(
+        self, label: str, total: int | None, stop: Callable[[], None]
+    ) -> Iterator[Progress]:
+        with ProgressDisplay(label, total, is_quiet()) as display, stop_on_signals(stop):
+            yield display
+
+    def say(self, line: str) -> None:
+        say(line)
+
+    def tell(self, ending: Ending) -> None:
+        show_ending(ending)
+
+    def media_problems(self, problems: Sequence[MediaProblem]) -> None:
+        print_media_problems(problems, table_console())
+
+
+# -- what commands open ----------
+
+
+def open_store() -> Store:
+    ctx = click.get_current_context()
+    try:
+        store = Store(ctx.meta.get("db"))
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    ctx.call_on_close(store.close)
+    return store
+
+
+def check_batch(store: Store, batch: str | None) -> None:
+    if batch is not None and batch not in store.batches():
+        raise UserError(f"no batch {batch!r} in the database")
+
+
+def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
+    try:
+        api = ApiClient(
+            Credentials.from_env(),
+            read_timeout=options.request_timeout,
+            allow_insecure_http=allow_insecure_http,
+        )
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    click.get_current_context().call_on_close(api.close)
+    return api
+
+
+@dataclass(frozen=True)
+class ManifestLimits:
+    max_jobs: int
+    max_manifest_bytes: int
+
+    def read(self, path: str) -> Manifest:
+        """The manifest, or every problem with it and exit 2."""
+        try:
+            return load_manifest(path, self.max_manifest_bytes, self.max_jobs)
+        except ManifestError as exc:
+            n = len(exc.problems)
+            end(
+                Ending(
+                    f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded",
+                    EXIT_USAGE,
+                    is_error=True,
+                    details=tuple(exc.lines()),
+                )
+            )
+
+
+# -- option groups ----------
+
+
+class OptionGroup:
+    """Options several commands share, declared once and applied as one decorator.
+
+    Without `gather`, a command receives each option as a parameter of its own. With it, the
+    options named by `gather`'s parameters go to `gather` instead, and the command receives what
+    it returns as `into` (nothing when `into` is None); any other option of the group still comes
+    as a parameter of its own."""
+
+    def __init__(
+        self,
+        *options: Callable[[Any], Any],
+        gather: Callable[..., Any] | None = None,
+        into: str | None = None,
+    ) -> None:
+        self.options = options
+        self.gather = gather
+        self.into = into
+
+    def __call__(self, fn: F) -> F:
+        decorated: Any = fn if self.gather is None else self._gathering(fn)
+        for option in reversed(self.options):  # so that --help lists them in this order
+            decorated = option(decorated)
+        return decorated  # type: ignore[no-any-return]
+
+    def _gathering(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        gather, into = self.gather, self.into
+        assert gather is not None
+        names = tuple(inspect.signature(gather).parameters)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = gather(**{name: kwargs.pop(name) for name in names})
+            if into is not None:
+                kwargs[into] = value
+            return fn(*args, **kwargs)
+
+        return wrapper
 
 
 if TYPE_CHECKING:  # click 8.2+ makes ParamType generic; older ones cannot be subscripted
@@ -112,289 +295,189 @@ class Seconds(click.FloatRange):
 HOUR = 3600.0
 
 
-def worker_options(fn: F) -> F:
-    options = [
-        click.option(
-            "--concurrency",
-            type=click.IntRange(1, 256),
-            default=4,
-            show_default=True,
-            envvar="DUBRUNNER_CONCURRENCY",
-            help="Requests in flight at once.",
-        ),
-        click.option(
-            "--rate",
-            type=RateType(),
-            default=None,
-            envvar="DUBRUNNER_RATE",
-            help="Requests per second at most, or 'auto' to find the server's limit "
-            "[default: unlimited].",
-        ),
-        click.option(
-            "--burst",
-            type=click.IntRange(1, 1000),
-            default=1,
-            show_default=True,
-            envvar="DUBRUNNER_BURST",
-            help="Requests that may go at once under --rate.",
-        ),
-        click.option(
-            "--max-attempts",
-            type=click.IntRange(1, 100),
-            default=8,
-            show_default=True,
-            envvar="DUBRUNNER_MAX_ATTEMPTS",
-            help="Tries per job before it fails.",
-        ),
-        click.option(
-            "--rate-shared",
-            is_flag=True,
-            envvar="DUBRUNNER_RATE_SHARED",
-            help="--rate is for every worker on this database together (booked in the database).",
-        ),
-        click.option(
-            "--retry-wait",
-            type=Seconds(0, HOUR),
-            default=0.5,
-            show_default=True,
-            envvar="DUBRUNNER_RETRY_WAIT",
-            help="First wait before a retry, in seconds; it doubles each time (with jitter).",
-        ),
-        click.option(
-            "--request-timeout",
-            type=Seconds(0.1, HOUR),
-            default=60.0,
-            show_default=True,
-            envvar="DUBRUNNER_REQUEST_TIMEOUT",
-            help="Seconds to wait for an answer; claims are leased for twice that.",
-        ),
-        click.option(
-            "--lookup-grace",
-            type=Seconds(0, HOUR),
-            default=30.0,
-            show_default=True,
-            envvar="DUBRUNNER_LOOKUP_GRACE",
-            help="After an answer that leaves a job's fate unknown, seconds the server may "
-            "still take to create it: a look-up finding nothing sooner is repeated then, "
-            "before any resend.",
-        ),
-        click.option(
-            "--allow-insecure-http",
-            is_flag=True,
-            envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
-            help="Allow credentials over plain http to a host other than loopback.",
-        ),
-    ]
-
-    @functools.wraps(fn)
-    def wrapper(
-        *args: Any,
-        concurrency: int,
-        rate: float | str | None,
-        burst: int,
-        rate_shared: bool,
-        max_attempts: int,
-        retry_wait: float,
-        request_timeout: float,
-        lookup_grace: float,
-        **kwargs: Any,
-    ) -> Any:
-        auto = rate == "auto"
-        if auto and rate_shared:
-            raise UserError("--rate auto and --rate-shared do not go together: give a number")
-        options = WorkerOptions(
-            concurrency=concurrency,
-            max_attempts=max_attempts,
-            backoff_base=retry_wait,
-            request_timeout=request_timeout,
-            lookup_grace=lookup_grace,
-            rate=None if auto else rate,  # type: ignore[arg-type]
-            burst=burst,
-            rate_shared=rate_shared,
-            rate_auto=auto,
-        )
-        return fn(*args, options=options, **kwargs)
-
-    decorated: Any = wrapper
-    for option in reversed(options):
-        decorated = option(decorated)
-    return decorated  # type: ignore[no-any-return]
+def _begin(db: str | None, verbose: int, quiet: bool) -> None:
+    setup_logging(verbose, quiet)
+    ctx = click.get_current_context()
+    ctx.meta["quiet"] = quiet
+    ctx.meta["db"] = db
 
 
-def poll_options(fn: F) -> F:
-    fn = click.option(
-        "--timeout",
-        type=Seconds(0, 30 * 24 * HOUR),
+COMMON_OPTIONS = OptionGroup(
+    click.option(
+        "--db",
+        envvar="DUBRUNNER_DB",
+        metavar="PATH|URL",
+        help="SQLite file or SQLAlchemy URL [env DUBRUNNER_DB; default ./dubrunner.db]",
+    ),
+    click.option("-v", "--verbose", count=True, help="One line per HTTP attempt."),
+    click.option("-q", "--quiet", is_flag=True, help="Only errors."),
+    gather=_begin,
+)
+
+
+def _worker_options(
+    concurrency: int,
+    rate: float | str | None,
+    burst: int,
+    rate_shared: bool,
+    max_attempts: int,
+    retry_wait: float,
+    request_timeout: float,
+    lookup_grace: float,
+) -> WorkerOptions:
+    auto = rate == "auto"
+    if auto and rate_shared:
+        raise UserError("--rate auto and --rate-shared do not go together: give a number")
+    return WorkerOptions(
+        concurrency=concurrency,
+        max_attempts=max_attempts,
+        backoff_base=retry_wait,
+        request_timeout=request_timeout,
+        lookup_grace=lookup_grace,
+        rate=None if auto else rate,  # type: ignore[arg-type]
+        burst=burst,
+        rate_shared=rate_shared,
+        rate_auto=auto,
+    )
+
+
+# The command receives `options: WorkerOptions` and `allow_insecure_http` (for make_api).
+WORKER_OPTIONS = OptionGroup(
+    click.option(
+        "--concurrency",
+        type=click.IntRange(1, 256),
+        default=4,
+        show_default=True,
+        envvar="DUBRUNNER_CONCURRENCY",
+        help="Requests in flight at once.",
+    ),
+    click.option(
+        "--rate",
+        type=RateType(),
         default=None,
-        envvar="DUBRUNNER_POLL_TIMEOUT",
-        help="With --wait: give up after this many seconds [default: never].",
-    )(fn)
-    return click.option(
+        envvar="DUBRUNNER_RATE",
+        help="Requests per second at most, or 'auto' to find the server's limit "
+        "[default: unlimited].",
+    ),
+    click.option(
+        "--burst",
+        type=click.IntRange(1, 1000),
+        default=1,
+        show_default=True,
+        envvar="DUBRUNNER_BURST",
+        help="Requests that may go at once under --rate.",
+    ),
+    click.option(
+        "--max-attempts",
+        type=click.IntRange(1, 100),
+        default=8,
+        show_default=True,
+        envvar="DUBRUNNER_MAX_ATTEMPTS",
+        help="Tries per job before it fails.",
+    ),
+    click.option(
+        "--rate-shared",
+        is_flag=True,
+        envvar="DUBRUNNER_RATE_SHARED",
+        help="--rate is for every worker on this database together (booked in the database).",
+    ),
+    click.option(
+        "--retry-wait",
+        type=Seconds(0, HOUR),
+        default=0.5,
+        show_default=True,
+        envvar="DUBRUNNER_RETRY_WAIT",
+        help="First wait before a retry, in seconds; it doubles each time (with jitter).",
+    ),
+    click.option(
+        "--request-timeout",
+        type=Seconds(0.1, HOUR),
+        default=60.0,
+        show_default=True,
+        envvar="DUBRUNNER_REQUEST_TIMEOUT",
+        help="Seconds to wait for an answer; claims are leased for twice that.",
+    ),
+    click.option(
+        "--lookup-grace",
+        type=Seconds(0, HOUR),
+        default=30.0,
+        show_default=True,
+        envvar="DUBRUNNER_LOOKUP_GRACE",
+        help="After an answer that leaves a job's fate unknown, seconds the server may "
+        "still take to create it: a look-up finding nothing sooner is repeated then, "
+        "before any resend.",
+    ),
+    click.option(
+        "--allow-insecure-http",
+        is_flag=True,
+        envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
+        help="Allow credentials over plain http to a host other than loopback.",
+    ),
+    gather=_worker_options,
+    into="options",
+)
+
+POLL_OPTIONS = OptionGroup(
+    click.option(
         "--interval",
         type=Seconds(0.01, HOUR),
         default=5.0,
         show_default=True,
         envvar="DUBRUNNER_POLL_INTERVAL",
         help="Seconds between rounds at first; grows by half each round, up to a minute.",
-    )(fn)
+    ),
+    click.option(
+        "--timeout",
+        type=Seconds(0, 30 * 24 * HOUR),
+        default=None,
+        envvar="DUBRUNNER_POLL_TIMEOUT",
+        help="With --wait: give up after this many seconds [default: never].",
+    ),
+    gather=Polling,
+    into="polling",
+)
 
 
-def preflight_options(fn: F) -> F:
-    for option in reversed(
-        [
-            click.option(
-                "--media-concurrency",
-                type=click.IntRange(1, 128),
-                default=8,
-                show_default=True,
-                help="Media URLs checked at once.",
-            ),
-            click.option(
-                "--per-host",
-                type=click.IntRange(1, 32),
-                default=2,
-                show_default=True,
-                help="Media URLs checked at once on any one host.",
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+def _media_check(media_concurrency: int, per_host: int) -> MediaCheck:
+    return MediaCheck(media_concurrency, per_host)
 
 
-def open_store() -> Store:
-    ctx = click.get_current_context()
-    try:
-        store = Store(ctx.meta.get("db"))
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
-    ctx.call_on_close(store.close)
-    return store
-
-
-def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
-    try:
-        return ApiClient(
-            Credentials.from_env(),
-            read_timeout=options.request_timeout,
-            allow_insecure_http=allow_insecure_http,
-        )
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
-
-
-def read_manifest(path: str, max_bytes: int, max_jobs: int) -> Manifest:
-    try:
-        return load_manifest(path, max_bytes, max_jobs)
-    except ManifestError as exc:
-        for line in exc.lines():
-            click.echo(f"error: {line}", err=True)
-        n = len(exc.problems)
-        raise UserError(
-            f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded"
-        ) from None
-
-
-def manifest_limits(fn: F) -> F:
-    fn = click.option(
-        "--max-manifest-bytes",
-        type=click.IntRange(1),
-        default=DEFAULT_MAX_BYTES,
-        envvar="DUBRUNNER_MAX_MANIFEST_BYTES",
+PREFLIGHT_OPTIONS = OptionGroup(
+    click.option(
+        "--media-concurrency",
+        type=click.IntRange(1, 128),
+        default=8,
         show_default=True,
-        help="Refuse larger files.",
-    )(fn)
-    return click.option(
+        help="Media URLs checked at once.",
+    ),
+    click.option(
+        "--per-host",
+        type=click.IntRange(1, 32),
+        default=2,
+        show_default=True,
+        help="Media URLs checked at once on any one host.",
+    ),
+    gather=_media_check,
+    into="media",
+)
+
+MANIFEST_LIMITS = OptionGroup(
+    click.option(
         "--max-jobs",
         type=click.IntRange(1),
         default=DEFAULT_MAX_JOBS,
         envvar="DUBRUNNER_MAX_JOBS",
         show_default=True,
         help="Refuse manifests with more jobs.",
-    )(fn)
-
-
-def say(text: str) -> None:
-    if not click.get_current_context().meta.get("quiet"):
-        click.echo(text, err=True)
-
-
-@click.group(
-    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]}
+    ),
+    click.option(
+        "--max-manifest-bytes",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_BYTES,
+        envvar="DUBRUNNER_MAX_MANIFEST_BYTES",
+        show_default=True,
+        help="Refuse larger files.",
+    ),
+    gather=ManifestLimits,
+    into="limits",
 )
-@click.version_option(__version__, prog_name="dubrunner")
-def cli() -> None:
-    """Submit batches of lip-sync dubbing jobs to the Chamelaion API, each exactly once.
-
-    Credentials come from CHAMELAION_API_KEY and/or CHAMELAION_BEARER_TOKEN, the API's address
-    from CHAMELAION_BASE_URL. Every option can also be set as DUBRUNNER_<COMMAND>_<OPTION>.
-    """
-
-
-def check_batch(store: Store, batch: str | None) -> None:
-    if batch is not None and batch not in store.batches():
-        raise UserError(f"no batch {batch!r} in the database")
-
-
-def quiet(ctx: click.Context) -> bool:
-    return bool(ctx.meta.get("quiet"))
-
-
-def finish(result: BatchResult) -> NoReturn:
-    sentence = result.sentence()
-    if result.exit_code == 0:
-        if not quiet(click.get_current_context()):
-            click.echo(sentence, err=True)
-    else:
-        click.echo(("error: " if result.report.fatal else "") + sentence, err=True)
-    sys.stderr.flush()
-    raise click.exceptions.Exit(result.exit_code)
-
-
-class stop_on_signals:
-    """First Ctrl-C / SIGTERM: stop claiming, let in-flight requests finish. Second: quit now."""
-
-    def __init__(self, request_stop: Callable[[], None]) -> None:
-        self.request_stop = request_stop
-        self.count = 0
-        self.previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if self.count == 1:
-            self.request_stop()
-            click.echo(
-                "\nstopping: letting in-flight requests finish (press Ctrl-C again to quit now)",
-                err=True,
-            )
-        else:
-            # Still safe: claimed jobs stay 'submitting' and are looked up before any resend.
-            os._exit(EXIT_INTERRUPTED)
-
-    def __enter__(self) -> stop_on_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            if handler is signal.default_int_handler:
-                # Python's own would print a traceback on the next Ctrl-C: the quiet one instead.
-                handler = QuietInterrupt()
-            signal.signal(sig, handler)
-
-
-def conclude(summary: str, failure: str | None, interrupted: bool, fatal: str | None) -> int:
-    """The closing line of a poll or fetch, and its exit code."""
-    if fatal:
-        click.echo(f"error: {fatal}; {summary}", err=True)
-        return 1
-    if interrupted:
-        click.echo(f"interrupted: {summary}", err=True)
-        return EXIT_INTERRUPTED
-    if failure:
-        click.echo(f"error: {failure}", err=True)
-        return 1
-    if not quiet(click.get_current_context()):
-        click.echo(summary, err=True)
-    return 0

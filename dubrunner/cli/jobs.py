@@ -7,9 +7,9 @@ import sys
 import click
 
 from dubrunner.cli.common import (
+    COMMON_OPTIONS,
     UserError,
     cli,
-    common_options,
     open_store,
 )
 from dubrunner.output import (
@@ -37,7 +37,7 @@ from dubrunner.states import RETRY_FROM, State
     "--limit", type=click.IntRange(0), default=50, show_default=True, help="Rows to show (0: all)."
 )
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@common_options
+@COMMON_OPTIONS
 def status(
     reference_id: str | None, batch: str | None, states: tuple[str, ...], limit: int, fmt: str
 ) -> None:
@@ -84,7 +84,7 @@ def status(
     is_flag=True,
     help="Also send again jobs that already ran at the API and failed there (paid again).",
 )
-@common_options
+@COMMON_OPTIONS
 def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bool) -> None:
     """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
     store = open_store()
@@ -107,7 +107,7 @@ def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bo
 @click.option("--batch", help="Only this batch.")
 @click.option("--ref", "refs", multiple=True, help="Only this reference_id (repeatable).")
 @click.option("--all-pending", is_flag=True, help="Needed to cancel without --batch or --ref.")
-@common_options
+@COMMON_OPTIONS
 def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
     """Take pending jobs out of their batch (they are never sent)."""
     if not (batch or refs or all_pending):

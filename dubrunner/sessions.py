@@ -1,0 +1,443 @@
+"""What the commands do, as sessions of the library: submit a manifest (load, check the media,
+send, poll, download), send what is pending, poll, fetch, check media.
+
+A session shows its progress and takes a stop through a `Ui` (the command line's is in cli/common),
+and ends in one `Ending`: the sentence to show and the exit code. Nothing here knows of click or
+of a terminal, so every session can be run and inspected without either."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from dubrunner.api import ApiClient
+from dubrunner.db import StoreError
+from dubrunner.fetcher import Fetcher
+from dubrunner.loading import LoadConflict
+from dubrunner.manifest import Manifest
+from dubrunner.poller import Poller
+from dubrunner.preflight import MediaProblem, Pair, Preflight, PreflightReport
+from dubrunner.records import LoadPlan
+from dubrunner.running import Report
+from dubrunner.states import AT_API, State
+from dubrunner.store import Store
+from dubrunner.worker import RunReport, Worker, WorkerOptions
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+MAX_CONFLICTS_SHOWN = 50
+MAX_FETCH_CONCURRENCY = 8  # downloads at once after a submit: its --concurrency, up to this
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a session ended: one sentence and the process's exit code.
+
+    An error is shown as "error: ...". A routine summary is left out under -q, whatever the code
+    (`poll --wait` that saw jobs fail remotely exits 1 with its ordinary summary); any other ending
+    is always shown. `details` come before the sentence, one line each, shown the same way."""
+
+    sentence: str
+    code: int = EXIT_OK
+    is_error: bool = False
+    routine: bool = False
+    details: tuple[str, ...] = ()
+
+
+class Progress(Protocol):
+    def update(self, completed: int, detail: str) -> None:
+        """`completed` of the session's total so far, and a short line about how it goes."""
+
+
+class Ui(Protocol):
+    """What a session needs from whoever watches it."""
+
+    def progress(
+        self, label: str, total: int | None, stop: Callable[[], None]
+    ) -> AbstractContextManager[Progress]:
+        """Show progress while the block runs; a stop asked for meanwhile (Ctrl-C, SIGTERM) calls
+        `stop`, which only sets a flag: the session then ends on its own, soon and safely."""
+        ...
+
+    def say(self, line: str) -> None:
+        """A routine line (-q leaves it out)."""
+
+    def tell(self, ending: Ending) -> None:
+        """How one step of a longer session ended, shown as a session's own ending is."""
+
+    def media_problems(self, problems: Sequence[MediaProblem]) -> None:
+        """The table of media URLs that failed the check."""
+
+
+def _per_second(count: int, started: float) -> float:
+    return count / max(time.monotonic() - started, 1e-6)
+
+
+# -- loading ----------
+
+
+@dataclass(frozen=True)
+class Loaded:
+    batch: str
+    plan: LoadPlan
+
+    @property
+    def summary(self) -> str:
+        plan = self.plan
+        return (
+            f"batch {self.batch}: {len(plan.new)} new, {plan.unchanged} unchanged "
+            f"({plan.already_submitted} already submitted), {len(plan.changed)} changed"
+        )
+
+
+def load(store: Store, manifest: Manifest, dry_run: bool = False) -> Loaded | Ending:
+    """The manifest's jobs into the table, all or (an Ending, exit 2) none of them."""
+    try:
+        plan = store.load(manifest.batch, manifest.jobs, manifest.path, dry_run=dry_run)
+    except LoadConflict as exc:
+        return Ending(
+            f"{len(exc.problems)} job(s) conflict with the database; nothing was loaded",
+            EXIT_USAGE,
+            is_error=True,
+            details=tuple(exc.problems[:MAX_CONFLICTS_SHOWN]),
+        )
+    return Loaded(manifest.batch, plan)
+
+
+# -- sending ----------
+
+
+@dataclass(frozen=True)
+class SubmissionResult:
+    """Where a batch (or every batch) stands after a submission, and what the worker did."""
+
+    batch: str | None
+    report: RunReport
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(n for s, n in self.counts.items() if s != State.CANCELLED)
+
+    @property
+    def at_api(self) -> int:
+        return sum(self.counts.get(s, 0) for s in AT_API)
+
+    @property
+    def left(self) -> int:
+        return self.total - self.at_api
+
+    @property
+    def exit_code(self) -> int:
+        if self.report.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_OK if self.left == 0 and not self.report.fatal else EXIT_INCOMPLETE
+
+    def ending(self) -> Ending:
+        code = self.exit_code
+        return Ending(
+            self.sentence(), code, is_error=bool(self.report.fatal), routine=code == EXIT_OK
+        )
+
+    def sentence(self) -> str:
+        """One sentence: what happened and what to do."""
+        what = f"batch {self.batch}" if self.batch else "all batches"
+        done = f"{self.at_api} of {self.total} jobs"
+        pending = self.counts.get(State.PENDING, 0) + self.counts.get(State.SUBMITTING, 0)
+        failed = self.counts.get(State.FAILED, 0)
+        resume = f"dubrunner resume --batch {self.batch}" if self.batch else "dubrunner resume"
+        failed_note = f"; {failed} failed (see `dubrunner status --state failed`)" if failed else ""
+        r = self.report
+        if r.halt_message:
+            msg = r.halt_message
+            low = msg.lower()
+            if "token limit" in low:
+                advice = "top up the account's tokens"
+            elif "dubrunner bug" in low:
+                advice = "report this bug"
+            elif "cannot reach the api" in low or "redirect" in low:
+                advice = "check CHAMELAION_BASE_URL"
+            else:
+                advice = "check CHAMELAION_API_KEY / CHAMELAION_BEARER_TOKEN"
+            left = self.left - failed
+            return (
+                f"{msg} after {done}; {left} left pending{failed_note} — {advice}, then `{resume}`"
+            )
+        if r.interrupted:
+            return f"interrupted: {done} submitted; {self.left} left — `{resume}` continues"
+        if r.fatal:
+            return f"stopped: {r.fatal}; {done} submitted — fix it, then `{resume}`"
+        if self.left == 0:
+            before = self.at_api - r.submitted
+            tail = f" ({r.submitted} now, {before} before)" if before else ""
+            return f"all {self.total} jobs of {what} submitted{tail}"
+        if failed and pending == 0:
+            return f"{done} submitted; {failed} failed — see `dubrunner status --state failed`"
+        return f"{done} submitted; {self.left} not yet{failed_note} — `{resume}` continues"
+
+
+class Submission:
+    """One pass of a worker over a batch (or every batch), halted jobs given another go: the
+    cause of their halt (tokens, a credential) is taken to be fixed by now."""
+
+    def __init__(
+        self,
+        store: Store,
+        api: ApiClient,
+        batch: str | None,
+        options: WorkerOptions,
+    ) -> None:
+        self.store = store
+        self.batch = batch
+        self.governor = options.governor(store, api)
+        self.worker = Worker(store, api, self.governor, options, batch)
+
+    def request_stop(self) -> None:
+        self.worker.request_stop()
+
+    def execute(self, tick: Callable[[], None] | None = None) -> SubmissionResult:
+        self.store.reset_halted(self.batch)
+        report = self.worker.run(tick)
+        return SubmissionResult(self.batch, report, self.store.counts(self.batch))
+
+
+def submit_pending(
+    store: Store, api: ApiClient, batch: str | None, options: WorkerOptions, ui: Ui
+) -> Ending:
+    """Send every job of the batch (or of every batch) that is not yet at the API."""
+    counts = store.counts(batch)
+    total = sum(n for s, n in counts.items() if s != State.CANCELLED)
+    done = sum(counts.get(s, 0) for s in AT_API)
+    submission = Submission(store, api, batch, options)
+    report = submission.worker.report
+    started = time.monotonic()
+    with ui.progress("submitting", total, submission.request_stop) as progress:
+
+        def tick() -> None:
+            pending = total - done - report.submitted - report.failed - report.halted
+            detail = f"failed {report.failed} · pending {max(pending, 0)} · "
+            detail += f"{_per_second(report.submitted, started):.1f} jobs/s"
+            if submission.governor.paused_for > 0:
+                detail += " · paused by the server"
+            if submission.worker.waiting_for_others:
+                detail += " · waiting for jobs other workers hold"
+            progress.update(done + report.submitted + report.failed, detail)
+
+        try:
+            return submission.execute(tick).ending()
+        except StoreError as exc:
+            return Ending(f"the database failed: {exc}", EXIT_USAGE, is_error=True)
+
+
+# -- the whole of `submit` ----------
+
+
+@dataclass(frozen=True)
+class MediaCheck:
+    """How hard to check media URLs: at once overall, and at once on any one host."""
+
+    concurrency: int = 8
+    per_host: int = 2
+
+
+@dataclass(frozen=True)
+class Polling:
+    """The first interval between rounds of polling (it grows), and when to give up waiting."""
+
+    interval: float = 5.0
+    timeout: float | None = None
+
+
+def submit(
+    store: Store,
+    api: ApiClient,
+    manifest: Manifest,
+    options: WorkerOptions,
+    ui: Ui,
+    *,
+    media: MediaCheck | None = None,
+    wait: bool = False,
+    polling: Polling = Polling(),
+    fetch_into: Path | None = None,
+) -> Ending:
+    """Load the manifest; with `media`, fail the jobs whose media fail the check, unsent; send the
+    rest; with `wait` or `fetch_into`, poll until every job has ended; with `fetch_into`,
+    download the outputs there. The ending is the last step's; a download after a poll that
+    ended badly keeps the poll's exit code, unless the download itself was interrupted."""
+    loaded = load(store, manifest)
+    if isinstance(loaded, Ending):
+        return loaded
+    ui.say(loaded.summary)
+    if media is not None:
+        report, checked = _check(store.unsent(manifest.batch), media, ui)
+        if checked.code == EXIT_INTERRUPTED:
+            return checked
+        ui.tell(checked)
+        reasons: dict[str, str] = {}
+        for problem in report.problems:
+            reasons.setdefault(
+                problem.reference_id, f"preflight: {problem.which}: {problem.problem}"
+            )
+        store.fail_unsent(manifest.batch, reasons)
+    sent = submit_pending(store, api, manifest.batch, options, ui)
+    if sent.code != EXIT_OK or not (wait or fetch_into):
+        return sent
+    ui.tell(sent)
+    polled = poll(store, api, manifest.batch, options, ui, wait=True, polling=polling)
+    if fetch_into is None or polled.code == EXIT_INTERRUPTED:
+        return polled
+    # Even when some jobs failed remotely (or the poll gave up), download those that completed.
+    ui.tell(polled)
+    fetched = fetch(
+        store, manifest.batch, fetch_into, min(options.concurrency, MAX_FETCH_CONCURRENCY), ui
+    )
+    if polled.code == EXIT_OK or fetched.code == EXIT_INTERRUPTED:
+        return fetched
+    return dataclasses.replace(fetched, code=polled.code)
+
+
+# -- after sending ----------
+
+
+def _closing(summary: str, failure: str | None, report: Report) -> Ending:
+    """The ending of a poll or a fetch: a failure of the run itself first, then a stop, then
+    what went wrong with the jobs, else the summary."""
+    if report.fatal:
+        return Ending(f"{report.fatal}; {summary}", EXIT_INCOMPLETE, is_error=True)
+    if report.interrupted:
+        return Ending(f"interrupted: {summary}", EXIT_INTERRUPTED)
+    if failure:
+        return Ending(failure, EXIT_INCOMPLETE, is_error=True)
+    return Ending(summary, routine=True)
+
+
+def poll(
+    store: Store,
+    api: ApiClient,
+    batch: str | None,
+    options: WorkerOptions,
+    ui: Ui,
+    *,
+    wait: bool,
+    polling: Polling = Polling(),
+) -> Ending:
+    """Ask the API about every submitted job: one round, or (`wait`) rounds until every job has
+    ended. Waiting exits 1 when some jobs failed remotely or are still going."""
+    poller = Poller(store, api, options.governor(store, api), batch, options.concurrency)
+    total = poller.remaining()
+    report = poller.report
+    label = "polling" if wait else "polling once"
+    with ui.progress(label, total, poller.request_stop) as progress:
+
+        def tick() -> None:
+            progress.update(
+                report.completed + report.failed,
+                f"round {report.rounds + 1} · completed {report.completed} · failed "
+                f"{report.failed} · {report.requests} requests",
+            )
+
+        poller.run(wait, polling.interval, polling.timeout, tick)
+    counts = store.counts(batch)
+    still = counts.get(State.SUBMITTED, 0) + counts.get(State.PROCESSING, 0)
+    failed_remote = store.count_remote_failures(batch)
+    where = f"batch {batch}" if batch else "all batches"
+    summary = (
+        f"{where}: {counts.get(State.COMPLETED, 0)} completed, {failed_remote} failed remotely, "
+        f"{still} still processing"
+    )
+    failure = None
+    if report.halt_message:
+        failure = f"{report.halt_message}; {summary} — fix it, then poll again"
+    elif report.timed_out:
+        failure = f"timed out waiting; {summary}"
+    ending = _closing(summary, failure, report)
+    if ending.code == EXIT_OK and wait and (still or failed_remote):
+        return dataclasses.replace(ending, code=EXIT_INCOMPLETE)
+    return ending
+
+
+def fetch(store: Store, batch: str | None, out: Path, concurrency: int, ui: Ui) -> Ending:
+    """Download every completed job's output into `out`."""
+    fetcher = Fetcher(store, out, batch, concurrency)
+    total = store.count_in_states(batch, [State.COMPLETED])
+    report = fetcher.report
+    started = time.monotonic()
+    with ui.progress("downloading", total, fetcher.request_stop) as progress:
+
+        def tick() -> None:
+            done = report.downloaded + report.skipped + report.failed
+            progress.update(
+                done,
+                f"{report.bytes / 1e6:.1f} MB · {_per_second(report.bytes, started) / 1e6:.1f}"
+                f" MB/s · failed {report.failed}",
+            )
+
+        fetcher.run(tick)
+    restarted = f", {report.restarted} started over" if report.restarted else ""
+    summary = (
+        f"{report.downloaded} downloaded ({report.bytes / 1e6:.1f} MB, {report.resumed} resumed"
+        f"{restarted}), {report.skipped} already there, {report.failed} failed, into {out}"
+    )
+    failure = None
+    if report.failed:
+        failure = f"{summary} — see `dubrunner status --format json`"
+    elif report.busy:
+        failure = (
+            f"{summary}; {report.busy} being downloaded by another dubrunner fetch right now "
+            "— run fetch again once it has ended"
+        )
+    return _closing(summary, failure, report)
+
+
+# -- checking media ----------
+
+
+class MediaJob(Protocol):
+    """A job as the media check sees it: a manifest's, or one in the table."""
+
+    @property
+    def reference_id(self) -> str: ...
+    @property
+    def video_url(self) -> str: ...
+    @property
+    def audio_url(self) -> str: ...
+
+
+def check_media(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> Ending:
+    """Check every media URL of these jobs; exit 1 when any job has a problem."""
+    return _check(jobs, media, ui)[1]
+
+
+def _check(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> tuple[PreflightReport, Ending]:
+    pairs = [Pair(j.reference_id, j.video_url, j.audio_url) for j in jobs]
+    preflight = Preflight(media.concurrency, media.per_host)
+    try:
+        with ui.progress("checking media", None, preflight.stop.set) as progress:
+            report = preflight.run(
+                pairs, lambda done, total: progress.update(done, f"{done} of {total} URLs")
+            )
+    finally:
+        preflight.close()
+    if report.problems:
+        ui.media_problems(report.problems)
+    bad = len(report.bad_references)
+    if report.interrupted:
+        return report, Ending(
+            f"interrupted: checked {report.checked} of {report.urls} media URL(s) of "
+            f"{report.jobs} job(s) before the stop: {bad} job(s) with a problem so far",
+            EXIT_INTERRUPTED,
+        )
+    return report, Ending(
+        f"checked {report.checked} media URL(s) of {report.jobs} job(s): "
+        f"{bad} job(s) with a problem",
+        EXIT_INCOMPLETE if report.problems else EXIT_OK,
+        routine=True,
+    )
