@@ -47,6 +47,22 @@ class Credentials:
     def __bool__(self) -> bool:
         return bool(self.api_key or self.bearer_token)
 
+    def problem(self) -> str | None:
+        """Why these credentials cannot travel in an HTTP header, if they cannot (the value is
+        never said: a pasted key with a stray line break or a typographic dash is still a key)."""
+        for name, value in (
+            ("CHAMELAION_API_KEY", self.api_key),
+            ("CHAMELAION_BEARER_TOKEN", self.bearer_token),
+        ):
+            if value is not None and not (value.isascii() and value.isprintable()):
+                return (
+                    f"{name} holds characters an HTTP header cannot carry (a line break, a "
+                    "control or a non-ASCII character, perhaps pasted with it); set it again"
+                )
+            if value is not None and any(c.isspace() for c in value):
+                return f"{name} holds a space; set it again without it"
+        return None
+
     def __repr__(self) -> str:  # never show the values, not even in a traceback
         return f"Credentials(api_key={'set' if self.api_key else None}, " + (
             f"bearer_token={'set' if self.bearer_token else None})"
@@ -197,12 +213,15 @@ class ApiClient:
         allow_insecure_http: bool = False,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        register_secret(credentials.api_key)
+        register_secret(credentials.bearer_token)
         if not credentials:
             raise ConfigError(
                 "no API credentials: set CHAMELAION_API_KEY or CHAMELAION_BEARER_TOKEN"
             )
-        register_secret(credentials.api_key)
-        register_secret(credentials.bearer_token)
+        problem = credentials.problem()
+        if problem:
+            raise ConfigError(problem)
         self.base_url = check_base_url(base_url or base_url_from_env(), allow_insecure_http)
         self._settings: dict[str, Any] = {
             "base_url": self.base_url,

@@ -37,18 +37,22 @@ def diagnose(db: str | None, allow_insecure_http: bool = False) -> list[Finding]
         )
         if v
     ]
+    problem = creds.problem()
     findings.append(
         Finding(
             "credentials",
-            bool(creds),
-            f"{' and '.join(which)} set"
-            if which
-            else "neither CHAMELAION_API_KEY nor CHAMELAION_BEARER_TOKEN is set",
+            bool(creds) and problem is None,
+            problem
+            or (
+                f"{' and '.join(which)} set"
+                if which
+                else "neither CHAMELAION_API_KEY nor CHAMELAION_BEARER_TOKEN is set"
+            ),
         )
     )
     base = base_url_from_env()
     api: ApiClient | None = None
-    if creds:
+    if creds and problem is None:
         try:
             api = ApiClient(creds, base, read_timeout=15, allow_insecure_http=allow_insecure_http)
         except ConfigError as exc:

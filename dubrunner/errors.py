@@ -282,6 +282,10 @@ def classify_exception(exc: BaseException, *, idempotent: bool = False) -> Outco
     message = f"{name}: {detail}"[:300] if detail else name
     if isinstance(exc, _CONFIG):
         return Outcome(Action.HALT_BATCH, f"cannot reach the API: {message}")
+    if isinstance(exc, httpx.LocalProtocolError):
+        # Refused before anything left (a header dubrunner was given cannot be sent): every
+        # request would meet it. Its text quotes the header, so it is not repeated here.
+        return Outcome(Action.HALT_BATCH, "dubrunner could not form a valid HTTP request")
     if isinstance(exc, _NOT_SENT):
         return Outcome(Action.RETRY, message)
     if isinstance(exc, (httpx.TransportError, httpx.StreamError, ResponseTooLarge)):

@@ -33,10 +33,11 @@ def register_secret(value: str | None) -> None:
     """Remember a credential so that `scrub` masks it wherever it appears."""
     global _secrets
     if value and len(value) >= 4:
+        # As it may be quoted in an error: escaped by repr() (a stray "\r" as "\\r"), or as bytes.
+        forms = {value, repr(value)[1:-1], repr(value.encode("utf-8", "replace"))[2:-1]}
         with _lock:
-            if value not in _secrets:
-                # Longest first, so a secret that contains another is masked whole.
-                _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
+            # Longest first, so a secret that contains another is masked whole.
+            _secrets = tuple(sorted({*_secrets, *forms}, key=len, reverse=True))
 
 
 def scrub(text: str) -> str:

@@ -26,7 +26,7 @@ from dubrunner.emulator import Emulator
 from dubrunner.manifest import ManifestError
 from dubrunner.manifest import parse as parse_manifest
 from dubrunner.poller import interpret
-from dubrunner.redact import redact_url, register_secret
+from dubrunner.redact import redact_url, register_secret, scrub
 from dubrunner.store import Store, StoreError
 from tests.conftest import (
     TOKEN,
@@ -524,3 +524,33 @@ def test_ctrl_c_at_any_moment_exits_quietly(tmp_path: Path) -> None:
         what = (program[-1], args, f"Ctrl-C at {first:.3f} s and {second:.3f} s later")
         assert "Traceback" not in err and "Exception ignored" not in err, (what, err)
         assert proc.returncode in (0, 130), (what, proc.returncode, err)
+
+
+@pytest.mark.parametrize("key", ["SEKRET1\rx", "SEKRET€key", "two words", "tab\tkey"])
+def test_a_credential_that_cannot_be_a_header_is_refused_up_front(key: str, tmp_path: Path) -> None:
+    # Found by an outside attack: a key pasted with a stray CR made every request fail locally,
+    # taken as "may have landed", so submit looked the job up for ever and the key (escaped)
+    # reached -v output, status and the attempts table; a non-ASCII one gave a traceback.
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "batch: b\njobs:\n  - reference_id: kk\n    video: https://v.test/a.mp4\n"
+        "    audio: https://a.test/a.wav\n"
+    )
+    env = clean_env(
+        CHAMELAION_BASE_URL="http://127.0.0.1:9/api/",
+        CHAMELAION_API_KEY=key,
+        DUBRUNNER_DB=str(tmp_path / "j.db"),
+    )
+    r = CliRunner().invoke(cli, ["submit", str(manifest)], env=env)
+    assert r.exit_code == 2, r.output
+    assert "CHAMELAION_API_KEY holds" in r.output and "SEKRET" not in r.output
+    assert not (tmp_path / "j.db").exists()  # refused before the database is touched
+    doctor = CliRunner().invoke(cli, ["doctor"], env=env)
+    assert doctor.exit_code == 1 and "internal error" not in doctor.output
+    assert "SEKRET" not in doctor.output
+
+
+def test_escaped_forms_of_a_secret_are_scrubbed() -> None:
+    register_secret("SEKRET1\rx")
+    assert "SEKRET" not in scrub("LocalProtocolError: Illegal header value b'SEKRET1\\rx'")
+    assert "SEKRET" not in scrub(repr("SEKRET1\rx"))
