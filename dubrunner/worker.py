@@ -465,13 +465,16 @@ class Worker(Run):
     # -- looking up ----------
 
     def _ask(self, run: _Claim, ended: frozenset[str]) -> tuple[LookupResult, int | None]:
-        """One look-up by reference_id (and the direct GET when the list ignores its filter);
-        the result and the HTTP status it came with."""
+        """One look-up by reference_id (and the direct GET when the list cannot answer it); the
+        result and the HTTP status it came with."""
         ref = run.job.reference_id
         answer, exc = self._call(lambda: self.api.find_by_reference(ref))
         if answer is not None:
             result = classify_lookup(answer.status, answer.headers, answer.body, ref, ended)
-            if result.kind is not Lookup.FILTER_IGNORED:
+            # The list ignoring its filter, or not there at all (a 404 or 405 for the list
+            # route): the request itself can still be asked for by reference_id.
+            missing = result.kind is Lookup.ERROR and answer.status in (404, 405)
+            if result.kind is not Lookup.FILTER_IGNORED and not missing:
                 return result, answer.status
             answer, exc = self._call(lambda: self.api.get_request(ref))
             if answer is not None:

@@ -57,6 +57,7 @@ class FakeApi:
     requests: list[FakeRequest] = field(default_factory=list)
     modes: deque[str] = field(default_factory=deque)
     filter_ignored: bool = False
+    list_missing: bool = False  # the list route answers the API's own JSON 404
     lock: threading.Lock = field(default_factory=threading.Lock)
     hold_after_create: threading.Event | None = None  # a paused worker's POST: created, held
     reached: threading.Event = field(default_factory=threading.Event)
@@ -84,6 +85,8 @@ class FakeApi:
         path = request.url.raw_path.decode().split("?")[0].removeprefix("/api/")
         if request.method == "POST" and path == "v1/lipsync/generate":
             return self._generate(json.loads(request.content))
+        if request.method == "GET" and path == "v1/lipsync/requests" and self.list_missing:
+            return httpx.Response(404, json={"error": "not found"})
         if request.method == "GET" and path == "v1/lipsync/requests":
             ref = request.url.params["reference_id"]
             items = [self._view(r) for r in self._visible(ref)]

@@ -79,6 +79,15 @@ def test_a_200_saying_token_limit_halts_and_is_looked_up_on_resume(store: Store)
     assert_once(store, fake)
 
 
+def test_without_a_list_route_the_request_is_asked_for_by_reference_id(store: Store) -> None:
+    # Found by an outside attack: a list endpoint answering 404 was retried until the job
+    # failed, although GET requests/{reference_id} would have found the request.
+    fake = FakeApi(list_missing=True)
+    report = work(store, fake, "lost")
+    assert report.found_by_lookup == 1
+    assert_once(store, fake)
+
+
 def test_a_late_request_is_looked_up_again_after_the_grace(store: Store) -> None:
     fake = FakeApi()
     report = work(store, fake, "504_late")
