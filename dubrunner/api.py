@@ -142,6 +142,7 @@ class _Watchdog:
         self._watched: dict[int, tuple[float, Callable[[], None]]] = {}
         self._next = 0
         self._thread: threading.Thread | None = None
+        self._wakes_at = float("inf")  # when the thread looks next, unless woken
 
     def watch(self, deadline: float, cut: Callable[[], None]) -> int:
         with self._cond:
@@ -150,7 +151,10 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="http-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # Deadlines mostly come in order: wake the thread only for one sooner than its next
+            # look (waking it on every request costs more than the request's own bookkeeping).
+            if deadline < self._wakes_at:
+                self._cond.notify()
             return self._next
 
     def release(self, token: int) -> None:
@@ -165,7 +169,9 @@ class _Watchdog:
                 cuts = [self._watched.pop(t)[1] for t in due]
                 if not cuts:
                     soonest = min((at for at, _ in self._watched.values()), default=now + 60)
+                    self._wakes_at = soonest
                     self._cond.wait(max(0.01, soonest - now))
+                    self._wakes_at = float("inf")
                     continue
             for cut in cuts:
                 cut()

@@ -28,16 +28,20 @@ class Lease:
     """How long a claim holds, derived from the request timeout R: the time within which the
     server is assumed to act on a POST it received, if it ever does.
 
-    - A POST leaves only inside a *send window*: right after its worker re-confirmed, in the
-      database, that it still owns the job (`Store.confirm_send`), and at most `window` seconds
-      later (checked right before the first byte, on a clock that keeps counting while the
-      machine is suspended). The confirmation sets `settle_at` = then + window + R: from then
-      on a look-up by reference_id tells the truth about every POST that owner made.
-    - `lease_expires` is the last renewal + 2R (renewed every `heartbeat`), always later than
-      `settle_at`. From then anyone may reclaim the job, and looks it up before sending it.
-    - A claim sets `settle_at` to the moment of the claim (nothing was sent yet), so the jobs of a
-      worker on this host that is provably dead are reclaimed at once when it never sent them,
-      and at their settle time when it did.
+    Every write that asserts a worker's hold on a job (the claim, each heartbeat's renewal, a
+    confirmation right before a send) is one atomic guarded UPDATE made at a moment T. It covers
+    sends of that job for `window` seconds from T (checked right before the first byte of each
+    POST, on a clock that keeps counting while the machine is suspended), and sets:
+
+    - `settle_at` = T + window + R: a POST covered by it was acted on by then, so from then on a
+      look-up by reference_id tells the truth. A worker on this host that is provably dead is
+      reclaimed then.
+    - `lease_expires` = T + 2R, later than settle_at: anyone may reclaim the job then, and looks
+      it up before sending it.
+
+    Renewals come every `heartbeat`, half the window, so a worker whose database answers keeps
+    sending without a write per job; one paused past its lease finds, at its next renewal, that
+    the jobs another worker took are no longer its own, and sends none of them.
     """
 
     request_timeout: float = 60.0
@@ -48,23 +52,15 @@ class Lease:
 
     @property
     def window(self) -> float:
-        """How long after the confirmation of ownership a POST may still leave."""
-        return self.heartbeat
+        """How long after a write that asserted the hold a POST may still leave."""
+        return 2 * self.heartbeat
 
     @property
     def seconds(self) -> float:
         return 2 * self.request_timeout
 
-    def claimed(self, now: float) -> tuple[float, float]:
-        """(lease_expires, settle_at) for a job claimed at `now`."""
-        return now + self.seconds, now
-
-    def renewed(self, now: float) -> float:
-        """lease_expires for a lease renewed at `now`."""
-        return now + self.seconds
-
-    def confirmed(self, now: float) -> tuple[float, float]:
-        """(lease_expires, settle_at) for a send confirmed at `now`."""
+    def held(self, now: float) -> tuple[float, float]:
+        """(lease_expires, settle_at) written by a claim, renewal or confirmation at `now`."""
         return now + self.seconds, now + self.window + self.request_timeout
 
 

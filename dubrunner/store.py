@@ -98,7 +98,7 @@ class Store(Queries):
         landed, so the caller must ask the API by reference_id before sending it again.
         """
         now = time.time()
-        expires, settle = lease.claimed(now)
+        expires, settle = lease.held(now)
         params: dict[str, Any] = {
             "c_now": now,
             "c_owner": owner,
@@ -134,21 +134,23 @@ class Store(Queries):
                 .values(back_to_pending())
             ).rowcount
 
-    def renew_leases(self, owner: str, lease: Lease) -> set[int]:
-        """Extend the leases of every job this worker holds; the ids it still holds."""
+    def renew_leases(self, owner: str, lease: Lease, now: float) -> set[int]:
+        """Extend the hold on every job this worker holds, as of `now` (see Lease); the ids it
+        still holds (a job taken by another worker after our lease lapsed is not among them)."""
+        expires, settle = lease.held(now)
         stmt = (
             update(Job)
             .where(Job.owner == owner, Job.state == State.SUBMITTING)
-            .values(lease_expires=lease.renewed(time.time()))
+            .values(lease_expires=expires, settle_at=settle)
             .returning(Job.id)
         )
         return self.db.run_write(lambda conn: set(conn.execute(stmt).scalars()))
 
     def confirm_send(self, job_id: int, owner: str, lease: Lease, now: float) -> bool:
-        """Right before a POST: is the job still ours? If so, its lease and settle time now
-        cover a POST leaving within `lease.window` of `now` (see Lease). One atomic guarded
-        UPDATE, so a worker that was paused past its lease cannot send a job someone else took."""
-        expires, settle = lease.confirmed(now)
+        """Right before a POST whose cover has lapsed: is the job still ours? If so, it is
+        covered again from `now` (see Lease). One atomic guarded UPDATE, so a worker that was
+        paused past its lease cannot send a job someone else took."""
+        expires, settle = lease.held(now)
         return self._update(
             Guard.OWNED, job_id, owner, None, {"lease_expires": expires, "settle_at": settle}
         )

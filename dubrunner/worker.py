@@ -142,7 +142,9 @@ class Worker(Run):
         self.report = RunReport()
         self._claim_lock = threading.Lock()  # the queue of claimed jobs
         self._queue: deque[ClaimedJob] = deque()
-        self._held: set[int] = set()  # jobs claimed and not yet settled by this worker
+        # Jobs claimed and not yet settled by this worker, with the moment (on boottime) of the
+        # last write that asserted the hold: the claim, a renewal, a confirmation (see Lease).
+        self._held: dict[int, float] = {}
         self._taken: set[int] = set()  # held jobs a renewal found no longer ours
         self._exhausted = False
         self._heartbeat_stop = threading.Event()
@@ -199,11 +201,12 @@ class Worker(Run):
     def work_once(self) -> bool:
         """Claim one job and see it through on the calling thread; False when there was none to
         claim. No heartbeat runs: the model check drives workers step by step with this."""
+        started = boottime()
         jobs = self.store.claim(self.owner, self.batch, 1, self.options.lease)
         if not jobs:
             return False
         with self._lock:
-            self._held.add(jobs[0].id)
+            self._held[jobs[0].id] = started
         self._see_through(jobs[0])
         return True
 
@@ -223,7 +226,7 @@ class Worker(Run):
             self.guarded(lambda: self._process(_Claim.of(job)))
         finally:
             with self._lock:
-                self._held.discard(job.id)
+                self._held.pop(job.id, None)
                 self._taken.discard(job.id)
 
     def _reclaim_dead_owners(self) -> None:
@@ -238,15 +241,18 @@ class Worker(Run):
         while not self._heartbeat_stop.wait(lease.heartbeat):
             with self._lock:
                 held = set(self._held)
+            started = boottime()  # before the write: the hold is asserted as of then
             try:
-                renewed = self.store.renew_leases(self.owner, lease)
+                renewed = self.store.renew_leases(self.owner, lease, time.time())
             except StoreError as exc:
                 log.warning("could not renew leases: %s", exc)
                 continue
             # A job we hold that the renewal did not find is no longer ours (we were paused past
             # its lease and another worker took it): send nothing more for it.
             with self._lock:
-                taken = (held - renewed) & self._held
+                for job_id in renewed & self._held.keys():
+                    self._held[job_id] = max(self._held[job_id], started)
+                taken = (held - renewed) & self._held.keys()
                 self._taken |= taken
             if taken:
                 log.warning("%d job(s) were taken over by another worker", len(taken))
@@ -259,10 +265,11 @@ class Worker(Run):
                 if self._exhausted or self.stop.is_set():
                     return None
                 chunk = max(1, min(self.options.concurrency, 64))
+                started = boottime()
                 jobs = self.store.claim(self.owner, self.batch, chunk, self.options.lease)
                 if jobs:
                     with self._lock:
-                        self._held.update(j.id for j in jobs)
+                        self._held.update((j.id, started) for j in jobs)
                     self._queue.extend(jobs[1:])
                     return jobs[0]
                 # Others still hold jobs of this batch, or jobs wait for their look-up's grace:
@@ -372,23 +379,29 @@ class Worker(Run):
             raise _Lost
 
     def _send_window(self, run: _Claim) -> Callable[[], None]:
-        """Confirm in the database that the job is still ours, right before its POST; the
-        guard the API client calls just before the first byte leaves (see records.Lease).
+        """The guard the API client calls just before the first byte of a POST leaves: the job
+        must be covered by a write that asserted our hold on it less than a window ago (see
+        records.Lease). When the last claim or renewal is too old (a pause, a slow database), the
+        hold is confirmed for this job alone first, in one atomic guarded write.
 
         A stalled database pauses sending; one that stays away for a whole lease stops the run."""
         lease = self.options.lease
+        job_id = run.job.id
         give_up = boottime() + lease.seconds
         while True:
             self._check_still_ours(run)
             if self.stop.is_set():
                 raise Stopped
-            started = boottime()
-            if not self.store.confirm_send(run.job.id, self.owner, lease, time.time()):
-                log.warning("%s was taken over; dropping it", run.job.reference_id)
-                raise _Lost
-            closes = started + lease.window
+            with self._lock:
+                closes = self._held.get(job_id, -1.0) + lease.window
             if boottime() < closes:
                 break
+            started = boottime()
+            if not self.store.confirm_send(job_id, self.owner, lease, time.time()):
+                log.warning("%s was taken over; dropping it", run.job.reference_id)
+                raise _Lost
+            with self._lock:
+                self._held[job_id] = started
             if boottime() > give_up:
                 self.fatal("the database is too slow to confirm a claim before sending; stopped")
                 raise Stopped
