@@ -316,6 +316,10 @@ class ApiClient:
             if exchange.cut_at_deadline:
                 raise self._too_slow() from None
             raise
+        except httpx.DecodingError as exc:
+            # A body that its Content-Encoding does not fit (a proxy's "gzip" that is not): a
+            # garbled answer like any other, whose request may have been acted on.
+            raise httpx.RemoteProtocolError(f"the answer's body cannot be decoded: {exc}") from None
         finally:
             _WATCHDOG.release(token)
             exchange.guard = None

@@ -306,7 +306,7 @@ class Fetcher(Run):
             if exc.errno == errno.ENOSPC:
                 raise DownloadFailed("the disk is full") from None
             raise DownloadFailed(f"cannot write {part}: {exc.strerror}") from None
-        except (httpx.TransportError, httpx.StreamError) as exc:
+        except (httpx.TransportError, httpx.StreamError, httpx.DecodingError) as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
         return final, size, sha256_of(final)
 

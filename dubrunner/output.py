@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dubrunner.queries import JobRow
-from dubrunner.redact import redact_url, scrub
+from dubrunner.redact import inert, redact_url, scrub, shown
 
 FORMATS = ("table", "json", "csv")
 ROW_FIELDS = (
@@ -137,15 +137,10 @@ def _short(text: str | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-# Control characters shown as '?': an escape sequence from a server could repaint the terminal or
-# plant a hyperlink. Newlines and tabs are layout.
-_CONTROL = {c: "?" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"}
-
-
 def plain(value: object) -> Text:
     """Foreign text (from a server, a manifest, the database) as Rich must print it: never read as
     markup, where '[/]' would crash the table and '[link=...]' would become a link."""
-    return Text("" if value is None else str(value).translate(_CONTROL))
+    return Text("" if value is None else inert(str(value)))
 
 
 def table_console() -> Console:
@@ -294,7 +289,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 
 class _ScrubbingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+        return shown(super().format(record))
 
 
 def _route_logging_to(console: Console | None) -> None:

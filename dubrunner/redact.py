@@ -68,3 +68,23 @@ def _mask_parameters(text: str) -> str:
     if not any(_secret_name(k) for k, _ in pairs):
         return text  # as it was, not re-encoded
     return urlencode([(k, MASK if _secret_name(k) else v) for k, v in pairs], safe="*")
+
+
+# Characters shown as '?' wherever foreign text reaches a terminal: an escape sequence from a
+# server could repaint the screen, set the window's title or plant a hyperlink, and a bidi
+# override could show a line backwards. Newlines and tabs are layout.
+_INERT = {
+    c: "?"
+    for c in (*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F))
+    if chr(c) not in "\n\t"
+} | {c: "?" for c in range(0x2066, 0x206A)}
+
+
+def inert(text: str) -> str:
+    """`text` with every control character replaced, safe to write to a terminal."""
+    return text.translate(_INERT)
+
+
+def shown(text: str) -> str:
+    """Foreign text as it may be shown: credentials masked, control characters made inert."""
+    return inert(scrub(text))

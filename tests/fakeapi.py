@@ -34,6 +34,7 @@ MODES = (
     "429",
     "token_limit",
     "200_token_limit_created",
+    "gzip_garbage",  # created, answered "Content-Encoding: gzip" with a body that is not gzip
     "kill_before_send",
     "kill_after_create",
 )
@@ -151,6 +152,10 @@ class FakeApi:
             return httpx.Response(500, json=odd, headers=no_retry)
         if mode == "504_late":
             return httpx.Response(504, text="<html>504 Gateway Time-out</html>")
+        if mode == "gzip_garbage":
+            return httpx.Response(
+                200, content=b"not gzip at all", headers={"content-encoding": "gzip"}
+            )
         if mode == "200_token_limit_created":
             return httpx.Response(200, json={"error": "token limit reached"})
         return httpx.Response(200, json={"status": "success", "request_id": req.id})

@@ -554,3 +554,18 @@ def test_escaped_forms_of_a_secret_are_scrubbed() -> None:
     register_secret("SEKRET1\rx")
     assert "SEKRET" not in scrub("LocalProtocolError: Illegal header value b'SEKRET1\\rx'")
     assert "SEKRET" not in scrub(repr("SEKRET1\rx"))
+
+
+def test_terminal_escapes_from_a_server_never_reach_the_terminal() -> None:
+    # Found by an outside attack: a failure line on stderr wrote a server's ESC sequences and a
+    # bidi override raw (the tables already showed them as '?').
+    import logging
+
+    from dubrunner.output import _ScrubbingFormatter
+    from dubrunner.redact import inert
+
+    hostile = "bad \x1b[31mred\x1b[0m \x1b]8;;http://evil/\x07link \u202eevil\u2066x end\n\tok"
+    assert inert(hostile) == "bad ?[31mred?[0m ?]8;;http://evil/?link ?evil?x end\n\tok"
+    record = logging.LogRecord("dubrunner", logging.INFO, __file__, 1, "%s", (hostile,), None)
+    shown_line = _ScrubbingFormatter("%(message)s").format(record)
+    assert "\x1b" not in shown_line and "\u202e" not in shown_line

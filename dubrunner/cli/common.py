@@ -24,7 +24,7 @@ from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, Ma
 from dubrunner.manifest import load as load_manifest
 from dubrunner.output import ProgressDisplay, print_media_problems, setup_logging, table_console
 from dubrunner.preflight import MediaProblem
-from dubrunner.redact import scrub
+from dubrunner.redact import shown
 from dubrunner.sessions import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -67,7 +67,7 @@ def show_ending(ending: Ending) -> None:
         return
     prefix = "error: " if ending.is_error else ""
     for line in (*ending.details, ending.sentence):
-        click.echo(prefix + scrub(line), err=True)
+        click.echo(prefix + shown(line), err=True)
 
 
 def end(ending: Ending) -> NoReturn:
