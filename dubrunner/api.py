@@ -103,7 +103,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_base_url(base_url: str, allow_insecure_http: bool = False) -> str:
-    parts = urlsplit(base_url)
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"CHAMELAION_BASE_URL is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"CHAMELAION_BASE_URL must be an http(s) URL, got {base_url!r}")
     if parts.username or parts.password:

@@ -37,7 +37,7 @@ from dubrunner.outfiles import (
     write_all,
 )
 from dubrunner.records import AttemptRecord, FetchTarget
-from dubrunner.redact import scrub
+from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
 from dubrunner.store import Store
 
@@ -125,6 +125,12 @@ class Fetcher(Run):
             return
         if _vouched(target):
             self.add("skipped")
+            return
+        if not is_http_url(target.output_url):
+            reason = "the API's output_url is not a valid http(s) URL"
+            attempt = AttemptRecord("download", "failed", None, reason, 0)
+            self.store.mark_download_failed(target.id, self.owner, attempt, reason)
+            self.add("failed")
             return
         # The part is named for this job alone (its extension is the URL's, or .mp4); the final
         # name differs from it at most by an extension chosen from the first answer.

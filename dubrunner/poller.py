@@ -21,7 +21,7 @@ from dubrunner.errors import (
 )
 from dubrunner.governor import Governor, Stopped
 from dubrunner.records import AttemptRecord, PollTarget, RemoteView
-from dubrunner.redact import scrub
+from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
 from dubrunner.states import State, state_for_remote
 from dubrunner.store import Store
@@ -54,11 +54,7 @@ def interpret(view: dict[str, Any]) -> RemoteView:
     remote = _text(view.get("status"), 40)
     state = state_for_remote(remote)
     output = view.get("output_url")
-    output_url = (
-        scrub(output)
-        if isinstance(output, str) and output.startswith(("http://", "https://"))
-        else None
-    )
+    output_url = scrub(output) if isinstance(output, str) and is_http_url(output) else None
     error = _text(view.get("error_message"), 500)
     last_error = None
     if state is State.FAILED:

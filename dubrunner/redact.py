@@ -88,3 +88,15 @@ def inert(text: str) -> str:
 def shown(text: str) -> str:
     """Foreign text as it may be shown: credentials masked, control characters made inert."""
     return inert(scrub(text))
+
+
+def is_http_url(value: object) -> bool:
+    """An absolute http(s) URL that can be parsed (a host, a numeric port if any)."""
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname)

@@ -569,3 +569,25 @@ def test_terminal_escapes_from_a_server_never_reach_the_terminal() -> None:
     record = logging.LogRecord("dubrunner", logging.INFO, __file__, 1, "%s", (hostile,), None)
     shown_line = _ScrubbingFormatter("%(message)s").format(record)
     assert "\x1b" not in shown_line and "\u202e" not in shown_line
+
+
+def test_malformed_urls_are_one_sentence_not_an_internal_error(tmp_path: Path) -> None:
+    # Found by an outside attack: "http://[::1" (an unclosed IPv6 bracket) in CHAMELAION_BASE_URL
+    # was "internal error: ValueError"; as an output_url it stopped a whole fetch with a traceback.
+    from dubrunner.redact import is_http_url
+
+    env = clean_env(
+        CHAMELAION_BASE_URL="http://[::1/api/",
+        CHAMELAION_API_KEY="k-123456",
+        DUBRUNNER_DB=str(tmp_path / "j.db"),
+    )
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "batch: b\njobs:\n  - reference_id: r\n    video: https://v.test/a.mp4\n"
+        "    audio: https://a.test/a.wav\n"
+    )
+    r = CliRunner().invoke(cli, ["submit", str(manifest)], env=env)
+    assert r.exit_code == 2 and "CHAMELAION_BASE_URL is not a valid URL" in r.output
+    assert not is_http_url("http://[::1") and not is_http_url("https://h:port/x")
+    assert not is_http_url("file:///etc/passwd") and is_http_url("https://h.test:8443/x.mp4")
+    assert interpret({"status": "completed", "output_url": "http://[::1"}).output_url is None
