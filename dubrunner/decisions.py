@@ -73,19 +73,24 @@ class Decision:
     note: str | None = None  # worth a warning (several requests found, an odd id)
 
 
-def _spent(progress: Progress, outcome: Outcome, policy: Policy) -> tuple[int, int, bool]:
+def _spent(
+    progress: Progress, outcome: Outcome, policy: Policy, free: bool
+) -> tuple[int, int, bool]:
     """(tries, throttled, exhausted) once `outcome` is counted."""
     throttled = progress.throttled + (1 if outcome.throttled else 0)
-    tries = progress.tries + (0 if outcome.throttled else 1)
+    tries = progress.tries + (0 if outcome.throttled or free else 1)
     exhausted = tries >= policy.max_attempts or throttled >= policy.max_attempts * THROTTLE_FACTOR
     return tries, throttled, exhausted
 
 
-def after_send(outcome: Outcome, progress: Progress, policy: Policy, now: float) -> Decision:
-    """What a classified answer to a POST means for the job."""
+def after_send(
+    outcome: Outcome, progress: Progress, policy: Policy, now: float, free: bool = False
+) -> Decision:
+    """What a classified answer to a POST means for the job. `free`: the server as a whole is
+    failing (health.py), so the answer is not charged to this job's attempts."""
     owed = outcome.lookup_owed
     after = now + policy.lookup_grace if owed else None
-    charged = not outcome.throttled
+    charged = not outcome.throttled and not free
     message = None if outcome.action is Action.ACCEPTED else outcome.message
     if outcome.action is Action.ACCEPTED:
         assert outcome.request_id is not None
@@ -108,7 +113,7 @@ def after_send(outcome: Outcome, progress: Progress, policy: Policy, now: float)
             count=Count.HALTED,
             charged=True,
         )
-    _, _, exhausted = _spent(progress, outcome, policy)
+    _, _, exhausted = _spent(progress, outcome, policy, free)
     if exhausted:
         posts = progress.posts
         return Decision(
@@ -135,8 +140,10 @@ def after_send(outcome: Outcome, progress: Progress, policy: Policy, now: float)
     )
 
 
-def after_lookup(result: LookupResult, progress: Progress, policy: Policy, now: float) -> Decision:
-    """What a look-up by reference_id means for a job that owes one."""
+def after_lookup(
+    result: LookupResult, progress: Progress, policy: Policy, now: float, free: bool = False
+) -> Decision:
+    """What a look-up by reference_id means for a job that owes one (`free`: as for sends)."""
     if result.kind is Lookup.FOUND:
         assert result.request_id is not None
         note = result.note if result.note != "found" else None
@@ -162,7 +169,7 @@ def after_lookup(result: LookupResult, progress: Progress, policy: Policy, now: 
             count=Count.HALTED,
         )
     # No answer yet: the look-up is still owed, and its failures count like any other.
-    tries, _, exhausted = _spent(progress, outcome, policy)
+    tries, _, exhausted = _spent(progress, outcome, policy, free)
     if exhausted:
         return Decision(
             Next.DONE,
@@ -172,7 +179,7 @@ def after_lookup(result: LookupResult, progress: Progress, policy: Policy, now: 
             progress.lookup_after,
             f"gave up after {tries} attempts: {outcome.message}",
             count=Count.FAILED,
-            charged=not outcome.throttled,
+            charged=not outcome.throttled and not free,
             throttled=outcome.throttled,
         )
     return Decision(
@@ -182,9 +189,17 @@ def after_lookup(result: LookupResult, progress: Progress, policy: Policy, now: 
         True,
         progress.lookup_after,
         outcome.message,
-        charged=not outcome.throttled,
+        charged=not outcome.throttled and not free,
         throttled=outcome.throttled,
         wait=outcome.retry_after,
+    )
+
+
+def not_the_api(progress: Progress, halt: str) -> Decision:
+    """The answer was not the API's (a wrong address): the job goes back to pending as it was,
+    and the batch stops with `halt`."""
+    return Decision(
+        Next.DONE, State.PENDING, None, progress.lookup_owed, progress.lookup_after, halt=halt
     )
 
 

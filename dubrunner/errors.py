@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -33,6 +33,21 @@ class Action(StrEnum):
     HALT_BATCH = "halt_batch"  # will fail for every job (auth, token limit): stop the batch
 
 
+class Fault(StrEnum):
+    """Whose fault an answer is: the job's, or the server's as a whole (see health.py)."""
+
+    NONE = "none"  # the API answered as the API does
+    JOB = "job"  # the API refused this job for its own reasons (a documented message)
+    THROTTLE = "throttle"  # the API asked us to slow down
+    ACCOUNT = "account"  # the credential or the account (auth, token limit): every job meets it
+    SERVER = "server"  # a 5xx, a timeout, a reset: the server (or a proxy) failed
+    GARBAGE = "garbage"  # a success status whose body is not the API's answer
+    ADDRESS = (
+        "address"  # not the API at all: a 404/405 for the generate path, a web page, a redirect
+    )
+    UNREACHABLE = "unreachable"  # no connection: refused, unresolvable, no answer to connect
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     action: Action
@@ -43,6 +58,7 @@ class Outcome:
     # The POST may have created the request although the action is not ACCEPTED (a 5xx with
     # `x-should-retry: false`, a 200 carrying an error): keep a look-up owed.
     may_exist: bool = False
+    fault: Fault = Fault.NONE
 
     @property
     def throttled(self) -> bool:
@@ -211,7 +227,40 @@ def any_request_id(value: object) -> str | None:
 def classify_answer(
     status: int, headers: Mapping[str, str], body: bytes, *, idempotent: bool = False
 ) -> Outcome:
-    """What an HTTP answer to generate (idempotent=False) or to a GET (idempotent=True) means."""
+    """What an HTTP answer to generate (idempotent=False) or to a GET (idempotent=True) means,
+    and whose fault it is."""
+    outcome = _classify_answer(status, headers, body, idempotent)
+    fault = _answer_fault(outcome, status, body, idempotent)
+    if fault is Fault.ADDRESS and outcome.action is Action.FAIL_JOB:
+        # Not the API talking: never this job's fault (health.py judges the address).
+        return replace(outcome, action=Action.RETRY, fault=fault)
+    return replace(outcome, fault=fault)
+
+
+def _answer_fault(outcome: Outcome, status: int, body: bytes, idempotent: bool) -> Fault:
+    if outcome.action is Action.ACCEPTED:
+        return Fault.NONE
+    if 300 <= status < 400:
+        return Fault.ADDRESS
+    if outcome.action is Action.HALT_BATCH:
+        return Fault.ACCOUNT
+    if outcome.throttled:
+        return Fault.THROTTLE
+    from_the_api = _error_field(_json_or_none(body)) is not None
+    if 200 <= status < 300:
+        return Fault.JOB if outcome.action is Action.FAIL_JOB else Fault.GARBAGE
+    if 400 <= status < 500 and not from_the_api:
+        return Fault.ADDRESS  # a web page, a router's "404 page not found": not the API talking
+    if status in (404, 405) and not idempotent:
+        return Fault.ADDRESS  # the generate path itself does not exist there
+    if status >= 500 or status in (408, 409, 425):
+        return Fault.SERVER
+    return Fault.JOB
+
+
+def _classify_answer(
+    status: int, headers: Mapping[str, str], body: bytes, idempotent: bool
+) -> Outcome:
     retry_after = parse_retry_after(headers)
     data = _json_or_none(body)
     if 200 <= status < 300:
@@ -258,14 +307,7 @@ def classify_answer(
 def _finish(outcome: Outcome) -> Outcome:
     if outcome.message.strip().lower() in BUG_MESSAGES:
         message = f"dubrunner bug: the API answered {outcome.message!r}; please report it"
-        return Outcome(
-            outcome.action,
-            message,
-            outcome.status,
-            outcome.request_id,
-            outcome.retry_after,
-            outcome.may_exist,
-        )
+        return replace(outcome, message=message)
     return outcome
 
 
@@ -281,15 +323,23 @@ def classify_exception(exc: BaseException, *, idempotent: bool = False) -> Outco
     detail = str(exc).strip()
     message = f"{name}: {detail}"[:300] if detail else name
     if isinstance(exc, _CONFIG):
-        return Outcome(Action.HALT_BATCH, f"cannot reach the API: {message}")
+        return Outcome(Action.HALT_BATCH, f"cannot reach the API: {message}", fault=Fault.ADDRESS)
     if isinstance(exc, httpx.LocalProtocolError):
         # Refused before anything left (a header dubrunner was given cannot be sent): every
         # request would meet it. Its text quotes the header, so it is not repeated here.
-        return Outcome(Action.HALT_BATCH, "dubrunner could not form a valid HTTP request")
+        return Outcome(
+            Action.HALT_BATCH, "dubrunner could not form a valid HTTP request", fault=Fault.ACCOUNT
+        )
     if isinstance(exc, _NOT_SENT):
-        return Outcome(Action.RETRY, message)
-    if isinstance(exc, (httpx.TransportError, httpx.StreamError, ResponseTooLarge)):
-        return Outcome(Action.RETRY if idempotent else Action.AMBIGUOUS, message)
+        return Outcome(Action.RETRY, message, fault=Fault.UNREACHABLE)
+    if isinstance(exc, ResponseTooLarge):
+        return Outcome(
+            Action.RETRY if idempotent else Action.AMBIGUOUS, message, fault=Fault.GARBAGE
+        )
+    if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
+        return Outcome(
+            Action.RETRY if idempotent else Action.AMBIGUOUS, message, fault=Fault.SERVER
+        )
     raise exc
 
 
@@ -330,8 +380,8 @@ def _lookup_error(status: int, headers: Mapping[str, str], body: bytes) -> Looku
     if outcome.action is Action.ACCEPTED:
         return None
     if outcome.action is Action.FAIL_JOB:
-        outcome = Outcome(
-            Action.RETRY, f"look-up failed: {outcome.message}", status, None, outcome.retry_after
+        outcome = replace(
+            outcome, action=Action.RETRY, message=f"look-up failed: {outcome.message}"
         )
     return LookupResult(Lookup.ERROR, outcome=outcome)
 

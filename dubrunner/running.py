@@ -45,6 +45,7 @@ class Report:
     """What every run says at its end; each kind of run adds its counters."""
 
     halt_message: str | None = None
+    halt_advice: str | None = None  # what to do about the halt, when its cause knows
     fatal: str | None = None
     interrupted: bool = False
 
@@ -70,11 +71,12 @@ class Run:
         with self._lock:
             setattr(self.report, counter, getattr(self.report, counter) + n)
 
-    def halt(self, message: str) -> None:
+    def halt(self, message: str, advice: str | None = None) -> None:
         """Stop the whole run, saying why (the first reason wins)."""
         with self._lock:
             if self.report.halt_message is None:
                 self.report.halt_message = message
+                self.report.halt_advice = advice
         self.stop.set()
 
     def fatal(self, message: str) -> None:

@@ -159,7 +159,9 @@ class SubmissionResult:
         if r.halt_message:
             msg = r.halt_message
             low = msg.lower()
-            if "token limit" in low:
+            if r.halt_advice:
+                advice = r.halt_advice
+            elif "token limit" in low:
                 advice = "top up the account's tokens"
             elif "dubrunner bug" in low:
                 advice = "report this bug"

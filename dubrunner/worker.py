@@ -27,6 +27,7 @@ from dubrunner.decisions import (
     after_lookup,
     after_send,
     backoff,
+    not_the_api,
     on_stop,
 )
 from dubrunner.errors import (
@@ -41,6 +42,7 @@ from dubrunner.errors import (
     classify_lookup,
 )
 from dubrunner.governor import Governor, Stopped
+from dubrunner.health import OUTAGE_ADVICE, OutageTooLong, ServerHealth
 from dubrunner.records import AttemptRecord, ClaimedJob, Lease, Tally
 from dubrunner.redact import scrub
 from dubrunner.running import Report, Run, owner_is_dead
@@ -48,6 +50,7 @@ from dubrunner.states import State
 from dubrunner.store import Store
 
 log = logging.getLogger("dubrunner")
+_ANSWERED = Outcome(Action.ACCEPTED, "answered")  # a look-up the API answered
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class WorkerOptions:
     rate_shared: bool = False  # --rate is for all workers on the database together
     rate_auto: bool = False  # --rate auto: find the server's limit (governor.observe)
     follow: float | None = None  # when nothing is left, look for new jobs this often (--follow)
+    # How long the API may fail as a whole before the batch halts (None: wait for ever).
+    outage_timeout: float | None = 600.0
 
     @property
     def lease(self) -> Lease:
@@ -131,11 +136,13 @@ class Worker(Run):
         governor: Governor,
         options: WorkerOptions,
         batch: str | None,
+        health: ServerHealth | None = None,
     ) -> None:
         super().__init__()
         self.store = store
         self.api = api
         self.governor = governor
+        self.health = health or ServerHealth(api.base_url, options.outage_timeout)
         self.options = options
         self.policy = options.policy
         self.batch = batch
@@ -367,7 +374,7 @@ class Worker(Run):
         if d.count is Count.FAILED:
             log.info("%s failed: %s", job.reference_id, scrub(d.error or ""))
         if d.halt:
-            self.halt(scrub(d.halt))
+            self.halt(scrub(d.halt))  # the first reason wins: a health verdict came first
 
     # -- sending ----------
 
@@ -413,12 +420,15 @@ class Worker(Run):
         return guard
 
     def _call(self, fn: Callable[[], Answer]) -> tuple[Answer | None, BaseException | None]:
-        self.add("requests")
         try:
-            with self.governor.slot(self.stop):
+            with self.health.gate(self.stop), self.governor.slot(self.stop):
+                self.add("requests")
                 return fn(), None
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
             return None, exc
+        except OutageTooLong as exc:
+            self.halt(str(exc), OUTAGE_ADVICE)
+            raise Stopped from None
 
     def _post(self, run: _Claim) -> tuple[Answer | None, BaseException | None]:
         job = run.job
@@ -454,7 +464,13 @@ class Worker(Run):
         if outcome.retry_after:
             self.governor.pause(outcome.retry_after)
         run.last_status = outcome.status
-        decision = after_send(outcome, run.progress, self.policy, time.time())
+        verdict = self.health.observe(job.reference_id, outcome, "POST v1/lipsync/generate")
+        if verdict.hand_back and verdict.halt:
+            decision = not_the_api(run.progress, verdict.halt)
+        else:
+            decision = after_send(outcome, run.progress, self.policy, time.time(), verdict.free)
+        if verdict.halt:
+            self.halt(scrub(verdict.halt), verdict.advice or OUTAGE_ADVICE)
         message = scrub(outcome.message)
         request_id = scrub(outcome.request_id) if outcome.request_id else None
         attempt = AttemptRecord(
@@ -512,7 +528,13 @@ class Worker(Run):
             self.governor.observe(error.throttled)
             if error.retry_after:
                 self.governor.pause(error.retry_after)
-        decision = after_lookup(result, run.progress, self.policy, time.time())
+        verdict = self.health.observe(job.reference_id, error or _ANSWERED, "a look-up")
+        if verdict.hand_back and verdict.halt:
+            decision = not_the_api(run.progress, verdict.halt)
+        else:
+            decision = after_lookup(result, run.progress, self.policy, time.time(), verdict.free)
+        if verdict.halt:
+            self.halt(scrub(verdict.halt), verdict.advice or OUTAGE_ADVICE)
         message = scrub(result.message)
         request_id = scrub(result.request_id) if result.request_id else None
         attempt = AttemptRecord(

@@ -81,7 +81,7 @@ def test_messages_match_case_and_decoration_insensitively() -> None:
     ("status", "action"),
     [
         (400, Action.FAIL_JOB),
-        (404, Action.FAIL_JOB),
+        (404, Action.RETRY),  # the generate path is not there: the address, not the job (health.py)
         (422, Action.FAIL_JOB),
         (401, Action.HALT_BATCH),
         (402, Action.HALT_BATCH),

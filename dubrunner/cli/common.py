@@ -324,6 +324,7 @@ def _worker_options(
     retry_wait: float,
     request_timeout: float,
     lookup_grace: float,
+    outage_timeout: float,
 ) -> WorkerOptions:
     auto = rate == "auto"
     if auto and rate_shared:
@@ -334,6 +335,7 @@ def _worker_options(
         backoff_base=retry_wait,
         request_timeout=request_timeout,
         lookup_grace=lookup_grace,
+        outage_timeout=outage_timeout or None,
         rate=None if auto else rate,  # type: ignore[arg-type]
         burst=burst,
         rate_shared=rate_shared,
@@ -406,6 +408,15 @@ WORKER_OPTIONS = OptionGroup(
         help="After an answer that leaves a job's fate unknown, seconds the server may "
         "still take to create it: a look-up finding nothing sooner is repeated then, "
         "before any resend.",
+    ),
+    click.option(
+        "--outage-timeout",
+        type=Seconds(0, 7 * 24 * HOUR),
+        default=600.0,
+        show_default=True,
+        envvar="DUBRUNNER_OUTAGE_TIMEOUT",
+        help="When the API fails as a whole, how long to keep probing it before the batch "
+        "halts with its jobs pending (0: for ever).",
     ),
     click.option(
         "--allow-insecure-http",
