@@ -195,9 +195,14 @@ def after_lookup(
     )
 
 
-def not_the_api(progress: Progress, halt: str) -> Decision:
-    """The answer was not the API's (a wrong address): the job goes back to pending as it was,
-    and the batch stops with `halt`."""
+def not_the_api(
+    outcome: Outcome, progress: Progress, policy: Policy, now: float, halt: str
+) -> Decision:
+    """The answer was not the API's (a wrong address): the job goes back to pending, nothing
+    charged, and the batch stops with `halt`. A look-up stays owed if it was, or if this answer
+    (a garbled 200) may have come after the request was made."""
+    if outcome.lookup_owed:
+        return Decision(Next.DONE, State.PENDING, None, True, now + policy.lookup_grace, halt=halt)
     return Decision(
         Next.DONE, State.PENDING, None, progress.lookup_owed, progress.lookup_after, halt=halt
     )

@@ -227,7 +227,10 @@ def submit_pending(
             pending = total - done - report.submitted - report.failed - report.halted
             detail = f"failed {report.failed} · pending {max(pending, 0)} · "
             detail += f"{_per_second(report.submitted, started):.1f} jobs/s"
-            if submission.governor.paused_for > 0:
+            trouble = submission.worker.health.describe()
+            if trouble:
+                detail += f" · {trouble}"
+            elif submission.governor.paused_for > 0:
                 detail += " · paused by the server"
             if submission.worker.waiting_for_others:
                 detail += " · waiting for jobs other workers hold"

@@ -465,10 +465,11 @@ class Worker(Run):
             self.governor.pause(outcome.retry_after)
         run.last_status = outcome.status
         verdict = self.health.observe(job.reference_id, outcome, "POST v1/lipsync/generate")
+        now = time.time()
         if verdict.hand_back and verdict.halt:
-            decision = not_the_api(run.progress, verdict.halt)
+            decision = not_the_api(outcome, run.progress, self.policy, now, verdict.halt)
         else:
-            decision = after_send(outcome, run.progress, self.policy, time.time(), verdict.free)
+            decision = after_send(outcome, run.progress, self.policy, now, verdict.free)
         if verdict.halt:
             self.halt(scrub(verdict.halt), verdict.advice or OUTAGE_ADVICE)
         message = scrub(outcome.message)
@@ -529,10 +530,11 @@ class Worker(Run):
             if error.retry_after:
                 self.governor.pause(error.retry_after)
         verdict = self.health.observe(job.reference_id, error or _ANSWERED, "a look-up")
+        now = time.time()
         if verdict.hand_back and verdict.halt:
-            decision = not_the_api(run.progress, verdict.halt)
+            decision = not_the_api(_ANSWERED, run.progress, self.policy, now, verdict.halt)
         else:
-            decision = after_lookup(result, run.progress, self.policy, time.time(), verdict.free)
+            decision = after_lookup(result, run.progress, self.policy, now, verdict.free)
         if verdict.halt:
             self.halt(scrub(verdict.halt), verdict.advice or OUTAGE_ADVICE)
         message = scrub(result.message)

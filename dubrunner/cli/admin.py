@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -88,6 +89,28 @@ def db_upgrade() -> None:
     show_default=True,
     help="Seconds until a job completes.",
 )
+@click.option(
+    "--outage-after",
+    type=Seconds(0, 7 * 24 * HOUR),
+    help="Start an outage this many seconds after starting: every API request fails.",
+)
+@click.option(
+    "--outage-for",
+    type=Seconds(0, 7 * 24 * HOUR),
+    default=60.0,
+    show_default=True,
+    help="How long that outage lasts.",
+)
+@click.option(
+    "--outage-status",
+    type=click.Choice(["500", "503"]),
+    default="500",
+    show_default=True,
+    help="500: the API's 'internal error'; 503: a proxy's HTML page.",
+)
+@click.option(
+    "--garbage", is_flag=True, help="Answer every generate with a 200 that is not the API's JSON."
+)
 @click.option("--seed", type=int)
 def emulator(
     host: str,
@@ -103,6 +126,10 @@ def emulator(
     p504_create: float,
     create_delay: float,
     complete_after: float,
+    outage_after: float | None,
+    outage_for: float,
+    outage_status: str,
+    garbage: bool,
     seed: int | None,
 ) -> None:
     """Run the local API emulator (for the demo and tests) until interrupted."""
@@ -119,12 +146,18 @@ def emulator(
         p504_create=p504_create,
         create_delay=create_delay,
         complete_after=complete_after,
+        outage_until=0.0,
+        outage_status=int(outage_status),
+        garbage=garbage,
         seed=seed,
     )
     try:
         emu = Emulator(config, host=host, port=port)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    if outage_after is not None:
+        start = time.time() + outage_after
+        emu.update(outage_from=start, outage_until=start + outage_for)
     click.echo(f"emulator listening on {emu.base_url}", err=True)
     if port_file:
         Path(port_file).write_text(str(emu.port))

@@ -125,8 +125,16 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/_emulator/"):
             return self._control(method, path, body)
         if not path.startswith(PREFIX):
-            return self._error(404, "not found")
+            # What the API's Go router says outside its routes: a text page, not its JSON.
+            return self._send(404, b"404 page not found", content_type="text/plain; charset=utf-8")
         route = path[len(PREFIX) :].rstrip("/")
+        if emu.config.outage_from <= time.time() < emu.config.outage_until:
+            with emu.lock:
+                emu.stats.outage_answers += 1
+            if emu.config.outage_status == 503:
+                page = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+                return self._send(503, page, content_type="text/html")
+            return self._error(emu.config.outage_status, "internal error")
         if route == "health" and method == "GET":
             return self._send(200, {"status": "ok"})
         auth_problem = self._auth_error()
@@ -146,6 +154,10 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(emu.config.latency_ms / 1000)
         query = parse_qs(parts.query)
         if route == "v1/lipsync/generate" and method == "POST":
+            if emu.config.garbage:
+                with emu.lock:
+                    emu.stats.generate += 1
+                return self._send(200, b"OK, job queued", content_type="text/plain")
             return self._generate(body)
         if route == "v1/lipsync/requests" and method == "GET":
             return self._list(query)

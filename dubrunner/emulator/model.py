@@ -39,6 +39,12 @@ class EmulatorConfig:
     output_bytes: int = 64 * 1024  # size of the generated output file
     output_rate: float | None = None  # bytes per second when serving outputs (None: at once)
     seed: int | None = None
+    # The server as a whole going wrong:
+    # An outage: every API request fails between these wall times.
+    outage_from: float = 0.0
+    outage_until: float = 0.0
+    outage_status: int = 500  # how it fails: 500 (the API's "internal error") or 503 (a proxy)
+    garbage: bool = False  # every generate answered 200 with a body that is not the API's JSON
 
 
 @dataclass
@@ -91,6 +97,7 @@ class Stats:
     errors_500: int = 0
     dropped: int = 0
     late_creates: int = 0
+    outage_answers: int = 0  # API requests answered with the outage's error
     lookups: int = 0
     polls: int = 0
     downloads: int = 0
