@@ -27,6 +27,7 @@ from enum import StrEnum
 
 from dubrunner.errors import Fault, Outcome
 from dubrunner.governor import Stopped
+from dubrunner.records import HealthView
 from dubrunner.redact import redact_url
 
 log = logging.getLogger("dubrunner")
@@ -200,6 +201,20 @@ class ServerHealth:
         with self._lock:
             return self._timed_out() if self.condition is Condition.OUTAGE else None
 
+    def view(self, worker: str | None = None) -> HealthView:
+        """This view of the API, as the database keeps it for `status`."""
+        with self._lock:
+            return HealthView(
+                self.base_url,
+                self.condition.value,
+                self.since,
+                self.last_success,
+                self._interval if self.condition is Condition.OUTAGE else None,
+                self.last_error or None,
+                self._wall(),
+                worker,
+            )
+
     def describe(self) -> str | None:
         """One line for a progress display, or None while all is well."""
         if self.condition is not Condition.OUTAGE or self.since is None:
@@ -219,3 +234,15 @@ def _describe(outcome: Outcome) -> str:
 
 def _hms(wall: float | None) -> str:
     return datetime.fromtimestamp(wall).strftime("%H:%M:%S") if wall else "?"
+
+
+def describe_view(view: HealthView) -> str | None:
+    """A kept view as one line for `status`, or None when the API looked healthy."""
+    if view.condition == Condition.OUTAGE:
+        every = f", retrying every {view.retry_every:.0f} s" if view.retry_every else ""
+        return f"the API at {view.base_url} has been failing since {_hms(view.since)}{every}" + (
+            f" ({view.message})" if view.message else ""
+        )
+    if view.condition == Condition.MISCONFIGURED:
+        return f"a worker found CHAMELAION_BASE_URL={view.base_url} wrong: {view.message}"
+    return None

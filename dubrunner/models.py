@@ -114,3 +114,19 @@ class RateBudget(Base):
 
     name: Mapped[str] = mapped_column(String(300), primary_key=True)  # the API's base URL
     tat: Mapped[float] = mapped_column(Float)
+
+
+class ApiHealth(Base):
+    """How the API looks to the workers on this database, so that `status` can say it: one row
+    per API address, written when a worker's view changes (and kept fresh during an outage)."""
+
+    __tablename__ = "api_health"
+
+    base_url: Mapped[str] = mapped_column(String(300), primary_key=True)
+    condition: Mapped[str] = mapped_column(String(20))  # health.Condition
+    since: Mapped[float | None] = mapped_column(Float)  # Unix seconds the trouble began
+    last_success: Mapped[float | None] = mapped_column(Float)
+    retry_every: Mapped[float | None] = mapped_column(Float)  # seconds between probes
+    message: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float)
+    worker: Mapped[str | None] = mapped_column(String(200))

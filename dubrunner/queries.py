@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy import func, select, update
 
 from dubrunner.db import Database
-from dubrunner.models import Attempt, Job
-from dubrunner.records import utcnow
+from dubrunner.models import ApiHealth, Attempt, Job
+from dubrunner.records import HealthView, utcnow
 from dubrunner.states import State
 
 
@@ -299,3 +299,42 @@ class Queries:
         with self.db.write() as conn:
             rows = [{"ref": ref, "why": why} for ref, why in reasons.items()]
             return int(conn.execute(stmt, rows).rowcount)
+
+    # -- the API's health as the workers see it ----------
+
+    def record_health(self, view: HealthView) -> None:
+        """Keep what a worker thinks of the API, for `status` and the other workers' users."""
+        values = {
+            "condition": view.condition,
+            "since": view.since,
+            "last_success": view.last_success,
+            "retry_every": view.retry_every,
+            "message": view.message,
+            "updated_at": view.updated_at,
+            "worker": view.worker,
+        }
+        with self.db.write() as conn:
+            moved = conn.execute(
+                update(ApiHealth).where(ApiHealth.base_url == view.base_url).values(values)
+            ).rowcount
+            if not moved:
+                conn.execute(sa.insert(ApiHealth).values(base_url=view.base_url, **values))
+
+    def api_health(self, fresher_than: float) -> list[HealthView]:
+        """What workers said of the API since `fresher_than` (Unix seconds), newest first."""
+        stmt = (
+            select(
+                ApiHealth.base_url,
+                ApiHealth.condition,
+                ApiHealth.since,
+                ApiHealth.last_success,
+                ApiHealth.retry_every,
+                ApiHealth.message,
+                ApiHealth.updated_at,
+                ApiHealth.worker,
+            )
+            .where(ApiHealth.updated_at >= fresher_than)
+            .order_by(ApiHealth.updated_at.desc())
+        )
+        with self.db.read() as conn:
+            return [HealthView(*row) for row in conn.execute(stmt)]

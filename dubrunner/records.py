@@ -141,3 +141,17 @@ class LoadPlan:
     unchanged: int = 0
     already_submitted: int = 0  # among unchanged: the API already holds them
     to_send: int = 0  # what a run would send: new + changed + unchanged not yet at the API
+
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    """How the API at one address looked to a worker, at `updated_at` (Unix seconds)."""
+
+    base_url: str
+    condition: str  # healthy | outage | misconfigured
+    since: float | None
+    last_success: float | None
+    retry_every: float | None
+    message: str | None
+    updated_at: float
+    worker: str | None = None

@@ -156,6 +156,7 @@ class Worker(Run):
         self._exhausted = False
         self._heartbeat_stop = threading.Event()
         self._dead_owners: set[str] = set()
+        self._health_told = "healthy"
         self.waiting_for_others = False
         # One policy for every job: tenacity keeps per-call state thread-locally (9.x).
         self._retrying = Retrying(
@@ -194,6 +195,7 @@ class Worker(Run):
                         break
         finally:
             self._heartbeat_stop.set()
+            self._tell_health()
             self._release_queue()
             if any(t.is_alive() for t in threads):
                 # Their POSTs may still land: the next run looks them up once they have settled.
@@ -243,9 +245,22 @@ class Worker(Run):
                 n = self.store.mark_owner_dead(owner)
                 log.info("%d job(s) of a dead worker (%s) will be looked up", n, owner)
 
+    def _tell_health(self) -> None:
+        """Keep this worker's view of the API in the database while it is not healthy (and
+        once more when it recovers), for `status` and whoever else looks."""
+        view = self.health.view(self.owner)
+        if view.condition == self._health_told == "healthy":
+            return
+        try:
+            self.store.record_health(view)
+            self._health_told = view.condition
+        except StoreError as exc:
+            log.warning("could not record the API's health: %s", exc)
+
     def _heartbeat(self) -> None:
         lease = self.options.lease
         while not self._heartbeat_stop.wait(lease.heartbeat):
+            self._tell_health()
             with self._lock:
                 held = set(self._held)
             started = boottime()  # before the write: the hold is asserted as of then

@@ -40,6 +40,8 @@ def test_a_wrong_base_url_halts_at_once_and_fails_no_job(
     assert f"CHAMELAION_BASE_URL={emulator.root_url} does not lead to the API" in last
     assert "HTTP 404" in last and "check CHAMELAION_BASE_URL" in last
     assert env["CHAMELAION_API_KEY"] not in r.err
+    status = run_cli(["status"], env)
+    assert f"note: a worker found CHAMELAION_BASE_URL={emulator.root_url} wrong" in status.err
 
 
 def test_a_refused_port_halts_quickly_and_fails_no_job(
@@ -88,6 +90,9 @@ def test_a_minute_of_outage_mid_batch_is_waited_out_not_failed(
         time.sleep(0.05)
     began = time.time()
     emulator.update(outage_from=began, outage_until=began + 60)
+    time.sleep(25)  # a heartbeat (every 10 s by default) has told the database by now
+    status = run_cli(["status"], env)
+    assert "the API at" in status.err and "has been failing since" in status.err, status.err
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert_exactly_once(emulator, db, 300)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -12,6 +13,7 @@ from dubrunner.cli.common import (
     cli,
     open_store,
 )
+from dubrunner.health import describe_view
 from dubrunner.output import (
     FORMATS,
     print_csv,
@@ -20,7 +22,11 @@ from dubrunner.output import (
     print_status_table,
     table_console,
 )
+from dubrunner.redact import shown
 from dubrunner.states import RETRY_FROM, State
+
+# A worker's word on the API counts for `status` this long (it refreshes it while in trouble).
+API_HEALTH_FRESH = 120.0
 
 
 @cli.command()
@@ -67,6 +73,10 @@ def status(
             click.echo("no jobs yet: `dubrunner submit MANIFEST` loads some")
             return
         print_status_table(summary, rows, matching, console)
+        for view in store.api_health(time.time() - API_HEALTH_FRESH):
+            trouble = describe_view(view)
+            if trouble:
+                click.echo(f"note: {shown(trouble)}", err=True)
 
 
 @cli.command()
