@@ -239,7 +239,12 @@ def submit_pending(
         try:
             return submission.execute(tick).ending()
         except StoreError as exc:
-            return Ending(f"the database failed: {exc}", EXIT_USAGE, is_error=True)
+            # Before anything was sent it is a set-up problem (exit 2, nothing happened); once
+            # requests went out, the batch is part-done (exit 1): `resume` carries on.
+            sent = submission.worker.report.requests > 0
+            code = EXIT_INCOMPLETE if sent else EXIT_USAGE
+            tail = " after some jobs were sent — fix it, then `dubrunner resume`" if sent else ""
+            return Ending(f"the database failed: {exc}{tail}", code, is_error=True)
 
 
 # -- the whole of `submit` ----------
