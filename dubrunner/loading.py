@@ -116,11 +116,16 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
 
 
 def load_jobs(
-    db: Database, batch: str, specs: Sequence[JobSpec], source: str, dry_run: bool = False
+    db: Database,
+    batch: str,
+    specs: Sequence[JobSpec],
+    source: str,
+    dry_run: bool = False,
+    allow_same_media: bool = False,
 ) -> LoadPlan:
     """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none."""
     try:
-        return _load(db, batch, specs, source, dry_run)
+        return _load(db, batch, specs, source, dry_run, allow_same_media)
     except sa.exc.IntegrityError:
         # Only another writer inserting the same reference_ids at the same moment gets here
         # (loads take turns): say so, never the statement and its parameters.
@@ -130,7 +135,12 @@ def load_jobs(
 
 
 def _load(
-    db: Database, batch: str, specs: Sequence[JobSpec], source: str, dry_run: bool
+    db: Database,
+    batch: str,
+    specs: Sequence[JobSpec],
+    source: str,
+    dry_run: bool,
+    allow_same_media: bool,
 ) -> LoadPlan:
     with db.write() as conn:
         if conn.dialect.name == "postgresql":
@@ -139,6 +149,10 @@ def _load(
             # already serialises every writer.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242002)"))
         plan = plan_load(batch, specs, _existing(conn, specs), source)
+        if not allow_same_media:
+            repeated = _same_media(conn, plan, source)
+            if repeated:
+                raise LoadConflict(repeated)
         if dry_run:
             conn.rollback()
             return plan
@@ -158,6 +172,7 @@ def _load(
                     audio_url=spec.audio_url,
                     disable_active_speaker_detection=spec.disable_active_speaker_detection,
                     source=f"{source}:{spec.line}",
+                    media_key=spec.media_key,
                     state=State.PENDING,
                     tries=0,
                     last_error=None,
@@ -206,6 +221,7 @@ def _new_row(batch: str, spec: JobSpec, source: str, now: datetime) -> dict[str,
         "audio_url": spec.audio_url,
         "disable_active_speaker_detection": spec.disable_active_speaker_detection,
         "source": f"{source}:{spec.line}",
+        "media_key": spec.media_key,
         "state": State.PENDING,
         "attempts": 0,
         "tries": 0,
@@ -213,3 +229,30 @@ def _new_row(batch: str, spec: JobSpec, source: str, now: datetime) -> dict[str,
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _same_media(conn: Connection, plan: LoadPlan, source: str) -> list[str]:
+    """New (or changed) jobs asking for the same video, audio and settings as a job already in
+    the table under another reference_id: each would be paid again. A manifest renamed or
+    copied without `batch:` and reference_ids is the usual way to get here."""
+    incoming = {s.media_key: s for s in plan.new}
+    incoming.update({s.media_key: s for _, s in plan.changed})
+    changing = {job_id for job_id, _ in plan.changed}
+    problems: list[str] = []
+    keys = sorted(incoming)
+    for chunk in _chunks(keys):
+        rows = conn.execute(
+            select(Job.id, Job.media_key, Job.reference_id, Job.batch, Job.state).where(
+                Job.media_key.in_(chunk), Job.state != State.CANCELLED
+            )
+        )
+        for job_id, key, ref, batch, state in rows:
+            spec = incoming[str(key)]
+            if job_id in changing or ref == spec.reference_id:
+                continue
+            problems.append(
+                f"{source}:{spec.line}: the same video and audio were loaded before as "
+                f"reference_id {ref!r} (batch {batch!r}, {state}); sending them again is paid "
+                "again — give --allow-same-media to load them anyway"
+            )
+    return problems

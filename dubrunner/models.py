@@ -43,6 +43,9 @@ class Job(Base):
         "disable_asd", Boolean, default=False
     )
     source: Mapped[str | None] = mapped_column(Text)  # manifest file:line it came from
+    # A digest of (video, audio, settings): the same media loaded again under another
+    # reference_id (a renamed manifest) would be paid again; loading says so first.
+    media_key: Mapped[str | None] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(20))
     # The API documents UUIDs; a look-up may show ids of another shape, and they are kept too.
     request_id: Mapped[str | None] = mapped_column(String(200))
@@ -84,6 +87,7 @@ class Job(Base):
         Index("ix_jobs_state_id", "state", "id"),
         Index("ix_jobs_state_lease_expires", "state", "lease_expires"),
         Index("ix_jobs_owner", "owner"),
+        Index("ix_jobs_media_key", "media_key"),
     )
 
 

@@ -3,6 +3,7 @@ with it, a lease. Plain data, no behaviour that touches a database or the networ
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -10,6 +11,12 @@ from datetime import UTC, datetime
 def utcnow() -> datetime:
     """The time as the job table stores it: UTC, without a zone."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def media_key(video_url: str, audio_url: str, disable_asd: bool) -> str:
+    """A digest of what a job asks the API to make: the same key, the same paid work."""
+    text = f"{video_url}\0{audio_url}\0{1 if disable_asd else 0}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +28,10 @@ class JobSpec:
     audio_url: str
     disable_active_speaker_detection: bool
     line: int  # where the job starts in the manifest (1-based)
+
+    @property
+    def media_key(self) -> str:
+        return media_key(self.video_url, self.audio_url, self.disable_active_speaker_detection)
 
 
 @dataclass(frozen=True, slots=True)

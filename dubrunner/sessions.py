@@ -98,10 +98,18 @@ class Loaded:
         )
 
 
-def load(store: Store, manifest: Manifest, dry_run: bool = False) -> Loaded | Ending:
+def load(
+    store: Store, manifest: Manifest, dry_run: bool = False, allow_same_media: bool = False
+) -> Loaded | Ending:
     """The manifest's jobs into the table, all or (an Ending, exit 2) none of them."""
     try:
-        plan = store.load(manifest.batch, manifest.jobs, manifest.path, dry_run=dry_run)
+        plan = store.load(
+            manifest.batch,
+            manifest.jobs,
+            manifest.path,
+            dry_run=dry_run,
+            allow_same_media=allow_same_media,
+        )
     except LoadConflict as exc:
         return Ending(
             f"{len(exc.problems)} job(s) conflict with the database; nothing was loaded",
@@ -277,12 +285,13 @@ def submit(
     wait: bool = False,
     polling: Polling = Polling(),
     fetch_into: Path | None = None,
+    allow_same_media: bool = False,
 ) -> Ending:
     """Load the manifest; with `media`, fail the jobs whose media fail the check, unsent; send the
     rest; with `wait` or `fetch_into`, poll until every job has ended; with `fetch_into`,
     download the outputs there. The ending is the last step's; a download after a poll that
     ended badly keeps the poll's exit code, unless the download itself was interrupted."""
-    loaded = load(store, manifest)
+    loaded = load(store, manifest, allow_same_media=allow_same_media)
     if isinstance(loaded, Ending):
         return loaded
     ui.say(loaded.summary)

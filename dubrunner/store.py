@@ -84,10 +84,16 @@ class Store(Queries):
     # -- loading ----------
 
     def load(
-        self, batch: str, specs: Sequence[JobSpec], source: str, *, dry_run: bool = False
+        self,
+        batch: str,
+        specs: Sequence[JobSpec],
+        source: str,
+        *,
+        dry_run: bool = False,
+        allow_same_media: bool = False,
     ) -> LoadPlan:
         """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none."""
-        return load_jobs(self.db, batch, specs, source, dry_run)
+        return load_jobs(self.db, batch, specs, source, dry_run, allow_same_media)
 
     # -- claims and leases ----------
 

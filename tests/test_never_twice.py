@@ -275,3 +275,28 @@ def test_a_dead_workers_jobs_are_reclaimed_once_settled_not_when_the_lease_expir
     assert sorted(j.id for j in again) == sorted(j.id for j in held)
     assert all(j.lookup_owed for j in again)
     store.close()
+
+
+def test_a_renamed_manifest_does_not_pay_for_the_same_media_again(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    # Found by an outside attack: without `batch:` and reference_ids, the batch is the file's
+    # name and the ids derive from it, so a copy (season1-v2.yaml) or the same file under
+    # another case (Season1.yaml on a case-insensitive disk) paid for every job again.
+    body = "jobs:\n" + "".join(
+        f"  - video: https://cdn.test/v/{i}.mp4\n    audio: https://cdn.test/a/{i}.wav\n"
+        for i in range(3)
+    )
+    (tmp_path / "season1.yaml").write_text(body)
+    (tmp_path / "Season1.yaml").write_text(body)
+    assert run_cli(["submit", str(tmp_path / "season1.yaml")], env).code == 0
+    again = run_cli(["submit", str(tmp_path / "Season1.yaml")], env)
+    assert again.code == 2, again.err
+    assert "the same video and audio were loaded before as reference_id" in again.err
+    assert "--allow-same-media" in again.err
+    assert emulator.stats.accepted == 3
+    assert states(db) == {"submitted": 3}
+    # Asked for, it is done (and paid) again.
+    forced = run_cli(["submit", str(tmp_path / "Season1.yaml"), "--allow-same-media"], env)
+    assert forced.code == 0, forced.err
+    assert emulator.stats.accepted == 6

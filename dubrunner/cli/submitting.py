@@ -30,6 +30,14 @@ from dubrunner.sessions import Ending, Loaded, MediaCheck, Polling
 from dubrunner.worker import WorkerOptions
 
 
+SAME_MEDIA = click.option(
+    "--allow-same-media",
+    is_flag=True,
+    help="Load jobs whose video and audio were loaded before under another reference_id "
+    "(each is paid again).",
+)
+
+
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @MANIFEST_LIMITS
@@ -59,6 +67,7 @@ def validate(manifest: str, limits: ManifestLimits) -> None:
     is_flag=True,
     help="First check every media URL; jobs with bad media fail without being sent.",
 )
+@SAME_MEDIA
 @PREFLIGHT_OPTIONS
 @POLL_OPTIONS
 @COMMON_OPTIONS
@@ -73,11 +82,12 @@ def submit(
     preflight: bool,
     media: MediaCheck,
     polling: Polling,
+    allow_same_media: bool,
 ) -> None:
     """Load MANIFEST into the job table and submit every job not yet at the API."""
     m = limits.read(manifest)
     if dry_run:
-        loaded = _load(m, dry_run=True)
+        loaded = _load(m, True, allow_same_media)
         click.echo(f"{loaded.summary}; a run would send {loaded.plan.to_send} job(s)")
         return
     api = make_api(options, allow_insecure_http)  # before the store: no credentials, no file
@@ -91,6 +101,7 @@ def submit(
         wait=wait,
         polling=polling,
         fetch_into=fetch_dir,
+        allow_same_media=allow_same_media,
     )
     end(ending)
 
@@ -99,16 +110,17 @@ def submit(
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @MANIFEST_LIMITS
 @click.option("--dry-run", is_flag=True, help="Write nothing: show what loading would do.")
+@SAME_MEDIA
 @COMMON_OPTIONS
-def load(manifest: str, limits: ManifestLimits, dry_run: bool) -> None:
+def load(manifest: str, limits: ManifestLimits, dry_run: bool, allow_same_media: bool) -> None:
     """Load MANIFEST into the job table without sending anything (workers send: `work`)."""
-    loaded = _load(limits.read(manifest), dry_run)
+    loaded = _load(limits.read(manifest), dry_run, allow_same_media)
     verb = "would send" if dry_run else "to send"
     click.echo(f"{loaded.summary}; {loaded.plan.to_send} job(s) {verb}")
 
 
-def _load(m: Manifest, dry_run: bool) -> Loaded:
-    loaded = sessions.load(open_store(), m, dry_run)
+def _load(m: Manifest, dry_run: bool, allow_same_media: bool) -> Loaded:
+    loaded = sessions.load(open_store(), m, dry_run, allow_same_media)
     if isinstance(loaded, Ending):
         end(loaded)
     return loaded
