@@ -29,7 +29,6 @@ from dubrunner.manifest import Manifest
 from dubrunner.sessions import Ending, Loaded, MediaCheck, Polling
 from dubrunner.worker import WorkerOptions
 
-
 SAME_MEDIA = click.option(
     "--allow-same-media",
     is_flag=True,
