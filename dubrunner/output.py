@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -26,29 +27,12 @@ from dubrunner.queries import JobRow
 from dubrunner.redact import inert, redact_url, scrub, shown
 
 FORMATS = ("table", "json", "csv")
-ROW_FIELDS = (
-    "batch",
-    "reference_id",
-    "state",
-    "request_id",
-    "error",
-    "http_status",
-    "attempts",
-    "video_url",
-    "audio_url",
-    "disable_active_speaker_detection",
-    "source",
-    "created_at",
-    "updated_at",
-    "submitted_at",
-    "remote_status",
-    "remote_error",
-    "output_url",
-    "download_state",
-    "download_error",
-    "local_path",
-    "size_bytes",
-    "sha256",
+# Every field of a job row that people and scripts see, in JobRow's order (the owner, the
+# look-up flag and the remote timestamps stay inside).
+ROW_FIELDS = tuple(
+    f.name
+    for f in fields(JobRow)
+    if f.name not in ("owner", "lookup_owed", "remote_started_at", "remote_finished_at")
 )
 EXPORT_FIELDS = (
     "batch",
@@ -71,30 +55,20 @@ def _time(value: datetime | None) -> str | None:
 
 
 def row_dict(row: JobRow) -> dict[str, Any]:
-    return {
-        "batch": row.batch,
-        "reference_id": row.reference_id,
-        "state": row.state,
-        "request_id": row.request_id,
-        "error": scrub(row.error) if row.error else None,
-        "http_status": row.http_status,
-        "attempts": row.attempts,
-        "video_url": redact_url(row.video_url),
-        "audio_url": redact_url(row.audio_url),
-        "disable_active_speaker_detection": bool(row.disable_active_speaker_detection),
-        "source": row.source,
-        "created_at": _time(row.created_at),
-        "updated_at": _time(row.updated_at),
-        "submitted_at": _time(row.submitted_at),
-        "remote_status": row.remote_status,
-        "remote_error": row.remote_error,
-        "output_url": redact_url(row.output_url) if row.output_url else None,
-        "download_state": row.download_state,
-        "download_error": row.download_error,
-        "local_path": row.local_path,
-        "size_bytes": row.size_bytes,
-        "sha256": row.sha256,
-    }
+    """A row as JSON/CSV shows it: times in ISO 8601 UTC, URLs redacted, errors scrubbed."""
+    out: dict[str, Any] = {}
+    for name in ROW_FIELDS:
+        value = getattr(row, name)
+        if isinstance(value, datetime):
+            value = _time(value)
+        elif name.endswith("_url") and value:
+            value = redact_url(value)
+        elif name == "error" and value:
+            value = scrub(value)
+        elif name == "disable_active_speaker_detection":
+            value = bool(value)
+        out[name] = value
+    return out
 
 
 def export_dict(row: JobRow) -> dict[str, Any]:

@@ -9,14 +9,13 @@ import functools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_result
 
-from dubrunner.api import Answer, ApiClient, SendWindowClosed, boottime
+from dubrunner.api import Answer, ApiClient, SendWindowClosed
 from dubrunner.db import StoreError
 from dubrunner.decisions import (
     Count,
@@ -43,9 +42,10 @@ from dubrunner.errors import (
 )
 from dubrunner.governor import Governor, Stopped
 from dubrunner.health import OUTAGE_ADVICE, OutageTooLong, ServerHealth
+from dubrunner.holds import Holds, Lost
 from dubrunner.records import AttemptRecord, ClaimedJob, Lease, Tally
 from dubrunner.redact import scrub
-from dubrunner.running import Report, Run, owner_is_dead
+from dubrunner.running import Report, Run
 from dubrunner.states import State
 from dubrunner.store import Store
 
@@ -101,10 +101,6 @@ class RunReport(Report):
     lost: int = 0  # jobs another worker took over (our lease had lapsed)
 
 
-class _Lost(Exception):
-    """The job is no longer ours: drop it."""
-
-
 @dataclass
 class _Claim:
     """One claim of one job, as this worker sees it between tries."""
@@ -147,17 +143,17 @@ class Worker(Run):
         self.policy = options.policy
         self.batch = batch
         self.report = RunReport()
-        self._claim_lock = threading.Lock()  # the queue of claimed jobs
-        self._queue: deque[ClaimedJob] = deque()
-        # Jobs claimed and not yet settled by this worker, with the moment (on boottime) of the
-        # last write that asserted the hold: the claim, a renewal, a confirmation (see Lease).
-        self._held: dict[int, float] = {}
-        self._taken: set[int] = set()  # held jobs a renewal found no longer ours
-        self._exhausted = False
+        self.holds = Holds(
+            store,
+            self.owner,
+            batch,
+            options.lease,
+            options.concurrency,
+            options.follow,
+            self.stop,
+        )
         self._heartbeat_stop = threading.Event()
-        self._dead_owners: set[str] = set()
         self._health_told = "healthy"
-        self.waiting_for_others = False
         # One policy for every job: tenacity keeps per-call state thread-locally (9.x).
         self._retrying = Retrying(
             stop=lambda _: self.stop.is_set(),
@@ -168,12 +164,16 @@ class Worker(Run):
             before_sleep=lambda _: self.add("retries"),
         )
 
+    @property
+    def waiting_for_others(self) -> bool:
+        return self.holds.waiting_for_others
+
     # -- the run ----------
 
     def run(self, tick: Callable[[], None] | None = None) -> RunReport:
         """Work until nothing is left to claim or a stop; call `tick` from this thread meanwhile."""
         self.store.start_group_commit()
-        self._reclaim_dead_owners()
+        self.holds.reclaim_dead_owners()
         threads = [
             threading.Thread(target=self._thread_main, name=f"worker-{i}", daemon=True)
             for i in range(self.options.concurrency)
@@ -196,7 +196,7 @@ class Worker(Run):
         finally:
             self._heartbeat_stop.set()
             self._tell_health()
-            self._release_queue()
+            self.holds.release_queue()
             if any(t.is_alive() for t in threads):
                 # Their POSTs may still land: the next run looks them up once they have settled.
                 try:
@@ -210,19 +210,16 @@ class Worker(Run):
     def work_once(self) -> bool:
         """Claim one job and see it through on the calling thread; False when there was none to
         claim. No heartbeat runs: the model check drives workers step by step with this."""
-        started = boottime()
-        jobs = self.store.claim(self.owner, self.batch, 1, self.options.lease)
-        if not jobs:
+        job = self.holds.take_one()
+        if job is None:
             return False
-        with self._lock:
-            self._held[jobs[0].id] = started
-        self._see_through(jobs[0])
+        self._see_through(job)
         return True
 
     def _thread_main(self) -> None:
         while not self.stop.is_set():
             try:
-                job = self._next_job()
+                job = self.holds.next_job()
             except StoreError as exc:
                 self.fatal(f"the database failed: {exc}")
                 return
@@ -234,16 +231,7 @@ class Worker(Run):
         try:
             self.guarded(lambda: self._process(_Claim.of(job)))
         finally:
-            with self._lock:
-                self._held.pop(job.id, None)
-                self._taken.discard(job.id)
-
-    def _reclaim_dead_owners(self) -> None:
-        for owner in self.store.owners_of_submitting(self.batch):
-            if owner not in self._dead_owners and owner_is_dead(owner):
-                self._dead_owners.add(owner)
-                n = self.store.mark_owner_dead(owner)
-                log.info("%d job(s) of a dead worker (%s) will be looked up", n, owner)
+            self.holds.done_with(job.id)
 
     def _tell_health(self) -> None:
         """Keep this worker's view of the API in the database while it is not healthy (and
@@ -258,71 +246,9 @@ class Worker(Run):
             log.warning("could not record the API's health: %s", exc)
 
     def _heartbeat(self) -> None:
-        lease = self.options.lease
-        while not self._heartbeat_stop.wait(lease.heartbeat):
+        while not self._heartbeat_stop.wait(self.options.lease.heartbeat):
             self._tell_health()
-            with self._lock:
-                held = set(self._held)
-            started = boottime()  # before the write: the hold is asserted as of then
-            try:
-                renewed = self.store.renew_leases(self.owner, lease, time.time())
-            except StoreError as exc:
-                log.warning("could not renew leases: %s", exc)
-                continue
-            # A job we hold that the renewal did not find is no longer ours (we were paused past
-            # its lease and another worker took it): send nothing more for it.
-            with self._lock:
-                for job_id in renewed & self._held.keys():
-                    self._held[job_id] = max(self._held[job_id], started)
-                taken = (held - renewed) & self._held.keys()
-                self._taken |= taken
-            if taken:
-                log.warning("%d job(s) were taken over by another worker", len(taken))
-
-    def _next_job(self) -> ClaimedJob | None:
-        while True:
-            with self._claim_lock:  # never held while waiting: others need it, and so do signals
-                if self._queue:
-                    return self._queue.popleft()
-                if self._exhausted or self.stop.is_set():
-                    return None
-                chunk = max(1, min(self.options.concurrency, 64))
-                started = boottime()
-                jobs = self.store.claim(self.owner, self.batch, chunk, self.options.lease)
-                if jobs:
-                    with self._lock:
-                        self._held.update((j.id, started) for j in jobs)
-                    self._queue.extend(jobs[1:])
-                    return jobs[0]
-                # Others still hold jobs of this batch, or jobs wait for their look-up's grace:
-                # they will land, come back, or become claimable. Work is done only when none is
-                # left.
-                at = self.store.soonest_reclaim(self.batch, exclude_owner=self.owner)
-                with self._lock:
-                    busy = bool(self._held)
-                if at is None and busy:
-                    at = time.time() + 0.1  # our other threads may yet hand a job back
-                if at is None:
-                    if self.options.follow is None:
-                        self._exhausted = True
-                        return None
-                    at = time.time() + self.options.follow  # idle: new jobs may be loaded
-                self._reclaim_dead_owners()  # one may have died meanwhile: no need to wait 2R
-            self.waiting_for_others = True
-            stopped = self.stop.wait(min(1.0, max(0.05, at - time.time())))
-            self.waiting_for_others = False
-            if stopped:
-                return None
-
-    def _release_queue(self) -> None:
-        with self._claim_lock:
-            ids = [j.id for j in self._queue]
-            self._queue.clear()
-        if ids:
-            try:
-                self.store.release(ids, self.owner)
-            except StoreError as exc:
-                log.warning("could not release %d claimed job(s): %s", len(ids), exc)
+            self.holds.renew()
 
     # -- one job ----------
 
@@ -341,7 +267,7 @@ class Worker(Run):
     def _process(self, run: _Claim) -> None:
         try:
             decision: Decision = self._retrying(self._step, run)
-        except _Lost:
+        except Lost:
             self.add("lost")
             return
         if decision.next is Next.AGAIN:  # a stop came between tries
@@ -379,7 +305,7 @@ class Worker(Run):
             moved = store.record_try(job.id, owner, attempt, tally, owed, after)
         if not moved:
             log.warning("%s was taken over by another worker; dropping it", job.reference_id)
-            raise _Lost
+            raise Lost
         if d.count is Count.FOUND:
             self.add(Count.SUBMITTED)
         if d.count is not None:
@@ -392,47 +318,6 @@ class Worker(Run):
             self.halt(scrub(d.halt))  # the first reason wins: a health verdict came first
 
     # -- sending ----------
-
-    def _check_still_ours(self, run: _Claim) -> None:
-        with self._lock:
-            taken = run.job.id in self._taken
-        if taken:
-            log.warning("%s was taken over by another worker; dropping it", run.job.reference_id)
-            raise _Lost
-
-    def _send_window(self, run: _Claim) -> Callable[[], None]:
-        """The guard the API client calls just before the first byte of a POST leaves: the job
-        must be covered by a write that asserted our hold on it less than a window ago (see
-        records.Lease). When the last claim or renewal is too old (a pause, a slow database), the
-        hold is confirmed for this job alone first, in one atomic guarded write.
-
-        A stalled database pauses sending; one that stays away for a whole lease stops the run."""
-        lease = self.options.lease
-        job_id = run.job.id
-        give_up = boottime() + lease.seconds
-        while True:
-            self._check_still_ours(run)
-            if self.stop.is_set():
-                raise Stopped
-            with self._lock:
-                closes = self._held.get(job_id, -1.0) + lease.window
-            if boottime() < closes:
-                break
-            started = boottime()
-            if not self.store.confirm_send(job_id, self.owner, lease, time.time()):
-                log.warning("%s was taken over; dropping it", run.job.reference_id)
-                raise _Lost
-            with self._lock:
-                self._held[job_id] = started
-            if boottime() > give_up:
-                self.fatal("the database is too slow to confirm a claim before sending; stopped")
-                raise Stopped
-
-        def guard() -> None:
-            if boottime() >= closes:
-                raise SendWindowClosed(f"{run.job.reference_id}: the send window closed")
-
-        return guard
 
     def _call(self, fn: Callable[[], Answer]) -> tuple[Answer | None, BaseException | None]:
         try:
@@ -456,7 +341,7 @@ class Worker(Run):
                         job.reference_id,
                         job.disable_active_speaker_detection,
                         retry_count=run.posts,
-                        guard=self._send_window(run),
+                        guard=self.holds.send_window(run.job, self.fatal),
                     )
                 )
             except SendWindowClosed:
