@@ -93,6 +93,7 @@ class ServerHealth:
         self.last_error = ""
         self._interval = self.PROBE_FIRST
         self._next_probe = 0.0  # on `clock`
+        self._slowed_since: float | None = None  # wall time the API began to only throttle
 
     # -- what an answer says ----------
 
@@ -100,8 +101,11 @@ class ServerHealth:
         """Take one classified answer (to a request about `job`) into account."""
         fault = outcome.fault
         with self._lock:
+            if fault is Fault.THROTTLE:
+                return self._throttled(outcome)
             if fault in _ANSWERED:
                 self._answered()
+                self._slowed_since = None
                 return HEALTHY
             self.last_error = _describe(outcome)
             if not self.answered:
@@ -131,6 +135,21 @@ class ServerHealth:
         self._streak.clear()
         self._not_the_api = 0
         self._interval = self.PROBE_FIRST
+
+    def _throttled(self, outcome: Outcome) -> Verdict:
+        """ "Slow down" is an answer (the API is there), but one that never ends is a halt too:
+        after --outage-timeout of nothing else, the batch stops with its jobs pending."""
+        self._answered()
+        now = self._wall()
+        if self._slowed_since is None:
+            self._slowed_since = now
+        if self.outage_timeout is None or now - self._slowed_since < self.outage_timeout:
+            return HEALTHY
+        return Verdict(
+            halt=f"the API has answered nothing but 'slow down' ({_describe(outcome)}) since "
+            f"{_hms(self._slowed_since)}, longer than --outage-timeout",
+            advice="lower --rate or wait for the account's limit to reset",
+        )
 
     def _misconfigured(self, fault: Fault, outcome: Outcome, what: str) -> Verdict | None:
         """Before the API answered anything: is this what a wrong address looks like?"""

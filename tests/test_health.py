@@ -160,3 +160,18 @@ def test_the_gate_stops_and_times_out(clock: Clock) -> None:
     clock.now += 31
     with pytest.raises(OutageTooLong), h.gate(threading.Event()):
         pass
+
+
+def test_a_server_that_only_ever_throttles_halts_after_the_timeout(clock: Clock) -> None:
+    # Found by an outside attack: an API answering 429 for ever kept submit running for ever.
+    h = health(clock, timeout=60)
+    throttle = classify_answer(429, H, b'{"error": "rate limit exceeded"}')
+    h.observe("r0", OK)
+    assert h.observe("r1", throttle).halt is None
+    clock.now += 30
+    assert h.observe("r2", OK).halt is None  # something else got through: the clock restarts
+    assert h.observe("r3", throttle).halt is None
+    clock.now += 61
+    verdict = h.observe("r4", throttle)
+    assert verdict.halt is not None and "nothing but 'slow down'" in verdict.halt
+    assert verdict.advice is not None and "--rate" in verdict.advice
