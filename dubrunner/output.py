@@ -26,7 +26,7 @@ from rich.text import Text
 from dubrunner.queries import JobRow
 from dubrunner.redact import inert, redact_url, scrub, shown
 
-FORMATS = ("table", "json", "csv")
+FORMATS = ("table", "json", "jsonl", "csv")
 # Every field of a job row that people and scripts see, in JobRow's order (the owner, the
 # look-up flag and the remote timestamps stay inside).
 ROW_FIELDS = tuple(
@@ -93,16 +93,31 @@ def write_export(rows: Iterable[JobRow], fmt: str, out: TextIO) -> int:
     return n
 
 
-def print_json(rows: Sequence[JobRow], out: TextIO) -> None:
-    json.dump([row_dict(r) for r in rows], out, indent=1)
-    out.write("\n")
+MACHINE_FORMATS = ("json", "jsonl", "csv")
 
 
-def print_csv(rows: Sequence[JobRow], out: TextIO) -> None:
-    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow(row_dict(r))
+def write_rows(rows: Iterable[JobRow], fmt: str, out: TextIO) -> int:
+    """Rows as a JSON array, JSON lines or CSV (with a header), streamed: a million rows take no
+    more memory than one. Returns how many."""
+    n = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row_dict(row))
+            n += 1
+        return n
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row_dict(row)) + "\n")
+            n += 1
+        return n
+    out.write("[")
+    for row in rows:
+        out.write(("\n " if n == 0 else ",\n ") + json.dumps(row_dict(row)))
+        n += 1
+    out.write("\n]\n" if n else "]\n")
+    return n
 
 
 def _short(text: str | None, width: int = 60) -> str:

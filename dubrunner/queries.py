@@ -167,10 +167,13 @@ class Queries:
         with self.db.read() as conn:
             return [JobRow(*row) for row in conn.execute(stmt)]  # type: ignore[call-arg]
 
-    def iter_rows(self, batch: str | None = None, page: int = 1000) -> Iterator[JobRow]:
-        """Every job, in pages (memory stays flat however large the table)."""
+    def iter_rows(
+        self, batch: str | None = None, page: int = 1000, states: Sequence[str] = ()
+    ) -> Iterator[JobRow]:
+        """Every job (of these states), in pages: memory stays flat however large the table."""
         after = 0
-        while rows := self.page((Job.id, *_ROW_COLUMNS), (), batch, after, page):
+        where = (Job.state.in_(list(states)),) if states else ()
+        while rows := self.page((Job.id, *_ROW_COLUMNS), where, batch, after, page):
             after = rows[-1][0]
             for row in rows:
                 yield JobRow(*row[1:])

@@ -10,23 +10,25 @@ import click
 from dubrunner.cli.common import (
     COMMON_OPTIONS,
     UserError,
+    check_batch,
     cli,
     open_store,
 )
 from dubrunner.health import describe_view
 from dubrunner.output import (
     FORMATS,
-    print_csv,
+    MACHINE_FORMATS,
     print_job_detail,
-    print_json,
     print_status_table,
     table_console,
+    write_rows,
 )
 from dubrunner.redact import shown
 from dubrunner.states import RETRY_FROM, State
 
 # A worker's word on the API counts for `status` this long (it refreshes it while in trouble).
 API_HEALTH_FRESH = 120.0
+TABLE_ROWS = 50  # the table's default length
 
 
 @cli.command()
@@ -40,43 +42,57 @@ API_HEALTH_FRESH = 120.0
     help="Only jobs in this state (repeatable).",
 )
 @click.option(
-    "--limit", type=click.IntRange(0), default=50, show_default=True, help="Rows to show (0: all)."
+    "--limit",
+    type=click.IntRange(0),
+    help="Rows to show, 0 for all [default: 50 in the table, every row in json/jsonl/csv].",
 )
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "--format",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="A table for people; json, jsonl or csv (every field, on stdout alone) for scripts.",
+)
 @COMMON_OPTIONS
 def status(
-    reference_id: str | None, batch: str | None, states: tuple[str, ...], limit: int, fmt: str
+    reference_id: str | None,
+    batch: str | None,
+    states: tuple[str, ...],
+    limit: int | None,
+    format: str,
 ) -> None:
     """Where is every job? A summary per batch and state, then the rows; or one job in full."""
     store = open_store()
-    console = table_console()
+    check_batch(store, batch)
     if reference_id:
         rows = store.rows(reference_ids=[reference_id])
         if not rows:
             raise UserError(f"no job with reference_id {reference_id!r}")
-        if fmt == "json":
-            print_json(rows, sys.stdout)
-        elif fmt == "csv":
-            print_csv(rows, sys.stdout)
+        if format in MACHINE_FORMATS:
+            write_rows(rows, format, sys.stdout)
         else:
-            print_job_detail(rows[0], store.attempts_of(reference_id), console)
+            print_job_detail(rows[0], store.attempts_of(reference_id), table_console())
         return
-    rows = store.rows(batch, states, limit or None)
-    if fmt == "json":
-        print_json(rows, sys.stdout)
-    elif fmt == "csv":
-        print_csv(rows, sys.stdout)
-    else:
-        summary = store.summary(batch)
-        matching = sum(n for _b, s, n in summary if not states or s in states)
-        if not summary:
-            click.echo("no jobs yet: `dubrunner submit MANIFEST` loads some")
-            return
-        print_status_table(summary, rows, matching, console)
-        for view in store.api_health(time.time() - API_HEALTH_FRESH):
-            trouble = describe_view(view)
-            if trouble:
-                click.echo(f"note: {shown(trouble)}", err=True)
+    if format in MACHINE_FORMATS:
+        if limit:
+            write_rows(store.rows(batch, states, limit), format, sys.stdout)
+        else:
+            write_rows(store.iter_rows(batch, states=states), format, sys.stdout)
+        return
+    summary = store.summary(batch)
+    if not summary:
+        click.echo("no jobs yet: `dubrunner submit MANIFEST` loads some", err=True)
+        return
+    shown_rows = TABLE_ROWS if limit is None else limit
+    rows = store.rows(batch, states, shown_rows or None)
+    matching = sum(n for _b, s, n in summary if not states or s in states)
+    print_status_table(summary, rows, matching, table_console())
+    if len(rows) < matching:
+        click.echo(f"{len(rows):,} of {matching:,} shown — `--limit 0` for all", err=True)
+    for view in store.api_health(time.time() - API_HEALTH_FRESH):
+        trouble = describe_view(view)
+        if trouble:
+            click.echo(f"note: {shown(trouble)}", err=True)
 
 
 @cli.command()

@@ -1,0 +1,60 @@
+"""What scripts rely on: machine output is whole and on stdout alone, option names and their
+environment variables agree, an unknown batch is a usage error. Through click's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dubrunner.cli import cli
+from tests.conftest import Database, clean_env, load_jobs, write_manifest
+
+
+@pytest.fixture
+def loaded(db: Database, tmp_path: Path) -> dict[str, str]:
+    load_jobs(db, write_manifest(tmp_path / "m.yaml", 200)).close()
+    return clean_env(DUBRUNNER_DB=db.url)
+
+
+def invoke(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, args, env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_machine_output_is_whole_and_alone_on_stdout(loaded: dict[str, str]) -> None:
+    # Failed before: `status --format json` silently returned the table's 50 rows.
+    code, out, err = invoke(["status", "--format", "json"], loaded)
+    assert code == 0 and len(json.loads(out)) == 200 and err == ""
+    code, out, err = invoke(["status", "--format", "jsonl"], loaded)
+    assert code == 0 and len([json.loads(line) for line in out.splitlines()]) == 200
+    code, out, err = invoke(["status", "--format", "csv"], loaded)
+    assert code == 0 and len(list(csv.DictReader(io.StringIO(out)))) == 200 and err == ""
+    code, out, _ = invoke(["status", "--format", "json", "--limit", "7"], loaded)
+    assert len(json.loads(out)) == 7
+    code, out, _ = invoke(["status", "--format", "json", "--state", "failed"], loaded)
+    assert json.loads(out) == []
+
+
+def test_the_table_says_what_it_hid(loaded: dict[str, str]) -> None:
+    code, out, err = invoke(["status"], loaded)
+    assert code == 0
+    assert "50 of 200 shown — `--limit 0` for all" in err
+    code, out, err = invoke(["status", "--limit", "0"], loaded)
+    assert "200 of 200 shown" in out and "shown —" not in err
+
+
+def test_environment_variables_are_named_after_the_options(loaded: dict[str, str]) -> None:
+    # Failed before: the option's Python name was `fmt`, so DUBRUNNER_STATUS_FORMAT was ignored.
+    code, out, _ = invoke(["status"], {**loaded, "DUBRUNNER_STATUS_FORMAT": "json"})
+    assert code == 0 and len(json.loads(out)) == 200
+
+
+def test_an_unknown_batch_is_a_usage_error(loaded: dict[str, str]) -> None:
+    # Failed before: "no jobs yet" and exit 0.
+    code, out, err = invoke(["status", "--batch", "nope"], loaded)
+    assert code == 2 and "no batch 'nope' in the database" in err and out == ""
