@@ -58,3 +58,13 @@ def test_an_unknown_batch_is_a_usage_error(loaded: dict[str, str]) -> None:
     # Failed before: "no jobs yet" and exit 0.
     code, out, err = invoke(["status", "--batch", "nope"], loaded)
     assert code == 2 and "no batch 'nope' in the database" in err and out == ""
+
+
+def test_db_and_quiet_go_before_the_command_too(loaded: dict[str, str]) -> None:
+    # Failed before: "No such option: --db" before the subcommand.
+    env = {k: v for k, v in loaded.items() if k != "DUBRUNNER_DB"}
+    code, out, err = invoke(["--db", loaded["DUBRUNNER_DB"], "status", "--format", "json"], env)
+    assert code == 0, err
+    assert len(json.loads(out)) == 200
+    code, out, err = invoke(["-q", "--db", loaded["DUBRUNNER_DB"], "status"], env)
+    assert code == 0 and err == ""  # -q: only errors, not even the hint

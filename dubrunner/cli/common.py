@@ -43,12 +43,23 @@ F = TypeVar("F", bound=Callable[..., Any])
     context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]}
 )
 @click.version_option(__version__, prog_name="dubrunner")
-def cli() -> None:
+@click.option(
+    "--db",
+    envvar="DUBRUNNER_DB",
+    metavar="PATH|URL",
+    help="SQLite file or SQLAlchemy URL [env DUBRUNNER_DB; default ./dubrunner.db]",
+)
+@click.option("-v", "--verbose", count=True, help="One line per HTTP attempt.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+def cli(db: str | None, verbose: int, quiet: bool) -> None:
     """Submit batches of lip-sync dubbing jobs to the Chamelaion API, each exactly once.
 
     Credentials come from CHAMELAION_API_KEY and/or CHAMELAION_BEARER_TOKEN, the API's address
     from CHAMELAION_BASE_URL. Every option can also be set as DUBRUNNER_<COMMAND>_<OPTION>.
+    --db, -v and -q go before the command or after it, as you like.
     """
+    # The group's options, as git and kubectl take them; a command's own copy wins (_begin).
+    click.get_current_context().meta.update(db=db, verbose=verbose, quiet=quiet)
 
 
 # -- how a command ends ----------
@@ -296,10 +307,12 @@ HOUR = 3600.0
 
 
 def _begin(db: str | None, verbose: int, quiet: bool) -> None:
-    setup_logging(verbose, quiet)
     ctx = click.get_current_context()
-    ctx.meta["quiet"] = quiet
-    ctx.meta["db"] = db
+    db = db or ctx.meta.get("db")
+    verbose = verbose or int(ctx.meta.get("verbose") or 0)
+    quiet = quiet or bool(ctx.meta.get("quiet"))
+    setup_logging(verbose, quiet)
+    ctx.meta.update(db=db, verbose=verbose, quiet=quiet)
 
 
 COMMON_OPTIONS = OptionGroup(

@@ -12,6 +12,7 @@ from dubrunner.cli.common import (
     UserError,
     check_batch,
     cli,
+    is_quiet,
     open_store,
 )
 from dubrunner.health import describe_view
@@ -87,7 +88,7 @@ def status(
     rows = store.rows(batch, states, shown_rows or None)
     matching = sum(n for _b, s, n in summary if not states or s in states)
     print_status_table(summary, rows, matching, table_console())
-    if len(rows) < matching:
+    if len(rows) < matching and not is_quiet():
         click.echo(f"{len(rows):,} of {matching:,} shown — `--limit 0` for all", err=True)
     for view in store.api_health(time.time() - API_HEALTH_FRESH):
         trouble = describe_view(view)
