@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A real batch against the bundled emulator on loopback, on the default ./dubrunner.db.
+# A real batch against the bundled emulator on loopback, in a SQLite file of its own (./demo.db),
+# so that the user's ./dubrunner.db starts empty.
 demo: $(STAMP)
 	@set -e; tmp=$$(mktemp -d); \
 	$(BIN)/dubrunner emulator --port 0 --port-file $$tmp/port --token demo-token --latency-ms 20 \
@@ -22,8 +23,9 @@ demo: $(STAMP)
 	trap 'kill $$emu 2>/dev/null; rm -rf $$tmp' EXIT; \
 	for i in $$(seq 100); do [ -s $$tmp/port ] && break; sleep 0.1; done; \
 	[ -s $$tmp/port ] || { echo "the emulator did not start"; cat $$tmp/emulator.log; exit 1; }; \
-	export CHAMELAION_BASE_URL=http://127.0.0.1:$$(cat $$tmp/port)/api/ CHAMELAION_API_KEY=demo-token; \
-	echo "emulator on $$CHAMELAION_BASE_URL"; \
+	export CHAMELAION_BASE_URL=http://127.0.0.1:$$(cat $$tmp/port)/api/ CHAMELAION_API_KEY=demo-token \
+	    DUBRUNNER_DB=./demo.db; \
+	echo "emulator on $$CHAMELAION_BASE_URL; database $$DUBRUNNER_DB"; \
 	echo '$$ dubrunner submit manifests/example.yaml'; \
 	$(BIN)/dubrunner submit manifests/example.yaml; \
 	echo '$$ dubrunner status --batch example'; \
@@ -42,7 +44,7 @@ unit: $(STAMP)
 	$(BIN)/pytest -m "not slow"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dubrunner.db dubrunner.db-wal dubrunner.db-shm
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.db demo.db-wal demo.db-shm
 
 # The manifest fuzzer and the model check of "never twice" at length (make test runs both
 # briefly, with a fixed seed).
