@@ -68,3 +68,24 @@ def test_db_and_quiet_go_before_the_command_too(loaded: dict[str, str]) -> None:
     assert len(json.loads(out)) == 200
     code, out, err = invoke(["-q", "--db", loaded["DUBRUNNER_DB"], "status"], env)
     assert code == 0 and err == ""  # -q: only errors, not even the hint
+
+
+@pytest.mark.parametrize(
+    ("command", "offers"),
+    [
+        (["validate"], {"-q"}),
+        (["status"], {"--db", "-q"}),
+        (["retry"], {"--db", "-q"}),
+        (["cancel"], {"--db", "-q"}),
+        (["load"], {"--db", "-q"}),
+        (["db", "upgrade"], {"--db", "-q"}),
+        (["submit"], {"--db", "-v", "-q"}),
+        (["resume"], {"--db", "-v", "-q"}),
+    ],
+)
+def test_options_are_offered_only_where_they_act(command: list[str], offers: set[str]) -> None:
+    # Failed before: -v ("one line per HTTP attempt") was offered by commands that make none,
+    # and validate offered --db.
+    text = CliRunner().invoke(cli, [*command, "--help"], env=clean_env()).output
+    for option in ("--db", "-v", "-q"):
+        assert (f" {option}," in text or f" {option} " in text) == (option in offers), option

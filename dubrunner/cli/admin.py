@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from dubrunner.cli.common import (
-    COMMON_OPTIONS,
     HOUR,
+    LOCAL_OPTIONS,
     Seconds,
     UserError,
     cli,
@@ -23,7 +23,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@COMMON_OPTIONS
+@LOCAL_OPTIONS
 def db_upgrade() -> None:
     """Create or migrate the database to the newest schema (also done on first use)."""
     ctx = click.get_current_context()

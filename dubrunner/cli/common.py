@@ -306,7 +306,7 @@ class Seconds(click.FloatRange):
 HOUR = 3600.0
 
 
-def _begin(db: str | None, verbose: int, quiet: bool) -> None:
+def _begin(db: str | None = None, verbose: int = 0, quiet: bool = False) -> None:
     ctx = click.get_current_context()
     db = db or ctx.meta.get("db")
     verbose = verbose or int(ctx.meta.get("verbose") or 0)
@@ -315,17 +315,26 @@ def _begin(db: str | None, verbose: int, quiet: bool) -> None:
     ctx.meta.update(db=db, verbose=verbose, quiet=quiet)
 
 
-COMMON_OPTIONS = OptionGroup(
-    click.option(
-        "--db",
-        envvar="DUBRUNNER_DB",
-        metavar="PATH|URL",
-        help="SQLite file or SQLAlchemy URL [env DUBRUNNER_DB; default ./dubrunner.db]",
-    ),
-    click.option("-v", "--verbose", count=True, help="One line per HTTP attempt."),
-    click.option("-q", "--quiet", is_flag=True, help="Only errors."),
-    gather=_begin,
+def _begin_local(db: str | None, quiet: bool) -> None:
+    _begin(db, 0, quiet)
+
+
+def _begin_offline(quiet: bool) -> None:
+    _begin(None, 0, quiet)
+
+
+_DB = click.option(
+    "--db",
+    envvar="DUBRUNNER_DB",
+    metavar="PATH|URL",
+    help="SQLite file or SQLAlchemy URL [env DUBRUNNER_DB; default ./dubrunner.db]",
 )
+_VERBOSE = click.option("-v", "--verbose", count=True, help="One line per HTTP attempt.")
+_QUIET = click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+# Each command is offered what acts on it: the database, and -v where HTTP requests are made.
+COMMON_OPTIONS = OptionGroup(_DB, _VERBOSE, _QUIET, gather=_begin)
+LOCAL_OPTIONS = OptionGroup(_DB, _QUIET, gather=_begin_local)  # no HTTP request
+OFFLINE_OPTIONS = OptionGroup(_QUIET, gather=_begin_offline)  # neither the database nor HTTP
 
 
 def _worker_options(

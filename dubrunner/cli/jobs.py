@@ -8,7 +8,7 @@ import time
 import click
 
 from dubrunner.cli.common import (
-    COMMON_OPTIONS,
+    LOCAL_OPTIONS,
     UserError,
     check_batch,
     cli,
@@ -54,7 +54,7 @@ TABLE_ROWS = 50  # the table's default length
     show_default=True,
     help="A table for people; json, jsonl or csv (every field, on stdout alone) for scripts.",
 )
-@COMMON_OPTIONS
+@LOCAL_OPTIONS
 def status(
     reference_id: str | None,
     batch: str | None,
@@ -111,7 +111,7 @@ def status(
     is_flag=True,
     help="Also send again jobs that already ran at the API and failed there (paid again).",
 )
-@COMMON_OPTIONS
+@LOCAL_OPTIONS
 def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bool) -> None:
     """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
     store = open_store()
@@ -134,7 +134,7 @@ def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bo
 @click.option("--batch", help="Only this batch.")
 @click.option("--ref", "refs", multiple=True, help="Only this reference_id (repeatable).")
 @click.option("--all-pending", is_flag=True, help="Needed to cancel without --batch or --ref.")
-@COMMON_OPTIONS
+@LOCAL_OPTIONS
 def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
     """Take pending jobs out of their batch (they are never sent)."""
     if not (batch or refs or all_pending):

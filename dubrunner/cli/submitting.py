@@ -12,7 +12,9 @@ from dubrunner import sessions
 from dubrunner.cli.common import (
     COMMON_OPTIONS,
     HOUR,
+    LOCAL_OPTIONS,
     MANIFEST_LIMITS,
+    OFFLINE_OPTIONS,
     POLL_OPTIONS,
     PREFLIGHT_OPTIONS,
     WORKER_OPTIONS,
@@ -40,7 +42,7 @@ SAME_MEDIA = click.option(
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @MANIFEST_LIMITS
-@COMMON_OPTIONS
+@OFFLINE_OPTIONS
 def validate(manifest: str, limits: ManifestLimits) -> None:
     """Check a manifest without touching the database or the API."""
     m = limits.read(manifest)
@@ -110,7 +112,7 @@ def submit(
 @MANIFEST_LIMITS
 @click.option("--dry-run", is_flag=True, help="Write nothing: show what loading would do.")
 @SAME_MEDIA
-@COMMON_OPTIONS
+@LOCAL_OPTIONS
 def load(manifest: str, limits: ManifestLimits, dry_run: bool, allow_same_media: bool) -> None:
     """Load MANIFEST into the job table without sending anything (workers send: `work`)."""
     loaded = _load(limits.read(manifest), dry_run, allow_same_media)
