@@ -14,6 +14,7 @@ jobs:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -82,6 +83,14 @@ class ManifestError(Exception):
                 f"{self.path}: … and {len(self.problems) - MAX_ERRORS_SHOWN} more problems"
             )
         return shown
+
+
+def _did_you_mean(key: object, known: Iterable[str]) -> str:
+    """', did you mean 'video'?' for a near miss of a known key ('vidoe'), else nothing."""
+    if not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key.lower(), sorted(known), n=1, cutoff=0.6)
+    return f", did you mean {close[0]!r}?" if close else ""
 
 
 def derive_reference_id(batch: str, video_url: str, audio_url: str) -> str:
@@ -232,7 +241,8 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
     problems.extend(
         Problem(
             _line_of(doc, k, 1),
-            f"unknown top-level key {show(k)} (expected batch, defaults, jobs)",
+            f"unknown top-level key {show(k)}{_did_you_mean(k, _TOP_KEYS)} (expected batch, "
+            "defaults, jobs)",
         )
         for k in doc
         if k not in _TOP_KEYS and not (isinstance(k, str) and k.startswith("x-"))
@@ -256,7 +266,10 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
             problems.append(Problem(_line_of(doc, "defaults", 1), "defaults must be a mapping"))
         else:
             problems.extend(
-                Problem(_line_of(defaults, k, None), f"unknown key {show(k)} in defaults")
+                Problem(
+                    _line_of(defaults, k, None),
+                    f"unknown key {show(k)} in defaults{_did_you_mean(k, _DEFAULT_KEYS)}",
+                )
                 for k in defaults
                 if k not in _DEFAULT_KEYS
             )
@@ -331,8 +344,8 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
         if k not in _JOB_KEYS:
             bad(
                 k,
-                f"unknown key {show(k)} (expected video, audio or inputs, reference_id, "
-                "disable_active_speaker_detection)",
+                f"unknown key {show(k)}{_did_you_mean(k, _JOB_KEYS)} (expected video, audio or "
+                "inputs, reference_id, disable_active_speaker_detection)",
             )
 
     video: object = None
@@ -356,7 +369,11 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
             extra = [k for k in item if k not in ("type", "url")]
             if extra:
                 problems.append(
-                    Problem(item.line, f"job {index}: unknown input key {show(extra[0])}")
+                    Problem(
+                        item.line,
+                        f"job {index}: unknown input key {show(extra[0])}"
+                        + _did_you_mean(extra[0], ("type", "url")),
+                    )
                 )
             kind = item.get("type")
             if kind == "video":

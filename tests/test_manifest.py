@@ -218,3 +218,18 @@ def test_x_keys_hold_anchors_for_reuse() -> None:
         "x",
     )
     assert [j.video_url for j in m.jobs] == ["https://cdn.test/master.mp4"] * 2
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("jbos:\n  - video: https://v.test/a.mp4\n    audio: https://a.test/a.wav\n", "'jobs'"),
+        ("jobs:\n  - vidoe: https://v.test/a.mp4\n    audio: https://a.test/a.wav\n", "'video'"),
+        ("jobs:\n  - video: https://v.test/a.mp4\n    audoi: https://a.test/a.wav\n", "'audio'"),
+        ("defaults:\n  disable_active_speaker_detectoin: true\njobs: []\n", "'disable_active"),
+    ],
+)
+def test_a_misspelt_key_gets_a_did_you_mean(text: str, hint: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse(text, "m.yaml", "b")
+    assert any(f"did you mean {hint}" in p.text for p in info.value.problems), info.value.problems
