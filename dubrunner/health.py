@@ -85,7 +85,8 @@ class ServerHealth:
         self._lock = threading.Lock()
         self._probe = threading.Lock()  # held by the one request allowed during an outage
         self.condition = Condition.HEALTHY
-        self.answered = False  # the API has answered a request of this run
+        self.answered = False  # the API has answered a POST of this run
+        self.looked_up = False  # ... or a look-up
         self._streak: list[str] = []  # jobs whose server faults came in a row
         self._not_the_api = 0  # refused / garbage before any answer
         self.since: float | None = None  # wall time the outage began
@@ -97,14 +98,22 @@ class ServerHealth:
 
     # -- what an answer says ----------
 
-    def observe(self, job: str, outcome: Outcome, what: str = "the API") -> Verdict:
-        """Take one classified answer (to a request about `job`) into account."""
+    def observe(
+        self, job: str, outcome: Outcome, what: str = "the API", *, send: bool = True
+    ) -> Verdict:
+        """Take one classified answer (to a request about `job`) into account. `send`: the
+        answer was to a POST. Only those prove the API takes jobs: look-ups answering while
+        every POST gets garbage (or a 5xx) must not reset the count towards a halt or end an
+        outage, or the batch would send each job again and again until --max-attempts."""
         fault = outcome.fault
         with self._lock:
             if fault is Fault.THROTTLE:
                 return self._throttled(outcome)
             if fault in _ANSWERED:
-                self._answered()
+                if send:
+                    self._answered()
+                else:
+                    self._looked_up()
                 self._slowed_since = None
                 return HEALTHY
             self.last_error = _describe(outcome)
@@ -136,6 +145,14 @@ class ServerHealth:
         self._not_the_api = 0
         self._interval = self.PROBE_FIRST
 
+    def _looked_up(self) -> None:
+        """A look-up answered: the API is there (so the next POST is a probe worth making now),
+        but whether it takes jobs only a POST's answer says."""
+        self.looked_up = True
+        self.last_success = self._wall()
+        if self.condition is Condition.OUTAGE:
+            self._next_probe = min(self._next_probe, self._clock())
+
     def _throttled(self, outcome: Outcome) -> Verdict:
         """ "Slow down" is an answer (the API is there), but one that never ends is a halt too:
         after --outage-timeout of nothing else, the batch stops with its jobs pending."""
@@ -166,7 +183,9 @@ class ServerHealth:
                 sentence = f"cannot connect to CHAMELAION_BASE_URL={self.base_url}: "
             else:
                 sentence = f"CHAMELAION_BASE_URL={self.base_url} does not answer like the API: "
-            sentence += f"{self.last_error} ({self._not_the_api} times, nothing else so far)"
+            sentence += f"{self.last_error} ({self._not_the_api} times, " + (
+                "while look-ups answered)" if self.looked_up else "nothing else so far)"
+            )
         else:
             return None
         self.condition = Condition.MISCONFIGURED

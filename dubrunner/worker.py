@@ -429,7 +429,7 @@ class Worker(Run):
             self.governor.observe(error.throttled)
             if error.retry_after:
                 self.governor.pause(error.retry_after)
-        verdict = self.health.observe(job.reference_id, error or _ANSWERED, "a look-up")
+        verdict = self.health.observe(job.reference_id, error or _ANSWERED, "a look-up", send=False)
         now = time.time()
         if verdict.hand_back and verdict.halt:
             decision = not_the_api(_ANSWERED, run.progress, self.policy, now, verdict.halt)

@@ -85,6 +85,33 @@ def test_refused_or_garbage_from_the_start_is_a_wrong_address_after_three(
     assert "CHAMELAION_BASE_URL" in third.halt and "3 times" in third.halt
 
 
+def test_look_ups_answering_between_garbled_posts_do_not_reset_the_count(clock: Clock) -> None:
+    # A POST answered with garbage owes a look-up, which the API answers ("not found"). Failed
+    # before (seen in CI, where each look-up came before the next POST): every look-up counted as
+    # the API answering, so the garbage never added up to a halt and each of 30 jobs was sent
+    # until --max-attempts (254 POSTs).
+    h = health(clock)
+    for job in ("r1", "r2"):
+        assert h.observe(job, GARBAGE, "POST v1/lipsync/generate").halt is None
+        assert h.observe(job, OK, "a look-up", send=False).halt is None
+    third = h.observe("r3", GARBAGE, "POST v1/lipsync/generate")
+    assert third.hand_back and third.halt is not None
+    assert "does not answer like the API" in third.halt and "while look-ups answered" in third.halt
+
+
+def test_look_ups_answering_do_not_end_an_outage_of_posts(clock: Clock) -> None:
+    h = health(clock)
+    h.observe("r0", OK)
+    for job in ("r1", "r2", "r3"):
+        h.observe(job, E500)
+        h.observe(job, OK, "a look-up", send=False)
+    assert h.condition is Condition.OUTAGE
+    assert h.observe("r4", OK, "a look-up", send=False).halt is None
+    assert h.condition is Condition.OUTAGE  # only a POST's answer shows jobs are taken again
+    h.observe("r4", OK)
+    assert h.condition is Condition.HEALTHY
+
+
 def test_after_the_api_answered_the_same_faults_are_an_outage(clock: Clock) -> None:
     h = health(clock)
     h.observe("r0", OK)
