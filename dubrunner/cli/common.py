@@ -251,7 +251,7 @@ class OptionGroup:
         return wrapper
 
 
-if TYPE_CHECKING:  # click 8.2+ makes ParamType generic; older ones cannot be subscripted
+if TYPE_CHECKING:  # click makes ParamType generic at run time only from 8.2 on
     _ParamType = click.ParamType[Any]
 else:
     _ParamType = click.ParamType
