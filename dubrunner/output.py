@@ -78,43 +78,39 @@ def export_dict(row: JobRow) -> dict[str, Any]:
 
 
 def write_export(rows: Iterable[JobRow], fmt: str, out: TextIO) -> int:
-    """Stream rows as CSV (with a header) or JSON lines; returns how many."""
-    n = 0
-    if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(export_dict(row))
-            n += 1
-    else:
-        for row in rows:
-            out.write(json.dumps(export_dict(row)) + "\n")
-            n += 1
-    return n
+    """The deliverable's rows (EXPORT_FIELDS) in a machine format; returns how many."""
+    return write_dicts(map(export_dict, rows), EXPORT_FIELDS, fmt, out)
 
 
 MACHINE_FORMATS = ("json", "jsonl", "csv")
 
 
 def write_rows(rows: Iterable[JobRow], fmt: str, out: TextIO) -> int:
-    """Rows as a JSON array, JSON lines or CSV (with a header), streamed: a million rows take no
-    more memory than one. Returns how many."""
+    """Every field of each row (ROW_FIELDS) in a machine format; returns how many."""
+    return write_dicts(map(row_dict, rows), ROW_FIELDS, fmt, out)
+
+
+def write_dicts(
+    items: Iterable[dict[str, Any]], names: Sequence[str], fmt: str, out: TextIO
+) -> int:
+    """Dicts as a JSON array, JSON lines or CSV (a header of `names`), streamed: a million rows
+    take no more memory than one. Returns how many."""
     n = 0
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=names, lineterminator="\n")
         writer.writeheader()
-        for row in rows:
-            writer.writerow(row_dict(row))
+        for item in items:
+            writer.writerow(item)
             n += 1
         return n
     if fmt == "jsonl":
-        for row in rows:
-            out.write(json.dumps(row_dict(row)) + "\n")
+        for item in items:
+            out.write(json.dumps(item) + "\n")
             n += 1
         return n
     out.write("[")
-    for row in rows:
-        out.write(("\n " if n == 0 else ",\n ") + json.dumps(row_dict(row)))
+    for item in items:
+        out.write(("\n " if n == 0 else ",\n ") + json.dumps(item))
         n += 1
     out.write("\n]\n" if n else "]\n")
     return n

@@ -13,6 +13,7 @@ from dubrunner.cli.common import (
     Seconds,
     UserError,
     cli,
+    say,
 )
 from dubrunner.store import Store, StoreError
 
@@ -33,7 +34,7 @@ def db_upgrade() -> None:
         store.close()
     except StoreError as exc:
         raise UserError(str(exc)) from None
-    click.echo(f"database at revision {after}" + (f" (was {before})" if before != after else ""))
+    say(f"database at revision {after}" + (f" (was {before})" if before != after else ""))
 
 
 @cli.command()

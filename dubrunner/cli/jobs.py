@@ -14,6 +14,7 @@ from dubrunner.cli.common import (
     cli,
     is_quiet,
     open_store,
+    say,
 )
 from dubrunner.health import describe_view
 from dubrunner.output import (
@@ -22,6 +23,7 @@ from dubrunner.output import (
     print_job_detail,
     print_status_table,
     table_console,
+    write_dicts,
     write_rows,
 )
 from dubrunner.redact import shown
@@ -54,6 +56,11 @@ TABLE_ROWS = 50  # the table's default length
     show_default=True,
     help="A table for people; json, jsonl or csv (every field, on stdout alone) for scripts.",
 )
+@click.option(
+    "--summary",
+    is_flag=True,
+    help="Only the number of jobs per batch and state (in json: [{batch, state, jobs}, ...]).",
+)
 @LOCAL_OPTIONS
 def status(
     reference_id: str | None,
@@ -61,10 +68,19 @@ def status(
     states: tuple[str, ...],
     limit: int | None,
     format: str,
+    summary: bool,
 ) -> None:
     """Where is every job? A summary per batch and state, then the rows; or one job in full."""
     store = open_store()
     check_batch(store, batch)
+    if summary:
+        counts = [(b, s, n) for b, s, n in store.summary(batch) if not states or s in states]
+        if format in MACHINE_FORMATS:
+            items = ({"batch": b, "state": s, "jobs": n} for b, s, n in counts)
+            write_dicts(items, ("batch", "state", "jobs"), format, sys.stdout)
+        else:
+            print_status_table(counts, [], 0, table_console())
+        return
     if reference_id:
         rows = store.rows(reference_ids=[reference_id])
         if not rows:
@@ -80,14 +96,14 @@ def status(
         else:
             write_rows(store.iter_rows(batch, states=states), format, sys.stdout)
         return
-    summary = store.summary(batch)
-    if not summary:
+    per_state = store.summary(batch)
+    if not per_state:
         click.echo("no jobs yet: `dubrunner submit MANIFEST` loads some", err=True)
         return
     shown_rows = TABLE_ROWS if limit is None else limit
     rows = store.rows(batch, states, shown_rows or None)
-    matching = sum(n for _b, s, n in summary if not states or s in states)
-    print_status_table(summary, rows, matching, table_console())
+    matching = sum(n for _b, s, n in per_state if not states or s in states)
+    print_status_table(per_state, rows, matching, table_console())
     if len(rows) < matching and not is_quiet():
         click.echo(f"{len(rows):,} of {matching:,} shown — `--limit 0` for all", err=True)
     for view in store.api_health(time.time() - API_HEALTH_FRESH):
@@ -125,9 +141,7 @@ def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bo
         if not (sys.stdin.isatty() and click.confirm(f"{warning}. Put them back?", err=True)):
             raise UserError(f"{warning} — add --yes to retry them; nothing was changed")
     n = store.retry(batch, chosen, error)
-    click.echo(
-        f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else "")
-    )
+    say(f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else ""))
 
 
 @cli.command()
@@ -141,7 +155,7 @@ def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
         raise UserError("say which jobs: --batch, --ref, or --all-pending")
     store = open_store()
     n, kept = store.cancel(batch, refs)
-    click.echo(f"{n} pending job(s) cancelled")
+    say(f"{n} pending job(s) cancelled")
     if kept:
         click.echo(
             f"{kept} pending job(s) kept: an earlier request for them may have reached the API; "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import click
 from dubrunner import sessions
 from dubrunner.cli.common import (
     COMMON_OPTIONS,
+    LOCAL_OPTIONS,
     POLL_OPTIONS,
     WORKER_OPTIONS,
     TerminalUi,
@@ -21,7 +21,7 @@ from dubrunner.cli.common import (
     open_store,
     say,
 )
-from dubrunner.output import write_export
+from dubrunner.output import MACHINE_FORMATS, write_export
 from dubrunner.sessions import Polling
 from dubrunner.worker import WorkerOptions
 
@@ -68,14 +68,18 @@ def fetch(batch: str | None, out: Path, concurrency: int) -> None:
 @cli.command()
 @click.option("--batch", help="Only this batch [default: every batch].")
 @click.option(
-    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
+    "--format",
+    type=click.Choice(MACHINE_FORMATS),
+    default="csv",
+    show_default=True,
+    help="csv (with a header), json (one array) or jsonl (an object a line); as in status.",
 )
 @click.option("--out", "out", type=click.File("w"), default="-", help="File [default: stdout].")
-@COMMON_OPTIONS
-def export(batch: str | None, fmt: str, out: Any) -> None:
+@LOCAL_OPTIONS
+def export(batch: str | None, format: str, out: Any) -> None:
     """One row per job: the deliverable (reference_id, URLs, request_id, state, output, sha256)."""
     store = open_store()
     check_batch(store, batch)
-    n = write_export(store.iter_rows(batch), fmt, out)
-    if out is not sys.stdout:
-        say(f"{n} job(s) exported to {out.name}")
+    n = write_export(store.iter_rows(batch), format, out)
+    to_file = out.name not in ("-", "<stdout>")
+    say(f"{n} job(s) exported" + (f" to {out.name}" if to_file else ""))

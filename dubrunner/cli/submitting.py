@@ -26,6 +26,7 @@ from dubrunner.cli.common import (
     end,
     make_api,
     open_store,
+    say,
 )
 from dubrunner.manifest import Manifest
 from dubrunner.sessions import Ending, Loaded, MediaCheck, Polling
@@ -46,7 +47,7 @@ SAME_MEDIA = click.option(
 def validate(manifest: str, limits: ManifestLimits) -> None:
     """Check a manifest without touching the database or the API."""
     m = limits.read(manifest)
-    click.echo(f"{manifest}: ok — batch {m.batch}, {len(m.jobs)} jobs")
+    say(f"{manifest}: ok — batch {m.batch}, {len(m.jobs)} jobs")
 
 
 @cli.command()
@@ -89,7 +90,7 @@ def submit(
     m = limits.read(manifest)
     if dry_run:
         loaded = _load(m, True, allow_same_media)
-        click.echo(f"{loaded.summary}; a run would send {loaded.plan.to_send} job(s)")
+        say(f"{loaded.summary}; a run would send {loaded.plan.to_send} job(s)")
         return
     api = make_api(options, allow_insecure_http)  # before the store: no credentials, no file
     ending = sessions.submit(
@@ -116,8 +117,11 @@ def submit(
 def load(manifest: str, limits: ManifestLimits, dry_run: bool, allow_same_media: bool) -> None:
     """Load MANIFEST into the job table without sending anything (workers send: `work`)."""
     loaded = _load(limits.read(manifest), dry_run, allow_same_media)
-    verb = "would send" if dry_run else "to send"
-    click.echo(f"{loaded.summary}; {loaded.plan.to_send} job(s) {verb}")
+    if dry_run:
+        n = len(loaded.plan.new) + len(loaded.plan.changed)
+        say(f"{loaded.summary}; {n} job(s) would be loaded (--dry-run: nothing was)")
+    else:
+        say(f"{loaded.summary}; {loaded.plan.to_send} job(s) to send")
 
 
 def _load(m: Manifest, dry_run: bool, allow_same_media: bool) -> Loaded:
