@@ -174,3 +174,63 @@ def test_export_takes_the_format_names_of_status_and_its_variable(
     assert code == 0 and len(json.loads(out)) == 200
     code, out, _ = invoke(["export", "--format", "jsonl"], loaded)
     assert code == 0 and len(out.splitlines()) == 200
+
+
+READ_ONLY = [
+    ["status"],
+    ["status", "--format", "json"],
+    ["export"],
+    ["poll"],
+    ["fetch", "--out", "dubs"],
+    ["retry"],
+    ["cancel", "--all-pending"],
+    ["resume"],
+    ["work"],
+]
+
+
+@pytest.mark.parametrize("args", READ_ONLY, ids=" ".join)
+def test_commands_on_loaded_jobs_never_create_a_database(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Failed before: `status` in an empty folder created ./dubrunner.db and said "no jobs yet".
+    monkeypatch.chdir(tmp_path)
+    env = clean_env(CHAMELAION_API_KEY="k", CHAMELAION_BASE_URL="http://127.0.0.1:9/api/")
+    code, out, err = invoke(args, env)
+    assert (code, out) == (2, "")
+    assert err == "error: no database at ./dubrunner.db — load a manifest first\n"
+    code, out, err = invoke([*args, "--db", "elsewhere.db"], env)
+    assert err == "error: no database at elsewhere.db — load a manifest first\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_of_neither_a_file_nor_a_batch_creates_no_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke(["check", "nope.yaml"], clean_env())
+    assert code == 2 and "'nope.yaml' is neither a manifest file nor a batch" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["export"],
+        ["poll"],
+        ["fetch", "--out", "dubs"],
+        ["retry"],
+        ["cancel"],
+        ["resume"],
+        ["work"],
+    ],
+    ids=" ".join,
+)
+def test_an_unknown_batch_is_one_sentence_and_exit_2_everywhere(
+    args: list[str], loaded: dict[str, str]
+) -> None:
+    # Failed before for retry and cancel: "0 job(s) put back", exit 0.
+    env = {**loaded, "CHAMELAION_API_KEY": "k", "CHAMELAION_BASE_URL": "http://127.0.0.1:9/api/"}
+    code, out, err = invoke([*args, "--batch", "nope"], env)
+    assert (code, out, err) == (2, "", "error: no batch 'nope' in the database\n")

@@ -16,6 +16,7 @@ from dubrunner.cli.common import (
     TerminalUi,
     UserError,
     cli,
+    database_exists,
     end,
     open_store,
 )
@@ -35,8 +36,9 @@ def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
     if Path(target).is_file():
         jobs = limits.read(target).jobs
     else:
-        store = open_store()
-        if target not in store.batches():
+        there = database_exists(click.get_current_context().meta.get("db"))
+        store = open_store() if there else None
+        if store is None or target not in store.batches():
             raise UserError(f"{target!r} is neither a manifest file nor a batch in the database")
         jobs = store.unsent(target)
     end(sessions.check_media(jobs, media, TerminalUi()))

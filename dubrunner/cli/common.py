@@ -19,7 +19,7 @@ import click
 from dubrunner import __version__
 from dubrunner.__main__ import QuietInterrupt
 from dubrunner.api import ApiClient, ConfigError, Credentials
-from dubrunner.db import StoreError
+from dubrunner.db import StoreError, database_url
 from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
 from dubrunner.manifest import load as load_manifest
 from dubrunner.output import ProgressDisplay, print_media_problems, setup_logging, table_console
@@ -160,14 +160,28 @@ class TerminalUi:
 # -- what commands open ----------
 
 
-def open_store() -> Store:
+def open_store(*, must_exist: bool = False) -> Store:
+    """The job table. `must_exist`: a command that only acts on jobs already loaded, which must
+    not leave an empty database file behind where none was (a typo'd --db, the wrong folder)."""
     ctx = click.get_current_context()
+    db = ctx.meta.get("db")
+    if must_exist and not database_exists(db):
+        raise UserError(f"no database at {shown(db or './dubrunner.db')} — load a manifest first")
     try:
-        store = Store(ctx.meta.get("db"))
+        store = Store(db)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     ctx.call_on_close(store.close)
     return store
+
+
+def database_exists(db: str | None) -> bool:
+    """False for a SQLite file that is not there (a server's database is taken as there)."""
+    url = database_url(db)
+    if not url.startswith("sqlite:///"):
+        return True  # a server's database: opening it creates no file
+    path = url.removeprefix("sqlite:///").partition("?")[0]
+    return not path or path == ":memory:" or os.path.exists(path)
 
 
 def check_batch(store: Store, batch: str | None) -> None:

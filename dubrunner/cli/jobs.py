@@ -71,7 +71,7 @@ def status(
     summary: bool,
 ) -> None:
     """Where is every job? A summary per batch and state, then the rows; or one job in full."""
-    store = open_store()
+    store = open_store(must_exist=True)
     check_batch(store, batch)
     if summary:
         counts = [(b, s, n) for b, s, n in store.summary(batch) if not states or s in states]
@@ -130,7 +130,8 @@ def status(
 @LOCAL_OPTIONS
 def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bool) -> None:
     """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
-    store = open_store()
+    store = open_store(must_exist=True)
+    check_batch(store, batch)
     chosen = states or sorted(RETRY_FROM)
     _, ran = store.retry_preview(batch, chosen, error)
     if ran and not yes:
@@ -153,7 +154,8 @@ def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
     """Take pending jobs out of their batch (they are never sent)."""
     if not (batch or refs or all_pending):
         raise UserError("say which jobs: --batch, --ref, or --all-pending")
-    store = open_store()
+    store = open_store(must_exist=True)
+    check_batch(store, batch)
     n, kept = store.cancel(batch, refs)
     say(f"{n} pending job(s) cancelled")
     if kept:

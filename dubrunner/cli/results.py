@@ -41,7 +41,7 @@ def poll(
 ) -> None:
     """Ask the API how every submitted job is doing: one request per job per round."""
     api = make_api(options, allow_insecure_http)
-    store = open_store()
+    store = open_store(must_exist=True)
     check_batch(store, batch)
     end(sessions.poll(store, api, batch, options, TerminalUi(), wait=wait, polling=polling))
 
@@ -60,7 +60,7 @@ def poll(
 @COMMON_OPTIONS
 def fetch(batch: str | None, out: Path, concurrency: int) -> None:
     """Download every completed job's output (resumed, verified by SHA-256, never twice)."""
-    store = open_store()
+    store = open_store(must_exist=True)
     check_batch(store, batch)
     end(sessions.fetch(store, batch, out, concurrency, TerminalUi()))
 
@@ -78,7 +78,7 @@ def fetch(batch: str | None, out: Path, concurrency: int) -> None:
 @LOCAL_OPTIONS
 def export(batch: str | None, format: str, out: Any) -> None:
     """One row per job: the deliverable (reference_id, URLs, request_id, state, output, sha256)."""
-    store = open_store()
+    store = open_store(must_exist=True)
     check_batch(store, batch)
     n = write_export(store.iter_rows(batch), format, out)
     to_file = out.name not in ("-", "<stdout>")

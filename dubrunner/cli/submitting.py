@@ -175,7 +175,7 @@ def _submit_pending(
     batch: str | None, options: WorkerOptions, allow_insecure_http: bool, require_batch: bool
 ) -> NoReturn:
     api = make_api(options, allow_insecure_http)
-    store = open_store()
+    store = open_store(must_exist=require_batch)  # a follower may wait for the first load
     if require_batch:
         check_batch(store, batch)
     end(sessions.submit_pending(store, api, batch, options, TerminalUi()))
