@@ -134,9 +134,69 @@ def table_console() -> Console:
     return console if console.is_terminal else Console(soft_wrap=False, width=200)
 
 
+# The jobs table's columns, in order: (header, whether it may be left out for room). Those that
+# may not are what a row is about; the error takes what room is left, cut with an ellipsis.
+JOB_COLUMNS = (
+    ("reference_id", False),
+    ("batch", True),
+    ("state", False),
+    ("request_id", True),
+    ("tries", False),
+    ("remote", False),
+    ("on disk", True),
+    ("updated (UTC)", True),
+)
+LEFT_OUT_FIRST = ("updated (UTC)", "on disk", "batch", "request_id")  # as room runs out
+MIN_ERROR = 16  # columns the error keeps before another column is left out
+SHORT_ID = 8  # characters of a request_id shown in the table (all with --wide)
+
+
+def _job_cells(r: JobRow, wide: bool) -> dict[str, str]:
+    d = row_dict(r)
+    request_id = d["request_id"] or ""
+    return {
+        "reference_id": d["reference_id"],
+        "batch": d["batch"],
+        "state": d["state"],
+        "request_id": request_id if wide else request_id[:SHORT_ID],
+        "tries": str(d["attempts"]),
+        "remote": d["remote_status"] or "",
+        "on disk": "yes" if d["download_state"] == "downloaded" else d["download_state"] or "",
+        "updated (UTC)": (d["updated_at"] or "")[:19].replace("T", " "),
+        "error": _short(d["error"], 200),
+    }
+
+
+def _natural_widths(cells: list[dict[str, str]], names: Sequence[str]) -> dict[str, int]:
+    return {c: max(len(c), *(len(row[c]) for row in cells)) for c in names}
+
+
+def _fitting_columns(
+    cells: list[dict[str, str]], shown: list[str], width: int
+) -> tuple[list[str], int]:
+    """The columns of `shown` that leave the error MIN_ERROR characters in `width` (leaving out
+    optional ones in LEFT_OUT_FIRST's order), and the error's room."""
+    natural = _natural_widths(cells, shown)
+    for dropped in (None, *LEFT_OUT_FIRST):
+        if dropped in shown:
+            shown = [c for c in shown if c != dropped]
+        # A column takes its text, one space each side and a border; the table one more border.
+        room = width - sum(natural[c] + 3 for c in shown) - 3 - 1
+        if room >= MIN_ERROR:
+            break
+    return shown, max(room, len("error"))
+
+
 def print_status_table(
-    summary: Sequence[tuple[str, str, int]], rows: Sequence[JobRow], total: int, console: Console
+    summary: Sequence[tuple[str, str, int]],
+    rows: Sequence[JobRow],
+    total: int,
+    console: Console,
+    wide: bool = False,
 ) -> None:
+    """The counts per batch and state, then the rows: one line each, in the console's width
+    (optional columns left out as it narrows, the error cut short); `wide`: every column, whole
+    request_ids and errors, however wide the lines."""
     table = Table(title="Jobs by batch and state", title_justify="left")
     table.add_column("batch")
     table.add_column("state")
@@ -146,35 +206,27 @@ def print_status_table(
     console.print(table)
     if not rows:
         return
-    jobs = Table(title=f"Jobs ({len(rows):,} of {total:,} shown)", title_justify="left")
+    cells = [_job_cells(r, wide) for r in rows]
     one_batch = len({b for b, _s, _n in summary}) == 1
-    ref_width = min(40, max(len(r.reference_id) for r in rows))
-    jobs.add_column("reference_id", no_wrap=True, min_width=ref_width)
-    if not one_batch:
-        jobs.add_column("batch", no_wrap=True)
-    jobs.add_column("state", no_wrap=True)
-    jobs.add_column("request_id", no_wrap=True, min_width=36)
-    jobs.add_column("tries", justify="right")
-    jobs.add_column("remote", no_wrap=True)
-    jobs.add_column("on disk", no_wrap=True)
-    jobs.add_column("updated (UTC)", no_wrap=True)
-    jobs.add_column("error", overflow="fold", ratio=1)
-    for r in rows:
-        d = row_dict(r)
-        cells = [d["reference_id"]]
-        if not one_batch:
-            cells.append(d["batch"])
-        cells += [
-            d["state"],
-            d["request_id"] or "",
-            str(d["attempts"]),
-            d["remote_status"] or "",
-            "yes" if d["download_state"] == "downloaded" else d["download_state"] or "",
-            (d["updated_at"] or "")[:19].replace("T", " "),
-            _short(d["error"], 80),
-        ]
-        jobs.add_row(*map(plain, cells))
-    console.print(jobs)
+    shown = [name for name, _ in JOB_COLUMNS if not (one_batch and name == "batch")]
+    if wide:
+        shown, error_room = shown, max(len(row["error"]) for row in cells)
+    else:
+        shown, error_room = _fitting_columns(cells, shown, console.width)
+    jobs = Table(title=f"Jobs ({len(rows):,} of {total:,} shown)", title_justify="left")
+    for name in shown:
+        jobs.add_column(name, no_wrap=True, justify="right" if name == "tries" else "left")
+    jobs.add_column("error", no_wrap=True, overflow="ellipsis", max_width=error_room)
+    for row in cells:
+        jobs.add_row(*(plain(row[name]) for name in (*shown, "error")))
+    # --wide: as wide as the table is, whatever the terminal's width.
+    natural = sum(w + 3 for w in _natural_widths(cells, [*shown, "error"]).values()) + 1
+    width = console.width
+    console.width = max(width, natural) if wide else width
+    try:
+        console.print(jobs)
+    finally:
+        console.width = width
 
 
 def print_media_problems(problems: Sequence[Any], console: Console) -> None:

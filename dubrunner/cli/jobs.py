@@ -57,6 +57,11 @@ TABLE_ROWS = 50  # the table's default length
     help="A table for people; json, jsonl or csv (every field, on stdout alone) for scripts.",
 )
 @click.option(
+    "--wide",
+    is_flag=True,
+    help="The table with every column and whole request_ids and errors, however wide.",
+)
+@click.option(
     "--summary",
     is_flag=True,
     help="Only the number of jobs per batch and state (in json: [{batch, state, jobs}, ...]).",
@@ -68,6 +73,7 @@ def status(
     states: tuple[str, ...],
     limit: int | None,
     format: str,
+    wide: bool,
     summary: bool,
 ) -> None:
     """Where is every job? A summary per batch and state, then the rows; or one job in full."""
@@ -103,7 +109,7 @@ def status(
     shown_rows = TABLE_ROWS if limit is None else limit
     rows = store.rows(batch, states, shown_rows or None)
     matching = sum(n for _b, s, n in per_state if not states or s in states)
-    print_status_table(per_state, rows, matching, table_console())
+    print_status_table(per_state, rows, matching, table_console(), wide)
     if len(rows) < matching and not is_quiet():
         click.echo(f"{len(rows):,} of {matching:,} shown — `--limit 0` for all", err=True)
     for view in store.api_health(time.time() - API_HEALTH_FRESH):
