@@ -38,7 +38,7 @@ def db_upgrade() -> None:
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -59,11 +59,17 @@ def db_upgrade() -> None:
 )
 @click.option("--rate", type=float, help="Requests per second before 429.")
 @click.option("--p500", type=click.FloatRange(0, 1), default=0.0, help="Chance of a 500.")
-@click.option("--latency-ms", type=click.FloatRange(0), default=0.0)
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0, help="Added to every answer.")
 @click.option(
     "--token-limit", type=click.IntRange(0), help="Accepted jobs before 'token limit reached'."
 )
-@click.option("--token-limit-status", type=int, default=429, show_default=True)
+@click.option(
+    "--token-limit-status",
+    type=int,
+    default=429,
+    show_default=True,
+    help="HTTP status of 'token limit reached'.",
+)
 @click.option(
     "--drop-after-accept",
     type=click.FloatRange(0, 1),
@@ -112,7 +118,7 @@ def db_upgrade() -> None:
 @click.option(
     "--garbage", is_flag=True, help="Answer every generate with a 200 that is not the API's JSON."
 )
-@click.option("--seed", type=int)
+@click.option("--seed", type=int, help="Seed of the random faults, for a repeatable run.")
 def emulator(
     host: str,
     port: int,

@@ -39,10 +39,71 @@ from dubrunner.worker import WorkerOptions
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# -- help in sections ----------
+
+# `dubrunner --help` lists the commands in these sections, in this order.
+COMMAND_SECTIONS = {
+    "Daily commands": ("submit", "status", "resume", "poll", "fetch", "export", "retry", "cancel"),
+    "Checks": ("validate", "check", "doctor"),
+    "Administration": ("load", "work", "db", "emulator"),
+}  # any other command: under "Other commands"
+# A command's options in --help, by section (click lists them in one block otherwise); an option
+# not named here goes under "Options", last.
+OPTION_SECTIONS = {
+    "Input": (
+        "dry_run", "preflight", "allow_same_media", "media_concurrency", "per_host",
+        "max_jobs", "max_manifest_bytes",
+    ),
+    "Pacing": ("concurrency", "rate", "burst", "rate_shared", "request_timeout"),
+    "Retries": ("max_attempts", "retry_wait", "lookup_grace", "outage_timeout"),
+    "Results": ("wait", "fetch_dir", "interval", "timeout"),
+}  # fmt: skip
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help shows its options in OPTION_SECTIONS' sections (click's documented
+    extension point: format_options)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None or isinstance(param, click.Argument):
+                continue
+            section = next(
+                (s for s, names in OPTION_SECTIONS.items() if param.name in names), "Options"
+            )
+            records.setdefault(section, []).append(record)
+        for section in (*OPTION_SECTIONS, "Options"):
+            if section in records:
+                with formatter.section(section):
+                    formatter.write_dl(records[section])
+
+
+class SectionedGroup(click.Group):
+    """The command group whose --help lists its commands in COMMAND_SECTIONS' sections."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        listed = self.list_commands(ctx)
+        width = formatter.width - 6 - max(map(len, listed))
+        placed = {name for names in COMMAND_SECTIONS.values() for name in names}
+        others = tuple(name for name in listed if name not in placed)
+        for section, names in (*COMMAND_SECTIONS.items(), ("Other commands", others)):
+            rows = []
+            for name in names:
+                cmd = self.get_command(ctx, name) if name in listed else None
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(width)))
+            if rows:
+                with formatter.section(section):
+                    formatter.write_dl(rows)
+
+
 @click.group(
-    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]}
+    cls=SectionedGroup,
+    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]},
 )
-@click.version_option(__version__, prog_name="dubrunner")
+@click.version_option(__version__, prog_name="dubrunner", help="Show the version and exit.")
 @click.option(
     "--db",
     envvar="DUBRUNNER_DB",

@@ -13,6 +13,7 @@ from dubrunner.cli.common import (
     LOCAL_OPTIONS,
     POLL_OPTIONS,
     WORKER_OPTIONS,
+    SectionedCommand,
     TerminalUi,
     check_batch,
     cli,
@@ -26,7 +27,7 @@ from dubrunner.sessions import Polling
 from dubrunner.worker import WorkerOptions
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @click.option("--batch", help="Only this batch [default: every batch].")
 @click.option("--wait", is_flag=True, help="Poll in rounds until every job has ended.")
 @POLL_OPTIONS
@@ -56,7 +57,13 @@ def poll(
     envvar="DUBRUNNER_FETCH_OUT",
     help="Directory; files go to OUT/<batch>/<reference_id>.<ext>.",
 )
-@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Downloads at once.",
+)
 @COMMON_OPTIONS
 def fetch(batch: str | None, out: Path, concurrency: int) -> None:
     """Download every completed job's output (resumed, verified by SHA-256, never twice)."""

@@ -20,6 +20,7 @@ from dubrunner.cli.common import (
     WORKER_OPTIONS,
     ManifestLimits,
     Seconds,
+    SectionedCommand,
     TerminalUi,
     check_batch,
     cli,
@@ -50,7 +51,7 @@ def validate(manifest: str, limits: ManifestLimits) -> None:
     say(f"{manifest}: ok — batch {m.batch}, {len(m.jobs)} jobs")
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @WORKER_OPTIONS
 @MANIFEST_LIMITS
@@ -131,7 +132,7 @@ def _load(m: Manifest, dry_run: bool, allow_same_media: bool) -> Loaded:
     return loaded
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @click.option("--batch", help="Only this batch [default: every batch].")
 @WORKER_OPTIONS
 @COMMON_OPTIONS
@@ -140,7 +141,7 @@ def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool)
     _submit_pending(batch, options, allow_insecure_http, require_batch=True)
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @click.option("--batch", help="Only this batch [default: every batch].")
 @click.option(
     "--follow",
