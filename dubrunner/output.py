@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -263,11 +263,22 @@ def print_job_detail(row: JobRow, attempts: Sequence[dict[str, Any]], console: C
     console.print(history if attempts else "no HTTP attempts yet")
 
 
+PIPED_AT_MOST = 5.0  # seconds: piped, a line no more often than this, and only on a change
+PIPED_AT_LEAST = 60.0  # seconds: and one this often whatever happens (still alive)
+
+
 class ProgressDisplay:
-    """A live bar on a terminal; a plain line every few seconds otherwise; nothing when quiet."""
+    """A live bar on a terminal; nothing when quiet; otherwise (piped, a log file) a plain line
+    with the UTC time and an ETA, when something changed (at most every PIPED_AT_MOST seconds)
+    and at least every PIPED_AT_LEAST."""
 
     def __init__(
-        self, label: str, total: int | None, quiet: bool, stream: TextIO | None = None
+        self,
+        label: str,
+        total: int | None,
+        quiet: bool,
+        stream: TextIO | None = None,
+        clock: Any = time.monotonic,
     ) -> None:
         self.label = label
         self.stream = stream or sys.stderr
@@ -275,8 +286,11 @@ class ProgressDisplay:
         self.quiet = quiet
         self.console = Console(file=self.stream)
         self.live = not quiet and self.console.is_terminal
-        # Plain lines from 5 s on: a short run prints only its end.
-        self._last_line = time.monotonic()
+        self.clock = clock
+        # Plain lines from PIPED_AT_MOST seconds on: a short run prints only its end.
+        self._started = self._last_line = clock()
+        self._first: int | None = None  # what was completed at the first update
+        self._last_said: tuple[int, str] | None = None
         self._progress: Progress | None = None
         self._task: Any = None
 
@@ -300,17 +314,39 @@ class ProgressDisplay:
             self._progress.stop()
             _route_logging_to(None)
 
-    def update(self, completed: int, detail: str) -> None:
+    def update(self, completed: int, detail: str, left: int | None = None) -> None:
+        """`completed` of the total; `left`: what remains to be done [default: the total less
+        `completed`], for the ETA."""
         if self.quiet:
             return
         if self._progress is not None:
             self._progress.update(self._task, completed=completed, detail=detail)
             return
-        now = time.monotonic()
-        if now - self._last_line >= 5.0:
-            self._last_line = now
-            of = f"/{self.total}" if self.total is not None else ""
-            print(f"{self.label} {completed}{of} · {detail}", file=self.stream, flush=True)
+        now = self.clock()
+        if self._first is None:
+            self._first = completed
+        since = now - self._last_line
+        changed = (completed, detail) != self._last_said
+        if since >= PIPED_AT_LEAST or (changed and since >= PIPED_AT_MOST):
+            self._last_line, self._last_said = now, (completed, detail)
+            print(self._line(now, completed, detail, left), file=self.stream, flush=True)
+
+    def _line(self, now: float, completed: int, detail: str, left: int | None) -> str:
+        at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        of = f"/{self.total}" if self.total is not None else ""
+        line = f"{at} {self.label} {completed}{of} · {detail}"
+        if left is None and self.total is not None:
+            left = max(self.total - completed, 0)
+        if left is None:
+            return line
+        rate = (completed - (self._first or 0)) / max(now - self._started, 1e-6)
+        if rate > 0:
+            line += f" · {rate:.1f}/s" if rate >= 1 else f" · {rate * 60:.1f}/min"
+        if left == 0:
+            return line
+        if rate <= 0:
+            return line + " · ETA unknown"
+        return line + f" · ETA {timedelta(seconds=round(left / rate))}"
 
 
 _handler: logging.Handler | None = None

@@ -62,7 +62,7 @@ class FakeUi:
             stop()
         yield self
 
-    def update(self, completed: int, detail: str) -> None:
+    def update(self, completed: int, detail: str, left: int | None = None) -> None:
         self.updates.append((completed, detail))
 
     def say(self, line: str) -> None:
@@ -352,3 +352,21 @@ def test_the_layers_stay_apart() -> None:
             if name.startswith("dubrunner.cli.") and not name.startswith("dubrunner.cli.common")
         }
         assert not others, f"{module.name} imports {others}"
+
+
+def test_failures_are_not_counted_as_progress(store: Store) -> None:
+    # Failed before: "submitting 3/5 · failed 3" with none submitted.
+    from tests.fakeapi import FakeApi, client_for
+
+    fake = FakeApi()
+    fake.modes.extend(["500_not_created_no_retry"] * 2)
+    store.load(
+        "b", [JobSpec(f"r{i}", f"https://v/{i}", f"https://a/{i}", False, i) for i in range(3)], "m"
+    )
+    ui = FakeUi()
+    options = WorkerOptions(concurrency=1, backoff_base=0.01, lookup_grace=0.0, max_attempts=1)
+    submit_pending(store, client_for(fake), "b", options, ui)
+    completed, detail = ui.updates[-1]
+    assert store.counts() == {"submitted": 1, "failed": 2}
+    assert completed == 1
+    assert detail.startswith("submitted 1 · failed 2 · pending 0")
