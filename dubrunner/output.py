@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -23,10 +22,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from dubrunner.logs import route_logging_to
 from dubrunner.queries import JobRow
-from dubrunner.redact import inert, redact_url, scrub, shown
+from dubrunner.redact import inert, redact_url, scrub
 
-FORMATS = ("table", "json", "jsonl", "csv")
 # Every field of a job row that people and scripts see, in JobRow's order (the owner, the
 # look-up flag and the remote timestamps stay inside).
 ROW_FIELDS = tuple(
@@ -80,9 +79,6 @@ def export_dict(row: JobRow) -> dict[str, Any]:
 def write_export(rows: Iterable[JobRow], fmt: str, out: TextIO) -> int:
     """The deliverable's rows (EXPORT_FIELDS) in a machine format; returns how many."""
     return write_dicts(map(export_dict, rows), EXPORT_FIELDS, fmt, out)
-
-
-MACHINE_FORMATS = ("json", "jsonl", "csv")
 
 
 def write_rows(rows: Iterable[JobRow], fmt: str, out: TextIO) -> int:
@@ -306,13 +302,13 @@ class ProgressDisplay:
             )
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=self.total, detail="")
-            _route_logging_to(self.console)
+            route_logging_to(self.console)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
-            _route_logging_to(None)
+            route_logging_to(None)
 
     def update(self, completed: int, detail: str, left: int | None = None) -> None:
         """`completed` of the total; `left`: what remains to be done [default: the total less
@@ -347,36 +343,3 @@ class ProgressDisplay:
         if rate <= 0:
             return line + " · ETA unknown"
         return line + f" · ETA {timedelta(seconds=round(left / rate))}"
-
-
-_handler: logging.Handler | None = None
-
-
-def setup_logging(verbose: int, quiet: bool) -> None:
-    """-v: a line per HTTP attempt; default: warnings and per-job failures; -q: errors only."""
-    logger = logging.getLogger("dubrunner")
-    logger.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False
-    _route_logging_to(None)
-
-
-class _ScrubbingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return shown(super().format(record))
-
-
-def _route_logging_to(console: Console | None) -> None:
-    """Log through the live display's console so lines don't tear the progress bar."""
-    global _handler
-    logger = logging.getLogger("dubrunner")
-    if _handler is not None:
-        logger.removeHandler(_handler)
-    if console is not None:
-        from rich.logging import RichHandler
-
-        _handler = RichHandler(console=console, show_path=False, show_level=False)
-        _handler.setFormatter(_ScrubbingFormatter("%(message)s"))
-    else:
-        _handler = logging.StreamHandler(sys.stderr)
-        _handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    logger.addHandler(_handler)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dubrunner.api import ApiClient
+from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
 from dubrunner.loading import LoadConflict
@@ -26,11 +27,6 @@ from dubrunner.running import Report
 from dubrunner.states import AT_API, State
 from dubrunner.store import Store
 from dubrunner.worker import RunReport, Worker, WorkerOptions
-
-EXIT_OK = 0
-EXIT_INCOMPLETE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 MAX_CONFLICTS_SHOWN = 50
 MAX_FETCH_CONCURRENCY = 8  # downloads at once after a submit: its --concurrency, up to this

@@ -15,7 +15,6 @@ from dubrunner.cli.common import (
     cli,
     say,
 )
-from dubrunner.store import Store, StoreError
 
 
 @cli.group()
@@ -27,6 +26,8 @@ def db() -> None:
 @LOCAL_OPTIONS
 def db_upgrade() -> None:
     """Create or migrate the database to the newest schema (also done on first use)."""
+    from dubrunner.store import Store, StoreError
+
     ctx = click.get_current_context()
     try:
         store = Store(ctx.meta.get("db"), migrate=False)

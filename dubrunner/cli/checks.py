@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from dubrunner import sessions
 from dubrunner.cli.common import (
     COMMON_OPTIONS,
     MANIFEST_LIMITS,
@@ -16,13 +16,14 @@ from dubrunner.cli.common import (
     TerminalUi,
     UserError,
     cli,
-    database_exists,
     end,
     open_store,
 )
-from dubrunner.output import plain, table_console
+from dubrunner.constants import EXIT_INCOMPLETE, database_exists
 from dubrunner.redact import scrub
-from dubrunner.sessions import EXIT_INCOMPLETE, Ending, MediaCheck, MediaJob
+
+if TYPE_CHECKING:
+    from dubrunner.sessions import MediaCheck, MediaJob
 
 
 @cli.command()
@@ -32,6 +33,8 @@ from dubrunner.sessions import EXIT_INCOMPLETE, Ending, MediaCheck, MediaJob
 @COMMON_OPTIONS
 def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
     """Check the media URLs of a manifest file or a batch before paying for anything."""
+    from dubrunner import sessions
+
     jobs: Sequence[MediaJob]
     if Path(target).is_file():
         jobs = limits.read(target).jobs
@@ -52,6 +55,8 @@ def doctor(allow_insecure_http: bool) -> None:
     from rich.table import Table
 
     from dubrunner.doctor import diagnose
+    from dubrunner.output import plain, table_console
+    from dubrunner.sessions import Ending
 
     findings = diagnose(click.get_current_context().meta.get("db"), allow_insecure_http)
     table = Table(title="dubrunner doctor", title_justify="left")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from dubrunner import sessions
 from dubrunner.cli.common import (
+    BATCH,
     COMMON_OPTIONS,
     LOCAL_OPTIONS,
+    MACHINE_FORMATS,
     POLL_OPTIONS,
     WORKER_OPTIONS,
     SectionedCommand,
@@ -22,13 +23,14 @@ from dubrunner.cli.common import (
     open_store,
     say,
 )
-from dubrunner.output import MACHINE_FORMATS, write_export
-from dubrunner.sessions import Polling
-from dubrunner.worker import WorkerOptions
+
+if TYPE_CHECKING:
+    from dubrunner.sessions import Polling
+    from dubrunner.worker import WorkerOptions
 
 
 @cli.command(cls=SectionedCommand)
-@click.option("--batch", help="Only this batch [default: every batch].")
+@BATCH
 @click.option("--wait", is_flag=True, help="Poll in rounds until every job has ended.")
 @POLL_OPTIONS
 @WORKER_OPTIONS
@@ -41,6 +43,8 @@ def poll(
     allow_insecure_http: bool,
 ) -> None:
     """Ask the API how every submitted job is doing: one request per job per round."""
+    from dubrunner import sessions
+
     api = make_api(options, allow_insecure_http)
     store = open_store(must_exist=True)
     check_batch(store, batch)
@@ -48,7 +52,7 @@ def poll(
 
 
 @cli.command()
-@click.option("--batch", help="Only this batch [default: every batch].")
+@BATCH
 @click.option(
     "--out",
     "out",
@@ -67,13 +71,15 @@ def poll(
 @COMMON_OPTIONS
 def fetch(batch: str | None, out: Path, concurrency: int) -> None:
     """Download every completed job's output (resumed, verified by SHA-256, never twice)."""
+    from dubrunner import sessions
+
     store = open_store(must_exist=True)
     check_batch(store, batch)
     end(sessions.fetch(store, batch, out, concurrency, TerminalUi()))
 
 
 @cli.command()
-@click.option("--batch", help="Only this batch [default: every batch].")
+@BATCH
 @click.option(
     "--format",
     type=click.Choice(MACHINE_FORMATS),
@@ -85,6 +91,8 @@ def fetch(batch: str | None, out: Path, concurrency: int) -> None:
 @LOCAL_OPTIONS
 def export(batch: str | None, format: str, out: Any) -> None:
     """One row per job: the deliverable (reference_id, URLs, request_id, state, output, sha256)."""
+    from dubrunner.output import write_export
+
     store = open_store(must_exist=True)
     check_batch(store, batch)
     n = write_export(store.iter_rows(batch), format, out)

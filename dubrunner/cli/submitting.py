@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from dubrunner import sessions
 from dubrunner.cli.common import (
+    BATCH,
     COMMON_OPTIONS,
     HOUR,
     LOCAL_OPTIONS,
@@ -29,9 +29,11 @@ from dubrunner.cli.common import (
     open_store,
     say,
 )
-from dubrunner.manifest import Manifest
-from dubrunner.sessions import Ending, Loaded, MediaCheck, Polling
-from dubrunner.worker import WorkerOptions
+
+if TYPE_CHECKING:
+    from dubrunner.manifest import Manifest
+    from dubrunner.sessions import Loaded, MediaCheck, Polling
+    from dubrunner.worker import WorkerOptions
 
 SAME_MEDIA = click.option(
     "--allow-same-media",
@@ -93,6 +95,8 @@ def submit(
         loaded = _load(m, True, allow_same_media)
         say(f"{loaded.summary}; a run would send {loaded.plan.to_send} job(s)")
         return
+    from dubrunner import sessions
+
     api = make_api(options, allow_insecure_http)  # before the store: no credentials, no file
     ending = sessions.submit(
         open_store(),
@@ -126,14 +130,16 @@ def load(manifest: str, limits: ManifestLimits, dry_run: bool, allow_same_media:
 
 
 def _load(m: Manifest, dry_run: bool, allow_same_media: bool) -> Loaded:
+    from dubrunner import sessions
+
     loaded = sessions.load(open_store(), m, dry_run, allow_same_media)
-    if isinstance(loaded, Ending):
+    if isinstance(loaded, sessions.Ending):
         end(loaded)
     return loaded
 
 
 @cli.command(cls=SectionedCommand)
-@click.option("--batch", help="Only this batch [default: every batch].")
+@BATCH
 @WORKER_OPTIONS
 @COMMON_OPTIONS
 def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool) -> None:
@@ -142,7 +148,7 @@ def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool)
 
 
 @cli.command(cls=SectionedCommand)
-@click.option("--batch", help="Only this batch [default: every batch].")
+@BATCH
 @click.option(
     "--follow",
     is_flag=True,
@@ -175,6 +181,8 @@ def work(
 def _submit_pending(
     batch: str | None, options: WorkerOptions, allow_insecure_http: bool, require_batch: bool
 ) -> NoReturn:
+    from dubrunner import sessions
+
     api = make_api(options, allow_insecure_http)
     store = open_store(must_exist=require_batch)  # a follower may wait for the first load
     if require_batch:
