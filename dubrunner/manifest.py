@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from dubrunner.constants import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS
 from dubrunner.records import JobSpec
 from dubrunner.yamlstream import (
     ALLOWED_TAGS,
@@ -37,8 +38,6 @@ from dubrunner.yamlstream import (
     type_name,
 )
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_JOBS = 1_000_000
 MAX_ERRORS_SHOWN = 50
 MAX_REFERENCE_ID = 200
 MAX_URL = 8192

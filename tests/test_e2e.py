@@ -44,7 +44,7 @@ def test_loading_the_same_manifest_twice_adds_nothing(
     assert "0 new, 30 unchanged (30 already submitted)" in again.err
     dry = run_cli(["submit", str(manifest), "--dry-run"], env)
     assert dry.code == 0
-    assert "a run would send 0 job(s)" in dry.out
+    assert "a run would send 0 job(s)" in dry.err
     assert emulator.stats.generate == 30
     assert_exactly_once(emulator, db, 30)
 
@@ -55,7 +55,7 @@ def test_dry_run_loads_and_sends_nothing(
     manifest = write_manifest(tmp_path / "m.yaml", 12)
     r = run_cli(["submit", str(manifest), "--dry-run"], env)
     assert r.code == 0, r.err
-    assert "12 new, 0 unchanged (0 already submitted), 0 changed; a run would send 12" in r.out
+    assert "12 new, 0 unchanged (0 already submitted), 0 changed; a run would send 12" in r.err
     assert db_rows(db, "SELECT count(*) FROM jobs") == [(0,)]
     assert emulator.stats.requests == 0
 
