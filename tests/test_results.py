@@ -48,11 +48,11 @@ def test_submit_wait_fetch_and_export(
     )
     for ref, request_id, state, local, sha, size, error, remote in rows:
         if ref in {f"s1-ep{i:05d}" for i in failing}:
-            assert (state, remote) == ("failed", "FAILED")
+            assert (state, remote) == ("failed", "failed")
             assert error == "failed remotely: no face found in the video"
             assert local is None
             continue
-        assert (state, remote) == ("completed", "COMPLETED")
+        assert (state, remote) == ("completed", "completed")
         served = output_content(request_id, 20_000)
         assert Path(local) == out / "s1" / f"{ref}.mp4"
         assert Path(local).read_bytes() == served
