@@ -105,6 +105,9 @@ class PollTarget:
     id: int
     reference_id: str
     request_id: str
+    submitted_at: datetime | None = None
+    missing: int = 0  # rounds in a row the API answered "not found"
+    done_at: float | None = None  # since when the API says finished, without an output_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,7 @@ class FetchTarget:
     id: int
     batch: str
     reference_id: str
+    request_id: str | None
     output_url: str
     download_state: str | None
     local_path: str | None
@@ -142,6 +146,8 @@ class RemoteView:
     started_at: str | None
     finished_at: str | None
     last_error: str | None  # the job's error when it failed remotely
+    # Since when (Unix seconds) the API says it finished without an output_url; None otherwise.
+    done_at: float | None = None
 
 
 @dataclass(slots=True)

@@ -20,11 +20,12 @@ from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
 from dubrunner.loading import LoadConflict
 from dubrunner.manifest import Manifest
-from dubrunner.poller import Poller
+from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller
 from dubrunner.preflight import MediaProblem, Pair, Preflight, PreflightReport
 from dubrunner.records import LoadPlan
+from dubrunner.results import NOT_FOUND
 from dubrunner.running import Report
-from dubrunner.states import AT_API, State
+from dubrunner.states import AT_API, State, is_known_remote
 from dubrunner.store import Store
 from dubrunner.worker import RunReport, Worker, WorkerOptions
 
@@ -268,10 +269,14 @@ class MediaCheck:
 
 @dataclass(frozen=True)
 class Polling:
-    """The first interval between rounds of polling (it grows), and when to give up waiting."""
+    """The first interval between rounds of polling (it grows), when to give up waiting, after
+    how many rounds of "not found" a job ends, and how long a request may say it finished
+    without an output_url."""
 
     interval: float = 5.0
     timeout: float | None = None
+    gone_after: int = GONE_AFTER
+    output_grace: float = OUTPUT_GRACE
 
 
 def submit(
@@ -349,36 +354,55 @@ def poll(
     polling: Polling = Polling(),
 ) -> Ending:
     """Ask the API about every submitted job: one round, or (`wait`) rounds until every job has
-    ended. Waiting exits 1 when some jobs failed remotely or are still going."""
-    poller = Poller(store, api, options.governor(store, api), batch, options.concurrency)
+    ended. Waiting exits 1 when some jobs failed remotely, are gone or are still going."""
+    poller = Poller(
+        store,
+        api,
+        options.governor(store, api),
+        batch,
+        options.concurrency,
+        gone_after=polling.gone_after,
+        output_grace=polling.output_grace,
+    )
     total = poller.remaining()
     report = poller.report
     label = "polling" if wait else "polling once"
     with ui.progress(label, total, poller.request_stop) as progress:
 
         def tick() -> None:
+            missing = f" · not found {report.missing}" if report.missing else ""
             progress.update(
                 report.completed + report.failed,
                 f"round {report.rounds + 1} · completed {report.completed} · failed "
-                f"{report.failed} · {report.requests} requests",
+                f"{report.failed}{missing} · {report.requests} requests",
             )
 
         poller.run(wait, polling.interval, polling.timeout, tick)
     counts = store.counts(batch)
     still = counts.get(State.SUBMITTED, 0) + counts.get(State.PROCESSING, 0)
     failed_remote = store.count_remote_failures(batch)
+    gone = store.count_gone(batch)
+    reported = store.open_remote_statuses(batch)
+    missing = reported.pop(NOT_FOUND, 0)
     where = f"batch {batch}" if batch else "all batches"
     summary = (
         f"{where}: {counts.get(State.COMPLETED, 0)} completed, {failed_remote} failed remotely, "
-        f"{still} still processing"
+        + (f"{gone} no longer known to the API, " if gone else "")
+        + f"{still} still processing"
+        + (f" ({missing} not found)" if missing else "")
+    )
+    details = tuple(
+        f"{n} job{' reports' if n == 1 else 's report'} status {status!r}, taken as still running"
+        for status, n in sorted(reported.items())
+        if not is_known_remote(status)
     )
     failure = None
     if report.halt_message:
         failure = f"{report.halt_message}; {summary} — fix it, then poll again"
     elif report.timed_out:
         failure = f"timed out waiting; {summary}"
-    ending = _closing(summary, failure, report)
-    if ending.code == EXIT_OK and wait and (still or failed_remote):
+    ending = dataclasses.replace(_closing(summary, failure, report), details=details)
+    if ending.code == EXIT_OK and wait and (still or failed_remote or gone):
         return dataclasses.replace(ending, code=EXIT_INCOMPLETE)
     return ending
 
