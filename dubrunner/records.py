@@ -121,6 +121,7 @@ class FetchTarget:
     local_path: str | None
     size_bytes: int | None
     sha256: str | None
+    polled_at: datetime | None = None  # when the output_url was had from the API
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,13 +152,14 @@ class Results:
             Job.local_path,
             Job.size_bytes,
             Job.sha256,
+            Job.polled_at,
         )
         where = (Job.state == State.COMPLETED, Job.output_url.is_not(None))
         return [FetchTarget(*r) for r in self.page(columns, where, batch, after_id, limit)]
 
     def record_output_url(self, job_id: int, worker: str, url: str) -> None:
         """A fresh output_url the API gave for a completed job (the old one expired)."""
-        self._update(Guard.ANY, job_id, worker, None, {"output_url": url})
+        self._update(Guard.ANY, job_id, worker, None, {"output_url": url, "polled_at": utcnow()})
 
     def mark_downloaded(
         self,

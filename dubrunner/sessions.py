@@ -320,9 +320,8 @@ def submit(
         return polled
     # Even when some jobs failed remotely (or the poll gave up), download those that completed.
     ui.tell(polled)
-    fetched = fetch(
-        store, manifest.batch, fetch_into, min(options.concurrency, MAX_FETCH_CONCURRENCY), ui
-    )
+    concurrency = min(options.concurrency, MAX_FETCH_CONCURRENCY)
+    fetched = fetch(store, manifest.batch, fetch_into, concurrency, ui, api)
     if polled.code == EXIT_OK or fetched.code == EXIT_INTERRUPTED:
         return fetched
     return dataclasses.replace(fetched, code=polled.code)
@@ -407,9 +406,17 @@ def poll(
     return ending
 
 
-def fetch(store: Store, batch: str | None, out: Path, concurrency: int, ui: Ui) -> Ending:
-    """Download every completed job's output into `out`."""
-    fetcher = Fetcher(store, out, batch, concurrency)
+def fetch(
+    store: Store,
+    batch: str | None,
+    out: Path,
+    concurrency: int,
+    ui: Ui,
+    api: ApiClient | None = None,
+) -> Ending:
+    """Download every completed job's output into `out`; with `api`, an output URL that expired
+    (or was had long ago) is asked for afresh."""
+    fetcher = Fetcher(store, out, batch, concurrency, api=api)
     total = store.count_in_states(batch, [State.COMPLETED])
     report = fetcher.report
     started = time.monotonic()
@@ -425,6 +432,8 @@ def fetch(store: Store, batch: str | None, out: Path, concurrency: int, ui: Ui) 
 
         fetcher.run(tick)
     restarted = f", {report.restarted} started over" if report.restarted else ""
+    if report.refreshed:
+        restarted += f", {report.refreshed} fresh URL(s) from the API"
     summary = (
         f"{report.downloaded} downloaded ({report.bytes / 1e6:.1f} MB, {report.resumed} resumed"
         f"{restarted}), {report.skipped} already there, {report.failed} failed, into {out}"

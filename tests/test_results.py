@@ -116,22 +116,31 @@ def test_download_killed_halfway_resumes_with_range(
 
 @pytest.mark.slow
 @BOTH_DATABASES
-def test_expired_output_url_fails_that_download_only(
+def test_a_dead_output_url_is_asked_of_the_api_again(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     emulator.update(complete_after=0.05)
     manifest = write_manifest(tmp_path / "m.yaml", 3)
     assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
-    # One output URL has expired (the server no longer knows it).
+    # One output URL no longer works (the storage host answers 404).
     db.rows(
         "UPDATE jobs SET output_url = output_url || '-expired' WHERE reference_id = 'b-ep00001'"
     )
     r = run_cli(["fetch", "--out", str(tmp_path / "o")], env)
+    assert r.code == 0, r.err
+    assert "3 downloaded" in r.err and "1 fresh URL(s) from the API" in r.err
+    # Without credentials, fetch uses the URL recorded: that download fails, the job does not.
+    db.rows(
+        "UPDATE jobs SET output_url = output_url || '-expired', download_state = NULL "
+        "WHERE reference_id = 'b-ep00001'"
+    )
+    bare = {k: v for k, v in env.items() if k != "CHAMELAION_API_KEY"}
+    r = run_cli(["fetch", "--out", str(tmp_path / "o2")], bare)
     assert r.code == 1
-    assert "2 downloaded" in r.err and "1 failed" in r.err
     assert db_rows(
-        db, "SELECT download_state, download_error FROM jobs WHERE reference_id = 'b-ep00001'"
-    ) == [("failed", "HTTP 404 for the output URL")]
+        db,
+        "SELECT state, download_state, download_error FROM jobs WHERE reference_id = 'b-ep00001'",
+    ) == [("completed", "failed", "HTTP 404 for the output URL")]
 
 
 @pytest.mark.slow

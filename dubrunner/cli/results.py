@@ -9,11 +9,13 @@ from typing import Any
 import click
 
 from dubrunner import sessions
+from dubrunner.api import ApiClient, ConfigError, Credentials
 from dubrunner.cli.common import (
     COMMON_OPTIONS,
     POLL_OPTIONS,
     WORKER_OPTIONS,
     TerminalUi,
+    UserError,
     check_batch,
     cli,
     end,
@@ -39,7 +41,8 @@ def poll(
     options: WorkerOptions,
     allow_insecure_http: bool,
 ) -> None:
-    """Ask the API how every submitted job is doing: one request per job per round."""
+    """Ask the API how every submitted job is doing: a round reads the list of requests, a page
+    of 100 at a time, and asks for the few jobs not seen there one by one."""
     api = make_api(options, allow_insecure_http)
     store = open_store()
     check_batch(store, batch)
@@ -57,12 +60,26 @@ def poll(
     help="Directory; files go to OUT/<batch>/<reference_id>.<ext>.",
 )
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--allow-insecure-http",
+    is_flag=True,
+    envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
+    help="Allow credentials over plain http to a host other than loopback.",
+)
 @COMMON_OPTIONS
-def fetch(batch: str | None, out: Path, concurrency: int) -> None:
-    """Download every completed job's output (resumed, verified by SHA-256, never twice)."""
+def fetch(batch: str | None, out: Path, concurrency: int, allow_insecure_http: bool) -> None:
+    """Download every completed job's output (resumed, checked by size and SHA-256, never
+    twice). An output URL that expired is asked of the API afresh (needs the credentials)."""
     store = open_store()
     check_batch(store, batch)
-    end(sessions.fetch(store, batch, out, concurrency, TerminalUi()))
+    api = None
+    if Credentials.from_env():
+        try:
+            api = ApiClient(Credentials.from_env(), allow_insecure_http=allow_insecure_http)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+        click.get_current_context().call_on_close(api.close)
+    end(sessions.fetch(store, batch, out, concurrency, TerminalUi(), api))
 
 
 @cli.command()
