@@ -107,8 +107,10 @@ class Fetcher(Run):
         transport: httpx.BaseTransport | None = None,
         api: ApiClient | None = None,
         governor: Governor | None = None,
+        verify: bool = False,
     ) -> None:
         super().__init__()
+        self.verify = verify  # hash every file already there, changed or not
         self.api = api  # to ask for fresh output URLs; without it, the recorded ones are used
         self.governor = governor or Governor(None, concurrency)
         self.store = store
@@ -149,7 +151,7 @@ class Fetcher(Run):
     def _fetch_one(self, target: FetchTarget) -> None:
         if self.stop.is_set():
             return
-        if _vouched(target):
+        if _vouched(target, self.verify):
             self.add("skipped")
             return
         if not is_http_url(target.output_url):
@@ -187,6 +189,7 @@ class Fetcher(Run):
                     str(final),
                     size,
                     digest,
+                    _mtime_ns(final),
                 )
                 self.add("downloaded")
         except Busy as exc:
@@ -225,7 +228,7 @@ class Fetcher(Run):
                     held.enter_context(found)
                     present.append(final)
             fresh = self._reread(target)
-            if fresh is None or _vouched(fresh):
+            if fresh is None or _vouched(fresh, self.verify):
                 return None
             return self._download(target, dest, part, f, present)
 
@@ -460,15 +463,26 @@ def _stale(target: FetchTarget) -> bool:
     return target.polled_at is None or utcnow() - target.polled_at > STALE_AFTER
 
 
-def _vouched(target: FetchTarget) -> bool:
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _vouched(target: FetchTarget, verify: bool = False) -> bool:
     """The row says this job's output was downloaded to a file that is there, named for this job
-    alone, of the size and SHA-256 the row recorded."""
-    if target.download_state != "downloaded" or not target.local_path:
+    alone, of the size and SHA-256 the row recorded. The file is hashed again when it changed
+    since it was recorded (its modification time), or always with `verify`."""
+    if target.download_state != "downloaded" or not target.local_path or not target.sha256:
         return False
     local = Path(target.local_path)
     try:
-        if not (_named_for(target, local) and local.stat().st_size == target.size_bytes):
+        stat = local.stat()
+        if not (_named_for(target, local) and stat.st_size == target.size_bytes):
             return False
+        if not verify and stat.st_mtime_ns == target.local_mtime_ns:
+            return True
         return sha256_of(local) == target.sha256
     except OSError:
         return False

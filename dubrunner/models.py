@@ -84,6 +84,8 @@ class Job(Base):
     local_path: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    # The file's modification time (ns) when recorded: a file changed since is hashed again.
+    local_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         # Claims read `WHERE [batch = ? AND] state = 'pending' ORDER BY id LIMIT n`: with id in

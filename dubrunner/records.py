@@ -122,6 +122,7 @@ class FetchTarget:
     size_bytes: int | None
     sha256: str | None
     polled_at: datetime | None = None  # when the output_url was had from the API
+    local_mtime_ns: int | None = None  # the file's modification time when it was recorded
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,7 @@ class Results:
             Job.size_bytes,
             Job.sha256,
             Job.polled_at,
+            Job.local_mtime_ns,
         )
         where = (Job.state == State.COMPLETED, Job.output_url.is_not(None))
         return [FetchTarget(*r) for r in self.page(columns, where, batch, after_id, limit)]
@@ -169,6 +170,7 @@ class Results:
         path: str,
         size: int,
         sha256: str,
+        mtime_ns: int | None = None,
     ) -> None:
         values = {
             "download_state": "downloaded",
@@ -176,6 +178,7 @@ class Results:
             "local_path": path,
             "size_bytes": size,
             "sha256": sha256,
+            "local_mtime_ns": mtime_ns,
         }
         self._update(Guard.ANY, job_id, worker, attempt, values)
 

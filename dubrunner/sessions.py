@@ -413,10 +413,12 @@ def fetch(
     concurrency: int,
     ui: Ui,
     api: ApiClient | None = None,
+    verify: bool = False,
 ) -> Ending:
     """Download every completed job's output into `out`; with `api`, an output URL that expired
-    (or was had long ago) is asked for afresh."""
-    fetcher = Fetcher(store, out, batch, concurrency, api=api)
+    (or was had long ago) is asked for afresh; with `verify`, every file already there is hashed
+    again (otherwise only those changed since they were recorded)."""
+    fetcher = Fetcher(store, out, batch, concurrency, api=api, verify=verify)
     total = store.count_in_states(batch, [State.COMPLETED])
     report = fetcher.report
     started = time.monotonic()

@@ -5,6 +5,7 @@ trusted only when their size and SHA-256 match the row."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +121,25 @@ def test_a_file_on_disk_is_trusted_only_when_its_sha256_matches(
     assert db_rows(db, "SELECT sha256 FROM jobs WHERE reference_id = 'b-ep00000'") == [
         (hashlib.sha256(good).hexdigest(),)
     ]
+
+
+def test_verify_hashes_even_files_that_look_untouched(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.0, output_bytes=5000)
+    assert submit(store, api, manifest_of(tmp_path, 2), OPTIONS, FakeUi(), wait=True).code == 0
+    out = tmp_path / "out"
+    assert fetch(store, None, out, 2, FakeUi(), api).code == EXIT_OK
+    first = out / "b" / "b-ep00000.mp4"
+    good, stat = first.read_bytes(), first.stat()
+    first.write_bytes(b"\0" * len(good))
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as if never touched
+    trusting = fetch(store, None, out, 2, FakeUi(), api)
+    assert "0 downloaded" in trusting.sentence and "2 already there" in trusting.sentence
+    verified = fetch(store, None, out, 2, FakeUi(), api, verify=True)
+    assert verified.code == EXIT_OK
+    assert "1 downloaded" in verified.sentence and "1 already there" in verified.sentence
+    assert first.read_bytes() == good
 
 
 @pytest.mark.slow

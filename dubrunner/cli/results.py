@@ -66,8 +66,16 @@ def poll(
     envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
     help="Allow credentials over plain http to a host other than loopback.",
 )
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Hash every file already there again (by default only those changed since they were "
+    "downloaded); a file whose SHA-256 differs from the one recorded is downloaded again.",
+)
 @COMMON_OPTIONS
-def fetch(batch: str | None, out: Path, concurrency: int, allow_insecure_http: bool) -> None:
+def fetch(
+    batch: str | None, out: Path, concurrency: int, allow_insecure_http: bool, verify: bool
+) -> None:
     """Download every completed job's output (resumed, checked by size and SHA-256, never
     twice). An output URL that expired is asked of the API afresh (needs the credentials)."""
     store = open_store()
@@ -79,7 +87,7 @@ def fetch(batch: str | None, out: Path, concurrency: int, allow_insecure_http: b
         except ConfigError as exc:
             raise UserError(str(exc)) from None
         click.get_current_context().call_on_close(api.close)
-    end(sessions.fetch(store, batch, out, concurrency, TerminalUi(), api))
+    end(sessions.fetch(store, batch, out, concurrency, TerminalUi(), api, verify))
 
 
 @cli.command()
