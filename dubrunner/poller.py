@@ -180,16 +180,16 @@ class Poller(Run):
             targets += page
         self._round_seen, self._missing, self._faults = 0, [], set()
         seen: set[int] = set()
-        if self.use_list and targets:
-            self._walk(targets, seen)
-        rest = [t for t in targets if t.id not in seen]
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="poll") as pool:
+            if self.use_list and targets:
+                self._walk(targets, seen, pool)
+            rest = [t for t in targets if t.id not in seen]
             list(pool.map(self._poll_one, rest))
         self._settle(len(targets))
 
     # -- the list ----------
 
-    def _walk(self, targets: list[PollTarget], seen: set[int]) -> None:
+    def _walk(self, targets: list[PollTarget], seen: set[int], pool: ThreadPoolExecutor) -> None:
         """Pages of the list, newest first, until every target was seen or the pages are older
         than the oldest of them."""
         by_id = {t.request_id: t for t in targets}
@@ -213,6 +213,7 @@ class Poller(Run):
                 self.use_list = False
                 return
             older = bool(items)
+            learned: list[tuple[PollTarget, dict[str, Any]]] = []
             for item in items:
                 if not isinstance(item, dict):
                     continue
@@ -221,10 +222,14 @@ class Poller(Run):
                 target = by_id.get(request_id) if request_id else by_ref.get(str(ref))
                 if target is not None and target.id not in seen:
                     seen.add(target.id)
-                    self._learned(target, item, answer.status, ms)
+                    learned.append((target, item))
                 when = created_at(item)
                 if cutoff is None or when is None or when >= cutoff:
                     older = False
+            # Recorded by the pool's threads at once: their commits are grouped (see db.py).
+            targets_, items_ = [t for t, _ in learned], [i for _, i in learned]
+            n = len(learned)
+            list(pool.map(self._learned, targets_, items_, [answer.status] * n, [ms] * n))
             total = data.get("pagination", {}).get("total") if isinstance(data, dict) else None
             offset += len(items)
             if older or not items or (isinstance(total, int) and offset >= total):
@@ -288,6 +293,13 @@ class Poller(Run):
         with self._lock:
             self._round_seen += 1
         view = interpret(item, target.done_at, self.output_grace)
+        if (view.state, view.status, view.done_at, 0) == (
+            State.PROCESSING,
+            target.status,
+            target.done_at,
+            target.missing,
+        ):
+            return  # nothing new: no write
         ended: AttemptRecord | None = None
         if view.state != State.PROCESSING:
             ended = AttemptRecord(

@@ -108,6 +108,7 @@ class PollTarget:
     submitted_at: datetime | None = None
     missing: int = 0  # rounds in a row the API answered "not found"
     done_at: float | None = None  # since when the API says finished, without an output_url
+    status: str | None = None  # the remote status last recorded
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,7 @@ class Results:
                 Job.submitted_at,
                 Job.remote_missing,
                 Job.remote_done_at,
+                Job.remote_status,
             ),
             (Job.state.in_(list(POLLABLE)), Job.request_id.is_not(None)),
             batch,

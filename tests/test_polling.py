@@ -97,6 +97,20 @@ def test_an_unknown_status_is_kept_taken_as_running_and_named(
     assert states(db) == {"completed": 3}
 
 
+def test_a_round_reads_the_list_and_writes_only_what_changed(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=3600)
+    assert submit(store, api, manifest_of(tmp_path, 150), OPTIONS, FakeUi()).code == EXIT_OK
+    before = emulator.requests_endpoint_calls()
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
+    assert emulator.requests_endpoint_calls() - before == 2  # two pages of 100, no GET
+    assert states(db) == {"processing": 150}
+    written = db_rows(db, "SELECT updated_at FROM jobs ORDER BY id")
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
+    assert db_rows(db, "SELECT updated_at FROM jobs ORDER BY id") == written
+
+
 @pytest.mark.parametrize(
     ("status", "state"),
     [

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,55 @@ def bare_loop(base_url: str, workdir: Path, n: int, threads: int) -> tuple[float
     return n / wall, (usage.ru_utime + usage.ru_stime) / n * 1000
 
 
+Add = Callable[..., None]
+
+
+def requests_endpoint_calls(emu: EmulatorProcess) -> int:
+    counted = emu.stats()["by_endpoint"]
+    assert isinstance(counted, dict)
+    return int(counted.get("list", 0)) + int(counted.get("get", 0))
+
+
+def poll_rows(emu: EmulatorProcess, env: dict[str, str], work: Path, n: int, add: Add) -> None:
+    """One poll round of `n` open jobs: its requests to the API per job, and its speed."""
+    before = requests_endpoint_calls(emu)
+    r = run(["poll", "--concurrency", "32"], env, work)
+    assert r.code == 0, r.err
+    per_job = (requests_endpoint_calls(emu) - before) / n
+    add(
+        f"poll {n:,} open jobs: requests per open job per round",
+        f"{per_job:.3f}",
+        "<= 0.02",
+        per_job <= 0.02,
+    )
+    add("  before: one GET per job per round", "1.000")
+    add(f"poll {n:,} jobs (one round), whole command", f"{r.wall:.2f} s")
+    r = run(["poll", "--concurrency", "32"], env, work)
+    assert r.code == 0, r.err
+    add(f"  again, nothing new to record: {n:,} jobs", f"{r.wall:.2f} s")
+
+
+def poll_alone(quick: bool, add: Add) -> None:
+    """`python -m tests.benchmarks.bench --only poll`: the poll rows alone (nothing written)."""
+    n = 2_000 if quick else 5_000
+    with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
+        work = Path(tmp)
+        emu = EmulatorProcess(work, "--complete-after", "3600")
+        env = clean_env(
+            CHAMELAION_API_KEY=TOKEN,
+            CHAMELAION_BASE_URL=emu.base_url,
+            DUBRUNNER_DB=str(work / "p.db"),
+        )
+        try:
+            r = run(
+                ["submit", str(manifest(work / "p.yaml", n, "p")), "--concurrency", "32"], env, work
+            )
+            assert r.code == 0, r.err
+            poll_rows(emu, env, work, n, add)
+        finally:
+            emu.stop()
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     rows: list[tuple[str, str, str, str]] = []  # what, measured, target, verdict
@@ -162,6 +212,15 @@ def main() -> int:
         verdict = "" if ok is None else ("met" if ok else "MISSED")
         rows.append((what, value, target, verdict))
         print(f"{what:58} {value:>22}  {target:>14}  {verdict}", flush=True)
+
+    if "--only" in sys.argv:
+        # One part alone, printed only: BENCHMARKS.md is written by the whole run, never a part.
+        part = sys.argv[sys.argv.index("--only") + 1 :][:1]
+        if part != ["poll"]:
+            print("usage: python -m tests.benchmarks.bench [--quick] [--only poll]")
+            return 2
+        poll_alone(quick, add)
+        return 0
 
     n_big = 20_000 if quick else 100_000
     n_submit = 2_000 if quick else 5_000
@@ -223,13 +282,8 @@ def main() -> int:
         )
         add("  bare loop CPU per job", f"{bare_cpu:.2f} ms")
 
-        # 4. Poll throughput on those jobs: one GET each.
-        r = run(["poll", "--concurrency", "32"], env_emu, work)
-        assert r.code == 0, r.err
-        add(
-            f"poll {n_submit:,} jobs (one round), concurrency 32",
-            f"{n_submit / r.wall:.0f} polls/s",
-        )
+        # 4. A poll round on those jobs: pages of the list, not one GET each.
+        poll_rows(emu, env_emu, work, n_submit, add)
         emu.stop()
 
         # 5. Rate adherence: the server allows 20 req/s, the client is told 20.
