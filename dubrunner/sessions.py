@@ -18,6 +18,7 @@ from typing import Protocol
 from dubrunner.api import ApiClient
 from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
+from dubrunner.governor import Governor
 from dubrunner.loading import LoadConflict
 from dubrunner.manifest import Manifest
 from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller
@@ -205,10 +206,11 @@ class Submission:
         api: ApiClient,
         batch: str | None,
         options: WorkerOptions,
+        governor: Governor | None = None,
     ) -> None:
         self.store = store
         self.batch = batch
-        self.governor = options.governor(store, api)
+        self.governor = governor or options.governor(store, api)
         self.worker = Worker(store, api, self.governor, options, batch)
 
     def request_stop(self) -> None:
@@ -221,13 +223,18 @@ class Submission:
 
 
 def submit_pending(
-    store: Store, api: ApiClient, batch: str | None, options: WorkerOptions, ui: Ui
+    store: Store,
+    api: ApiClient,
+    batch: str | None,
+    options: WorkerOptions,
+    ui: Ui,
+    governor: Governor | None = None,
 ) -> Ending:
     """Send every job of the batch (or of every batch) that is not yet at the API."""
     counts = store.counts(batch)
     total = sum(n for s, n in counts.items() if s != State.CANCELLED)
     done = sum(counts.get(s, 0) for s in AT_API)
-    submission = Submission(store, api, batch, options)
+    submission = Submission(store, api, batch, options, governor)
     report = submission.worker.report
     started = time.monotonic()
     with ui.progress("submitting", total, submission.request_stop) as progress:
@@ -311,17 +318,21 @@ def submit(
                 problem.reference_id, f"preflight: {problem.which}: {problem.problem}"
             )
         store.fail_unsent(manifest.batch, reasons)
-    sent = submit_pending(store, api, manifest.batch, options, ui)
+    # One rate budget for the whole command: its submits, then its polls and fresh output URLs.
+    governor = options.governor(store, api)
+    sent = submit_pending(store, api, manifest.batch, options, ui, governor)
     if sent.code != EXIT_OK or not (wait or fetch_into):
         return sent
     ui.tell(sent)
-    polled = poll(store, api, manifest.batch, options, ui, wait=True, polling=polling)
+    polled = poll(
+        store, api, manifest.batch, options, ui, wait=True, polling=polling, governor=governor
+    )
     if fetch_into is None or polled.code == EXIT_INTERRUPTED:
         return polled
     # Even when some jobs failed remotely (or the poll gave up), download those that completed.
     ui.tell(polled)
     concurrency = min(options.concurrency, MAX_FETCH_CONCURRENCY)
-    fetched = fetch(store, manifest.batch, fetch_into, concurrency, ui, api)
+    fetched = fetch(store, manifest.batch, fetch_into, concurrency, ui, api, governor=governor)
     if polled.code == EXIT_OK or fetched.code == EXIT_INTERRUPTED:
         return fetched
     return dataclasses.replace(fetched, code=polled.code)
@@ -351,13 +362,14 @@ def poll(
     *,
     wait: bool,
     polling: Polling = Polling(),
+    governor: Governor | None = None,
 ) -> Ending:
     """Ask the API about every submitted job: one round, or (`wait`) rounds until every job has
     ended. Waiting exits 1 when some jobs failed remotely, are gone or are still going."""
     poller = Poller(
         store,
         api,
-        options.governor(store, api),
+        governor or options.governor(store, api),
         batch,
         options.concurrency,
         gone_after=polling.gone_after,
@@ -414,11 +426,12 @@ def fetch(
     ui: Ui,
     api: ApiClient | None = None,
     verify: bool = False,
+    governor: Governor | None = None,
 ) -> Ending:
     """Download every completed job's output into `out`; with `api`, an output URL that expired
     (or was had long ago) is asked for afresh; with `verify`, every file already there is hashed
     again (otherwise only those changed since they were recorded)."""
-    fetcher = Fetcher(store, out, batch, concurrency, api=api, verify=verify)
+    fetcher = Fetcher(store, out, batch, concurrency, api=api, governor=governor, verify=verify)
     total = store.count_in_states(batch, [State.COMPLETED])
     report = fetcher.report
     started = time.monotonic()

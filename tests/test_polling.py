@@ -13,12 +13,14 @@ import pytest
 
 from dubrunner.api import ApiClient, Credentials
 from dubrunner.emulator import Emulator, EmulatorConfig
+from dubrunner.governor import Governor
 from dubrunner.manifest import Manifest
 from dubrunner.manifest import load as load_manifest
 from dubrunner.poller import interpret
 from dubrunner.sessions import EXIT_INCOMPLETE, EXIT_OK, Polling, poll, submit
 from dubrunner.states import State
 from dubrunner.store import Store
+from dubrunner.worker import WorkerOptions
 from tests.conftest import (
     TOKEN,
     Database,
@@ -109,6 +111,28 @@ def test_a_round_reads_the_list_and_writes_only_what_changed(
     written = db_rows(db, "SELECT updated_at FROM jobs ORDER BY id")
     assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
     assert db_rows(db, "SELECT updated_at FROM jobs ORDER BY id") == written
+
+
+def test_submit_wait_fetch_keeps_one_rate_budget(
+    emulator: Emulator,
+    store: Store,
+    api: ApiClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[Governor] = []
+    real = WorkerOptions.governor
+
+    def counted(self: WorkerOptions, store: Store, api: ApiClient) -> Governor:
+        made.append(real(self, store, api))
+        return made[-1]
+
+    monkeypatch.setattr(WorkerOptions, "governor", counted)
+    emulator.update(complete_after=0.0, output_bytes=1000)
+    m = manifest_of(tmp_path, 2)
+    ending = submit(store, api, m, OPTIONS, FakeUi(), polling=FAST, fetch_into=tmp_path / "o")
+    assert ending.code == EXIT_OK
+    assert len(made) == 1  # submits, polls and fresh output URLs under one governor
 
 
 @pytest.mark.parametrize(
