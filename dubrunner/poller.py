@@ -47,6 +47,7 @@ log = logging.getLogger("dubrunner")
 PAGE = 500  # open jobs read from the database at once
 LIST_PAGE = 100  # items asked for per page of the list (the API may give fewer)
 EXTRA_PAGES = 5  # pages walked beyond ceil(open / LIST_PAGE) before asking one by one
+PAGE_TRIES = 3  # tries of one page of the list before asking one by one
 CLOCK_SKEW = timedelta(minutes=10)  # the API's clock and ours may disagree this much
 MAX_INTERVAL = 60.0
 GONE_AFTER = 3  # rounds of "not found" before a job ends failed
@@ -200,12 +201,13 @@ class Poller(Run):
         for _ in range(math.ceil(len(targets) / LIST_PAGE) + EXTRA_PAGES):
             if self.stop.is_set() or len(seen) == len(targets):
                 return
-            self.add("list_requests")
-            answer, _outcome, ms = self._ask(
-                functools.partial(self.api.list_requests, LIST_PAGE, offset)
-            )
-            if answer is None or answer.status != 200:
+            answer, ms = self._page(offset)
+            if answer is None:
                 return  # those not seen are asked for one by one
+            if answer.status == 404:
+                log.info("the API has no list of requests here; polling one by one")
+                self.use_list = False
+                return
             data = parse_json(answer.body)
             items = data.get("data")
             if not isinstance(items, list):
@@ -230,10 +232,23 @@ class Poller(Run):
             targets_, items_ = [t for t, _ in learned], [i for _, i in learned]
             n = len(learned)
             list(pool.map(self._learned, targets_, items_, [answer.status] * n, [ms] * n))
-            total = data.get("pagination", {}).get("total") if isinstance(data, dict) else None
+            pagination = data.get("pagination")
+            total = pagination.get("total") if isinstance(pagination, dict) else None
             offset += len(items)
             if older or not items or (isinstance(total, int) and offset >= total):
                 return
+
+    def _page(self, offset: int) -> tuple[Answer | None, int]:
+        """A page of the list, tried again (after any pause the server asked for) when it met
+        a passing failure; None when it could not be had."""
+        for _ in range(PAGE_TRIES):
+            self.add("list_requests")
+            ask = functools.partial(self.api.list_requests, LIST_PAGE, offset)
+            answer, outcome, ms = self._ask(ask)
+            if answer is not None or outcome is None or outcome.action is not Action.RETRY:
+                return answer, ms
+            self.stop.wait(0.2)  # a pause the server asked for is the governor's
+        return None, 0
 
     # -- one request ----------
 

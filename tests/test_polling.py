@@ -135,6 +135,22 @@ def test_submit_wait_fetch_keeps_one_rate_budget(
     assert len(made) == 1  # submits, polls and fresh output URLs under one governor
 
 
+def test_a_failing_page_of_the_list_is_tried_again_and_a_missing_list_is_done_without(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=3600)
+    assert submit(store, api, manifest_of(tmp_path, 5), OPTIONS, FakeUi()).code == EXIT_OK
+    emulator.update(list_failures=2)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
+    assert (emulator.stats.by_endpoint["list"], emulator.stats.by_endpoint.get("get", 0)) == (3, 0)
+    assert states(db) == {"processing": 5}
+    emulator.update(list_missing=True, complete_after=0.0)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=FAST).code == EXIT_OK
+    assert emulator.stats.by_endpoint["get"] == 5  # one GET each: the list is not there
+    assert emulator.stats.by_endpoint["list"] == 4  # asked once, then not again this run
+    assert states(db) == {"completed": 5}
+
+
 @pytest.mark.parametrize(
     ("status", "state"),
     [

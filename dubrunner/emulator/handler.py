@@ -282,6 +282,14 @@ class _Handler(BaseHTTPRequestHandler):
         ref = query.get("reference_id", [None])[0]
         with emu.lock:
             emu.stats.lookups += 1
+            failing = ref is None and emu.config.list_failures > 0
+            if failing:
+                emu.config.list_failures -= 1
+        if ref is None and emu.config.list_missing:
+            return self._error(404, "not found")
+        if failing:
+            return self._error(500, "internal error")
+        with emu.lock:
             ids = list(emu.by_reference.get(ref, [])) if ref is not None else list(emu.requests)
             ids = [i for i in reversed(ids) if i in emu.requests]  # newest first
             page = self._views(ids[offset : offset + limit])

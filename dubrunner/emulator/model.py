@@ -56,6 +56,10 @@ class EmulatorConfig:
     cut_output_after: int | None = None
     # Completed requests shown without their output_url (the API saying "done" too early).
     hide_output: bool = False
+    # The unfiltered list (a poll's, not a look-up's): the next N requests for it answer 500
+    # "internal error"; or it answers the API's JSON 404 (GET by id still works).
+    list_failures: int = 0
+    list_missing: bool = False
 
 
 @dataclass
