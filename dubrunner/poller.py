@@ -6,8 +6,9 @@ soon as every open job was seen, or when a whole page is older than the oldest o
 jobs not seen there are asked for one by one (`v1/lipsync/requests/{id}`).
 
 A request the API answers "not found" for is counted, round after round; after `gone_after`
-rounds the job ends failed: the API no longer knows it. When the API knows none of the jobs
-polled, nor any request of ours that ended, it is the wrong address: the poll halts at once."""
+rounds (and a minute after it was submitted) the job ends failed: the API no longer knows it.
+When the API knows none of the jobs polled, nor any request of ours that ended, it is the wrong
+address: the poll halts at once."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from dubrunner.errors import (
     parse_json,
 )
 from dubrunner.governor import Governor, Stopped
-from dubrunner.records import AttemptRecord, PollTarget, RemoteView
+from dubrunner.records import AttemptRecord, PollTarget, RemoteView, utcnow
 from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
 from dubrunner.states import State, state_for_remote
@@ -51,6 +52,9 @@ PAGE_TRIES = 3  # tries of one page of the list before asking one by one
 CLOCK_SKEW = timedelta(minutes=10)  # the API's clock and ours may disagree this much
 MAX_INTERVAL = 60.0
 GONE_AFTER = 3  # rounds of "not found" before a job ends failed
+# ... and never sooner than this after it was submitted: a request just created may not be
+# readable everywhere yet, and a job ended as gone may be sent (and paid) again by `retry`.
+GONE_MIN_AGE = timedelta(minutes=1)
 OUTPUT_GRACE = 300.0  # seconds a finished request may go without an output_url
 _UNREACHED = frozenset({Fault.UNREACHABLE, Fault.ADDRESS})
 
@@ -346,10 +350,11 @@ class Poller(Run):
         if first and self._faults and self._faults <= _UNREACHED:
             self.halt(f"cannot reach the API at {where}: check CHAMELAION_BASE_URL")
             return
+        young = utcnow() - GONE_MIN_AGE
         for target, attempt in missing:
             count = target.missing + 1
             gone = None
-            if count >= self.gone_after:
+            if count >= self.gone_after and (target.submitted_at or young) < young:
                 gone = f"the API no longer knows this request (not found in {count} polls)"
             if self.store.record_missing(target.id, self.owner, attempt, count, gone) and gone:
                 self.add("gone")
