@@ -196,15 +196,20 @@ class Poller(Run):
 
     def _walk(self, targets: list[PollTarget], seen: set[int], pool: ThreadPoolExecutor) -> None:
         """Pages of the list, newest first, until every target was seen or the pages are older
-        than the oldest of them."""
+        than the oldest of them. Past ceil(open / LIST_PAGE) + EXTRA_PAGES pages (requests of
+        others newer than ours), it goes on only while the pages walked are fewer than half the
+        jobs not yet seen: a round never costs much more than one GET per job would."""
         by_id = {t.request_id: t for t in targets}
         by_ref = {t.reference_id: t for t in targets}
         times = [t.submitted_at for t in targets if t.submitted_at is not None]
         cutoff = min(times).replace(tzinfo=UTC) - CLOCK_SKEW if len(times) == len(targets) else None
-        offset = 0
-        for _ in range(math.ceil(len(targets) / LIST_PAGE) + EXTRA_PAGES):
+        offset = pages = 0
+        first_ids: set[str | None] = set()
+        budget = math.ceil(len(targets) / LIST_PAGE) + EXTRA_PAGES
+        while pages < budget or pages < (len(targets) - len(seen)) // 2:
             if self.stop.is_set() or len(seen) == len(targets):
                 return
+            pages += 1
             answer, ms = self._page(offset)
             if answer is None:
                 return  # those not seen are asked for one by one
@@ -218,6 +223,13 @@ class Poller(Run):
                 log.info("the list answered without a 'data' list; polling one by one")
                 self.use_list = False
                 return
+            first = items[0] if items else None
+            head = any_request_id(first.get("id")) if isinstance(first, dict) else None
+            if head is not None and head in first_ids:
+                log.info("the list gives the same page for every offset; polling one by one")
+                self.use_list = False
+                return
+            first_ids.add(head)
             older = bool(items)
             learned: list[tuple[PollTarget, dict[str, Any]]] = []
             for item in items:

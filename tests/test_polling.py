@@ -135,6 +135,30 @@ def test_submit_wait_fetch_keeps_one_rate_budget(
     assert len(made) == 1  # submits, polls and fresh output URLs under one governor
 
 
+def test_requests_of_others_newer_than_ours_are_walked_past(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=3600)
+    assert submit(store, api, manifest_of(tmp_path, 150), OPTIONS, FakeUi()).code == EXIT_OK
+    with emulator.lock:  # another client of the account, since
+        for i in range(1000):
+            emulator._create(f"other-{i}", "https://o.test/v.mp4", "https://o.test/a.wav", False)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
+    assert states(db) == {"processing": 150}
+    # 12 pages of the list (1,150 requests), not 7 pages and then 150 GETs.
+    assert (emulator.stats.by_endpoint["list"], emulator.stats.by_endpoint.get("get", 0)) == (12, 0)
+
+
+def test_a_list_that_ignores_its_offset_is_left_for_gets(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=3600, list_ignores_offset=True)
+    assert submit(store, api, manifest_of(tmp_path, 150), OPTIONS, FakeUi()).code == EXIT_OK
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
+    assert states(db) == {"processing": 150}
+    assert (emulator.stats.by_endpoint["list"], emulator.stats.by_endpoint["get"]) == (2, 50)
+
+
 def test_a_failing_page_of_the_list_is_tried_again_and_a_missing_list_is_done_without(
     emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
 ) -> None:

@@ -292,6 +292,8 @@ class _Handler(BaseHTTPRequestHandler):
         with emu.lock:
             ids = list(emu.by_reference.get(ref, [])) if ref is not None else list(emu.requests)
             ids = [i for i in reversed(ids) if i in emu.requests]  # newest first
+            if ref is None and emu.config.list_ignores_offset:
+                offset = 0
             page = self._views(ids[offset : offset + limit])
         return self._send(
             200, {"data": page, "pagination": {"limit": limit, "offset": offset, "total": len(ids)}}

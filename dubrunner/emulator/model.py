@@ -60,6 +60,7 @@ class EmulatorConfig:
     # "internal error"; or it answers the API's JSON 404 (GET by id still works).
     list_failures: int = 0
     list_missing: bool = False
+    list_ignores_offset: bool = False  # every page of the list is its first
 
 
 @dataclass

@@ -167,11 +167,13 @@ def requests_endpoint_calls(emu: EmulatorProcess) -> int:
 def poll_rows(emu: EmulatorProcess, env: dict[str, str], work: Path, n: int, add: Add) -> None:
     """One poll round of `n` open jobs: its requests to the API per job, and its speed."""
     before = requests_endpoint_calls(emu)
+    others = int(emu.stats()["accepted"]) - n  # type: ignore[call-overload]
     r = run(["poll", "--concurrency", "32"], env, work)
     assert r.code == 0, r.err
     per_job = (requests_endpoint_calls(emu) - before) / n
+    newer = f", {others:,} newer requests of others" if others else ""
     add(
-        f"poll {n:,} open jobs: requests per open job per round",
+        f"poll {n:,} open jobs{newer}: requests per open job per round",
         f"{per_job:.3f}",
         "<= 0.02",
         per_job <= 0.02,
