@@ -12,6 +12,7 @@ address: the poll halts at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -368,6 +369,9 @@ class Poller(Run):
             gone = None
             if count >= self.gone_after and (target.submitted_at or young) < young:
                 gone = f"the API no longer knows this request (not found in {count} polls)"
+                # Recorded as the request's end: a later look-up for this job (after `retry`)
+                # takes it for history, not for the answer to a new POST.
+                attempt = dataclasses.replace(attempt, outcome=State.FAILED, error=gone)
             if self.store.record_missing(target.id, self.owner, attempt, count, gone) and gone:
                 self.add("gone")
 

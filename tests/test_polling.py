@@ -256,6 +256,8 @@ def test_a_request_the_api_forgot_ends_failed_after_some_rounds(
         "the API no longer knows this request (not found in 3 polls)",
     )
     assert db_rows(db, "SELECT remote_missing FROM jobs ORDER BY id") == [(0,), (3,), (0,)]
+    job_id = db_rows(db, "SELECT id FROM jobs WHERE request_id = ?", forgotten)[0][0]
+    assert store.ended_requests(job_id) == frozenset({forgotten})
 
 
 def test_a_poll_of_an_api_that_knows_none_of_the_jobs_halts_at_once(
