@@ -22,6 +22,7 @@ from dubrunner.states import State
 from dubrunner.store import Store
 from dubrunner.worker import WorkerOptions
 from tests.conftest import (
+    BOTH_DATABASES,
     TOKEN,
     Database,
     clean_env,
@@ -327,3 +328,34 @@ def test_poll_wait_against_an_api_that_knows_none_of_the_demo_jobs_ends(
     assert "Traceback" not in r.err
     shown = run_cli(["status", "--batch", "example", "--format", "json"], env)
     assert [job["remote_status"] for job in json.loads(shown.out)] == ["not found"] * 5
+
+
+@pytest.mark.slow
+@BOTH_DATABASES
+def test_poll_wait_ends_a_forgotten_request_on_either_database(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=3600, status_words={"pending": "queued_for_render"})
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    assert run_cli(["submit", str(manifest)], env).code == 0
+    r = run_cli(["poll"], env)
+    assert r.code == 0, r.err
+    assert "3 jobs report status 'queued_for_render', taken as still running" in r.err
+    forgotten = db_rows(db, "SELECT request_id FROM jobs WHERE reference_id = 'b-ep00002'")[0][0]
+    emulator.forget([forgotten])
+    db.rows("UPDATE jobs SET submitted_at = '2026-01-01 00:00:00'")
+    emulator.update(complete_after=0.0)
+    r = run_cli(["poll", "--wait", "--interval", "0.05", "--gone-after", "2"], env, timeout=60)
+    assert r.code == 1, r.err
+    assert "2 completed, 0 failed remotely, 1 no longer known to the API, 0 still processing" in (
+        r.err
+    )
+    shown = run_cli(["status", "--format", "json"], env)
+    jobs = {job["reference_id"]: job for job in json.loads(shown.out)}
+    assert (jobs["b-ep00002"]["state"], jobs["b-ep00002"]["remote_status"]) == (
+        "failed",
+        "not found",
+    )
+    assert (
+        jobs["b-ep00002"]["error"] == "the API no longer knows this request (not found in 2 polls)"
+    )
