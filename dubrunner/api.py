@@ -361,6 +361,15 @@ class ApiClient:
             retry_count=retry_count,
         )
 
+    def list_requests(self, limit: int, offset: int, *, retry_count: int = 0) -> Answer:
+        """A page of the account's requests, unfiltered (full request objects under `data`)."""
+        return self._request(
+            "GET",
+            "v1/lipsync/requests",
+            params={"limit": limit, "offset": offset},
+            retry_count=retry_count,
+        )
+
     def get_request(self, request_id: str, *, retry_count: int = 0) -> Answer:
         """One request by its id or reference_id, escaped: `x/e01` must not become two segments."""
         path = "v1/lipsync/requests/" + quote(request_id, safe="")

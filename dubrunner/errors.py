@@ -393,7 +393,7 @@ def _error(message: str, status: int) -> LookupResult:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _created(item: Mapping[str, Any]) -> datetime | None:
+def created_at(item: Mapping[str, Any]) -> datetime | None:
     raw = item.get("created_at")
     if not isinstance(raw, str):
         return None
@@ -421,7 +421,7 @@ def choose_request(
         if valid_request_id(request_id) is None:
             odd.append(request_id)
         if request_id not in ended:
-            found.append((index, _created(item), request_id))
+            found.append((index, created_at(item), request_id))
     if not found:
         note = f"not found ({len(items)} ended request(s) only)" if items else "not found"
         return LookupResult(Lookup.NOT_FOUND, note=note)
@@ -461,6 +461,13 @@ def classify_lookup(
     return choose_request(mine, reference_id, ended)
 
 
+def is_not_found(status: int, body: bytes) -> bool:
+    """The API's own answer that it knows no such request: a 404 with its JSON error. A proxy's
+    or a router's page (a wrong base URL) proves nothing."""
+    message = _error_field(_json_or_none(body)) if status == 404 else None
+    return bool(message and "not found" in message.lower())
+
+
 def classify_direct_lookup(
     status: int,
     headers: Mapping[str, str],
@@ -470,9 +477,7 @@ def classify_direct_lookup(
 ) -> LookupResult:
     """Interpret `GET v1/lipsync/requests/{reference_id}` (the fallback look-up)."""
     if status == 404:
-        # Only the API's own JSON error proves absence; a proxy's or a router's page does not.
-        message = _error_field(_json_or_none(body))
-        if message and "not found" in message.lower():
+        if is_not_found(status, body):
             return LookupResult(Lookup.NOT_FOUND, note="not found")
         what = error_message(status, body, headers.get("content-type", ""))
         return _error(f"look-up failed: {what}", status)

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from io import FileIO
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,6 +25,16 @@ from urllib.parse import urlsplit
 import httpx
 
 from dubrunner import __version__
+from dubrunner.api import ApiClient
+from dubrunner.errors import (
+    Action,
+    ResponseTooLarge,
+    classify_answer,
+    classify_exception,
+    is_not_found,
+    parse_json,
+)
+from dubrunner.governor import Governor, Stopped
 from dubrunner.outfiles import (
     EXTENSIONS,
     Busy,
@@ -36,7 +47,8 @@ from dubrunner.outfiles import (
     sidecar,
     write_all,
 )
-from dubrunner.records import AttemptRecord, FetchTarget
+from dubrunner.poller import interpret
+from dubrunner.records import AttemptRecord, FetchTarget, utcnow
 from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
 from dubrunner.store import Store
@@ -44,6 +56,11 @@ from dubrunner.store import Store
 log = logging.getLogger("dubrunner")
 PAGE = 500
 TRIES = 3
+REFRESHES = 2  # fresh output URLs asked of the API per download
+# An output URL recorded longer ago than this is asked for afresh before downloading: the API's
+# URLs are signed and time-limited (for how long is not documented).
+STALE_AFTER = timedelta(minutes=10)
+_EXPIRED = frozenset({401, 403, 404, 410})  # a storage host's answers to an expired signature
 _TYPES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm"}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)", re.IGNORECASE)
 
@@ -56,11 +73,16 @@ class FetchReport(Report):
     resumed: int = 0
     restarted: int = 0  # partial files dropped because the server's answer did not continue them
     busy: int = 0  # left to another process downloading them: neither done nor failed
+    refreshed: int = 0  # fresh output URLs the API gave (the ones kept had expired or aged)
     bytes: int = 0
 
 
 class _Retryable(Exception):
     pass
+
+
+class _Expired(Exception):
+    """The storage host refused the output URL (its signature expired, most likely)."""
 
 
 def extension_for(url: str, content_type: str | None = None) -> str:
@@ -83,8 +105,14 @@ class Fetcher(Run):
         concurrency: int = 4,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        api: ApiClient | None = None,
+        governor: Governor | None = None,
+        verify: bool = False,
     ) -> None:
         super().__init__()
+        self.verify = verify  # hash every file already there, changed or not
+        self.api = api  # to ask for fresh output URLs; without it, the recorded ones are used
+        self.governor = governor or Governor(None, concurrency)
         self.store = store
         self.out_dir = out_dir
         self.batch = batch
@@ -123,7 +151,7 @@ class Fetcher(Run):
     def _fetch_one(self, target: FetchTarget) -> None:
         if self.stop.is_set():
             return
-        if _vouched(target):
+        if _vouched(target, self.verify):
             self.add("skipped")
             return
         if not is_http_url(target.output_url):
@@ -161,6 +189,7 @@ class Fetcher(Run):
                     str(final),
                     size,
                     digest,
+                    _mtime_ns(final),
                 )
                 self.add("downloaded")
         except Busy as exc:
@@ -199,7 +228,7 @@ class Fetcher(Run):
                     held.enter_context(found)
                     present.append(final)
             fresh = self._reread(target)
-            if fresh is None or _vouched(fresh):
+            if fresh is None or _vouched(fresh, self.verify):
                 return None
             return self._download(target, dest, part, f, present)
 
@@ -213,12 +242,25 @@ class Fetcher(Run):
         self, target: FetchTarget, dest: Path, part: Path, f: FileIO, present: list[Path]
     ) -> tuple[Path, int, str]:
         last = "no attempt"
-        tries = 0
+        tries = refreshes = 0
+        # Why the next try first asks the API for a fresh output URL, if it does.
+        refresh = "it was had long ago" if self.api is not None and _stale(target) else None
         while True:
             if self.stop.is_set():
                 raise DownloadFailed("interrupted")
             try:
+                if refresh is not None:
+                    target = self._refreshed(target, refresh)
+                    refreshes += 1
+                    refresh = None
                 return self._stream(target, dest, part, f, present)
+            except _Expired as exc:
+                if self.api is None or refreshes >= REFRESHES:
+                    again = (
+                        f", also with {refreshes} fresh URL(s) from the API" if refreshes else ""
+                    )
+                    raise DownloadFailed(f"{exc}{again}") from None
+                refresh = str(exc)
             except _Restart as exc:
                 # Not an error, and no try used: the next request asks for the whole file, so a
                 # restart only comes again after a cut, and cuts use up tries.
@@ -262,6 +304,8 @@ class Fetcher(Run):
                     raise _Restart(f"the server cannot resume at byte {have}")
                 if status in (408, 429) or status >= 500:
                     raise _Retryable(f"HTTP {status}")
+                if status in _EXPIRED:
+                    raise _Expired(f"HTTP {status} for the output URL")
                 if status not in (200, 206):
                     raise DownloadFailed(f"HTTP {status} for the output URL")
                 content_type = resp.headers.get("content-type")
@@ -284,10 +328,12 @@ class Fetcher(Run):
                 )
                 final = dest.with_name(safe_name(target.reference_id) + ext)
                 if have == 0:
-                    if status == 200 and final in present and total == final.stat().st_size:
-                        # A whole file the row was never told about: this job's own output
-                        # renamed into place just before a crash (no other job has this name).
-                        # The server vouches for its length; anything else is downloaded again.
+                    # A whole file the row was never told about (no SHA-256 there): this job's
+                    # own output renamed into place just before a crash (no other job has this
+                    # name). The server vouches for its length; anything else (and a file whose
+                    # SHA-256 differs from the row's) is downloaded again.
+                    untold = target.sha256 is None and final in present
+                    if status == 200 and untold and total == final.stat().st_size:
                         return final, total, sha256_of(final)
                     PartInfo(
                         url_path,
@@ -315,6 +361,38 @@ class Fetcher(Run):
         except (httpx.TransportError, httpx.StreamError, httpx.DecodingError) as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
         return final, size, sha256_of(final)
+
+    def _refreshed(self, target: FetchTarget, why: str) -> FetchTarget:
+        """The target with a fresh output_url from the API (recorded in the row); the API not
+        having one fails this download only, never the job."""
+        log.info("%s: asking the API for a fresh output URL: %s", target.reference_id, why)
+        if not target.request_id:
+            raise DownloadFailed(f"{why}, and the job has no request_id to ask the API with")
+        assert self.api is not None
+        try:
+            with self.governor.slot(self.stop):
+                answer = self.api.get_request(target.request_id)
+        except Stopped:
+            raise DownloadFailed("interrupted") from None
+        except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
+            outcome = classify_exception(exc, idempotent=True)
+            raise _Retryable(f"asking the API for a fresh URL: {outcome.message}") from None
+        if is_not_found(answer.status, answer.body):
+            raise DownloadFailed(f"{why}, and the API no longer knows this request")
+        outcome = classify_answer(answer.status, answer.headers, answer.body, idempotent=True)
+        if outcome.retry_after:
+            self.governor.pause(outcome.retry_after)
+        if outcome.action is not Action.ACCEPTED:
+            message = f"asking the API for a fresh URL: {scrub(outcome.message)}"
+            if outcome.action is Action.RETRY:
+                raise _Retryable(message)
+            raise DownloadFailed(message)
+        view = interpret(parse_json(answer.body))
+        if view.output_url is None:
+            raise DownloadFailed(f"{why}, and the API gives no output_url now ({view.status!r})")
+        self.store.record_output_url(target.id, self.owner, view.output_url)
+        self.add("refreshed")
+        return replace(target, output_url=view.output_url, polled_at=utcnow())
 
 
 class _Restart(Exception):
@@ -381,14 +459,31 @@ def _named_for(target: FetchTarget, path: Path) -> bool:
     )
 
 
-def _vouched(target: FetchTarget) -> bool:
-    """The row says this job's output was downloaded to a file that is there, whole, and named
-    for this job alone."""
-    if target.download_state != "downloaded" or not target.local_path:
+def _stale(target: FetchTarget) -> bool:
+    return target.polled_at is None or utcnow() - target.polled_at > STALE_AFTER
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _vouched(target: FetchTarget, verify: bool = False) -> bool:
+    """The row says this job's output was downloaded to a file that is there, named for this job
+    alone, of the size and SHA-256 the row recorded. The file is hashed again when it changed
+    since it was recorded (its modification time), or always with `verify`."""
+    if target.download_state != "downloaded" or not target.local_path or not target.sha256:
         return False
     local = Path(target.local_path)
     try:
-        return _named_for(target, local) and local.stat().st_size == target.size_bytes
+        stat = local.stat()
+        if not (_named_for(target, local) and stat.st_size == target.size_bytes):
+            return False
+        if not verify and stat.st_mtime_ns == target.local_mtime_ns:
+            return True
+        return sha256_of(local) == target.sha256
     except OSError:
         return False
 

@@ -76,12 +76,19 @@ class Job(Base):
     remote_started_at: Mapped[str | None] = mapped_column(String(40))
     remote_finished_at: Mapped[str | None] = mapped_column(String(40))
     polled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Poll rounds in a row the API answered "not found" for this request_id (while knowing others
+    # of ours); at --gone-after the job fails: the API no longer knows the request.
+    remote_missing: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When (Unix seconds) the API first said the request finished without giving an output_url.
+    remote_done_at: Mapped[float | None] = mapped_column(Float)
     # The download of the output: downloaded | failed (None: not tried).
     download_state: Mapped[str | None] = mapped_column(String(20))
     download_error: Mapped[str | None] = mapped_column(Text)
     local_path: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    # The file's modification time (ns) when recorded: a file changed since is hashed again.
+    local_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         # Claims read `WHERE [batch = ? AND] state = 'pending' ORDER BY id LIMIT n`: with id in

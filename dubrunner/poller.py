@@ -1,42 +1,74 @@
-"""Poll every submitted job's remote request until it ends: one GET per job per round."""
+"""Poll every submitted job's remote request until it ends.
+
+A round walks the list endpoint (`v1/lipsync/requests`, full request objects, the largest page
+the API gives, newest first) and matches its items to the open jobs by request_id; it stops as
+soon as every open job was seen, or when a whole page is older than the oldest open job. Only the
+jobs not seen there are asked for one by one (`v1/lipsync/requests/{id}`).
+
+A request the API answers "not found" for is counted, round after round; after `gone_after`
+rounds (and a minute after it was submitted) the job ends failed: the API no longer knows it.
+When the API knows none of the jobs polled, nor any request of ours that ended, it is the wrong
+address: the poll halts at once."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, timedelta
 from typing import Any
 
 import httpx
 
-from dubrunner.api import ApiClient
+from dubrunner.api import Answer, ApiClient
 from dubrunner.errors import (
     Action,
+    Fault,
+    Outcome,
     ResponseTooLarge,
+    any_request_id,
     classify_answer,
     classify_exception,
+    created_at,
+    is_not_found,
     parse_json,
 )
 from dubrunner.governor import Governor, Stopped
-from dubrunner.records import AttemptRecord, PollTarget, RemoteView
+from dubrunner.records import AttemptRecord, PollTarget, RemoteView, utcnow
 from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
 from dubrunner.states import State, state_for_remote
 from dubrunner.store import Store
 
 log = logging.getLogger("dubrunner")
-PAGE = 500
+PAGE = 500  # open jobs read from the database at once
+LIST_PAGE = 100  # items asked for per page of the list (the API may give fewer)
+EXTRA_PAGES = 5  # pages walked beyond ceil(open / LIST_PAGE) before asking one by one
+PAGE_TRIES = 3  # tries of one page of the list before asking one by one
+CLOCK_SKEW = timedelta(minutes=10)  # the API's clock and ours may disagree this much
 MAX_INTERVAL = 60.0
+GONE_AFTER = 3  # rounds of "not found" before a job ends failed
+# ... and never sooner than this after it was submitted: a request just created may not be
+# readable everywhere yet, and a job ended as gone may be sent (and paid) again by `retry`.
+GONE_MIN_AGE = timedelta(minutes=1)
+OUTPUT_GRACE = 300.0  # seconds a finished request may go without an output_url
+_UNREACHED = frozenset({Fault.UNREACHABLE, Fault.ADDRESS})
 
 
 @dataclass
 class PollReport(Report):
     rounds: int = 0
     requests: int = 0
+    list_requests: int = 0  # pages of the list asked for
     completed: int = 0  # ended well during this run
     failed: int = 0  # ended badly during this run
+    gone: int = 0  # ended because the API no longer knows the request
+    missing: int = 0  # answered "not found" in the last round
     errors: int = 0  # polls that got no usable answer (tried again next round)
     timed_out: bool = False
 
@@ -49,18 +81,33 @@ def _text(value: object, limit: int) -> str | None:
     return scrub(str(value))[:limit]
 
 
-def interpret(view: dict[str, Any]) -> RemoteView:
-    """What `GET v1/lipsync/requests/{id}` says about the job, ready to be kept."""
+def interpret(
+    view: dict[str, Any],
+    done_at: float | None = None,
+    grace: float = OUTPUT_GRACE,
+    now: float | None = None,
+) -> RemoteView:
+    """What a request object of the API says about the job, ready to be kept. A finished status
+    without an output_url keeps the job open (`done_at` says since when) for `grace` seconds."""
     remote = _text(view.get("status"), 40)
     state = state_for_remote(remote)
     output = view.get("output_url")
     output_url = scrub(output) if isinstance(output, str) and is_http_url(output) else None
     error = _text(view.get("error_message"), 500)
     last_error = None
-    if state is State.FAILED:
-        last_error = f"failed remotely: {error or remote}"
-    elif state is State.COMPLETED and output_url is None:
-        error = "the API reported completion without an output_url"
+    if state is State.COMPLETED and output_url is None:
+        now = time.time() if now is None else now
+        done_at = now if done_at is None else done_at
+        if now - done_at >= grace:
+            state = State.FAILED
+            last_error = f"the API said {remote!r} without an output_url for {grace:g} s"
+        else:
+            state = State.PROCESSING
+        error = f"the API said {remote!r} without an output_url"
+    else:
+        done_at = None
+        if state is State.FAILED:
+            last_error = f"failed remotely: {error or remote}"
     return RemoteView(
         state,
         remote,
@@ -69,6 +116,7 @@ def interpret(view: dict[str, Any]) -> RemoteView:
         _text(view.get("started_at"), 40),
         _text(view.get("finished_at"), 40),
         last_error,
+        done_at,
     )
 
 
@@ -82,6 +130,10 @@ class Poller(Run):
         governor: Governor,
         batch: str | None,
         concurrency: int,
+        *,
+        gone_after: int = GONE_AFTER,
+        output_grace: float = OUTPUT_GRACE,
+        use_list: bool = True,
     ) -> None:
         super().__init__()
         self.store = store
@@ -89,7 +141,14 @@ class Poller(Run):
         self.governor = governor
         self.batch = batch
         self.concurrency = concurrency
+        self.gone_after = gone_after
+        self.output_grace = output_grace
+        self.use_list = use_list
         self.report = PollReport()
+        self._known_elsewhere = False  # the API answered for a request of ours that ended
+        self._round_seen = 0
+        self._missing: list[tuple[PollTarget, AttemptRecord]] = []
+        self._faults: set[Fault] = set()
 
     def remaining(self) -> int:
         return self.store.count_in_states(self.batch, [State.SUBMITTED, State.PROCESSING])
@@ -120,48 +179,163 @@ class Poller(Run):
             interval = min(interval * 1.5, max(interval, MAX_INTERVAL))
 
     def _round(self) -> None:
+        targets: list[PollTarget] = []
         after = 0
+        while page := self.store.poll_targets(self.batch, after, PAGE):
+            after = page[-1].id
+            targets += page
+        self._round_seen, self._missing, self._faults = 0, [], set()
+        seen: set[int] = set()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="poll") as pool:
-            while not self.stop.is_set():
-                page = self.store.poll_targets(self.batch, after, PAGE)
-                if not page:
-                    return
-                after = page[-1].id
-                list(pool.map(self._poll_one, page))
+            if self.use_list and targets:
+                self._walk(targets, seen, pool)
+            rest = [t for t in targets if t.id not in seen]
+            list(pool.map(self._poll_one, rest))
+        self._settle(len(targets))
 
-    def _poll_one(self, target: PollTarget) -> None:
-        if self.stop.is_set():
-            return
+    # -- the list ----------
+
+    def _walk(self, targets: list[PollTarget], seen: set[int], pool: ThreadPoolExecutor) -> None:
+        """Pages of the list, newest first, until every target was seen or the pages are older
+        than the oldest of them. Past ceil(open / LIST_PAGE) + EXTRA_PAGES pages (requests of
+        others newer than ours), it goes on only while the pages walked are fewer than half the
+        jobs not yet seen: a round never costs much more than one GET per job would."""
+        by_id = {t.request_id: t for t in targets}
+        by_ref = {t.reference_id: t for t in targets}
+        times = [t.submitted_at for t in targets if t.submitted_at is not None]
+        cutoff = min(times).replace(tzinfo=UTC) - CLOCK_SKEW if len(times) == len(targets) else None
+        offset = pages = 0
+        first_ids: set[str | None] = set()
+        budget = math.ceil(len(targets) / LIST_PAGE) + EXTRA_PAGES
+        while pages < budget or pages < (len(targets) - len(seen)) // 2:
+            if self.stop.is_set() or len(seen) == len(targets):
+                return
+            pages += 1
+            answer, ms = self._page(offset)
+            if answer is None:
+                return  # those not seen are asked for one by one
+            if answer.status == 404:
+                log.info("the API has no list of requests here; polling one by one")
+                self.use_list = False
+                return
+            data = parse_json(answer.body)
+            items = data.get("data")
+            if not isinstance(items, list):
+                log.info("the list answered without a 'data' list; polling one by one")
+                self.use_list = False
+                return
+            first = items[0] if items else None
+            head = any_request_id(first.get("id")) if isinstance(first, dict) else None
+            if head is not None and head in first_ids:
+                log.info("the list gives the same page for every offset; polling one by one")
+                self.use_list = False
+                return
+            first_ids.add(head)
+            older = bool(items)
+            learned: list[tuple[PollTarget, dict[str, Any]]] = []
+            for item in items:
+                if not isinstance(item, dict):
+                    continue
+                request_id = any_request_id(item.get("id"))
+                ref = item.get("reference_id")
+                target = by_id.get(request_id) if request_id else by_ref.get(str(ref))
+                if target is not None and target.id not in seen:
+                    seen.add(target.id)
+                    learned.append((target, item))
+                when = created_at(item)
+                if cutoff is None or when is None or when >= cutoff:
+                    older = False
+            # Recorded by the pool's threads at once: their commits are grouped (see db.py).
+            targets_, items_ = [t for t, _ in learned], [i for _, i in learned]
+            n = len(learned)
+            list(pool.map(self._learned, targets_, items_, [answer.status] * n, [ms] * n))
+            pagination = data.get("pagination")
+            total = pagination.get("total") if isinstance(pagination, dict) else None
+            offset += len(items)
+            if older or not items or (isinstance(total, int) and offset >= total):
+                return
+
+    def _page(self, offset: int) -> tuple[Answer | None, int]:
+        """A page of the list, tried again (after any pause the server asked for) when it met
+        a passing failure; None when it could not be had."""
+        for _ in range(PAGE_TRIES):
+            self.add("list_requests")
+            ask = functools.partial(self.api.list_requests, LIST_PAGE, offset)
+            answer, outcome, ms = self._ask(ask)
+            if answer is not None or outcome is None or outcome.action is not Action.RETRY:
+                return answer, ms
+            self.stop.wait(0.2)  # a pause the server asked for is the governor's
+        return None, 0
+
+    # -- one request ----------
+
+    def _ask(self, call: Callable[[], Answer]) -> tuple[Answer | None, Outcome | None, int]:
+        """One GET under the governor: (answer, outcome, ms). The answer is None when it is not
+        the API's JSON (the outcome says why, and the round keeps its fault); both are None when
+        the run was stopped first."""
         started = time.monotonic()
         self.add("requests")
         try:
             with self.governor.slot(self.stop):
-                answer = self.api.get_request(target.request_id)
+                answer = call()
             outcome = classify_answer(answer.status, answer.headers, answer.body, idempotent=True)
             self.governor.observe(outcome.throttled)
-            body = answer.body
         except Stopped:
-            return
+            return None, None, 0
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
             outcome = classify_exception(exc, idempotent=True)
-            body = b""
-        duration = int((time.monotonic() - started) * 1000)
+            answer = None
+        ms = int((time.monotonic() - started) * 1000)
         if outcome.retry_after:
             self.governor.pause(outcome.retry_after)
-        if outcome.action is not Action.ACCEPTED:
-            message = scrub(outcome.message)
-            attempt = AttemptRecord("poll", outcome.action.value, outcome.status, message, duration)
-            self.store.record_poll_error(target.id, self.owner, attempt)
-            self.add("errors")
-            log.debug("%s poll → %s %s", target.reference_id, outcome.status or "-", message)
-            if outcome.action is Action.HALT_BATCH:
-                self.halt(message)
+        if answer is not None and (
+            outcome.action is Action.ACCEPTED or is_not_found(answer.status, answer.body)
+        ):
+            return answer, outcome, ms
+        with self._lock:
+            self._faults.add(outcome.fault)
+        self.add("errors")
+        log.debug("poll → %s %s", outcome.status or "-", scrub(outcome.message))
+        if outcome.action is Action.HALT_BATCH:
+            self.halt(scrub(outcome.message))
+        return None, outcome, ms
+
+    def _poll_one(self, target: PollTarget) -> None:
+        if self.stop.is_set():
             return
-        view = interpret(parse_json(body))
+        answer, outcome, ms = self._ask(lambda: self.api.get_request(target.request_id))
+        if outcome is None:
+            return
+        if answer is None:
+            message = scrub(outcome.message)
+            attempt = AttemptRecord("poll", outcome.action.value, outcome.status, message, ms)
+            self.store.record_poll_error(target.id, self.owner, attempt)
+            return
+        if answer.status == 404:
+            attempt = AttemptRecord("poll", "not_found", 404, "not found", ms, target.request_id)
+            with self._lock:
+                self._missing.append((target, attempt))
+            return
+        self._learned(target, parse_json(answer.body), answer.status, ms)
+
+    def _learned(
+        self, target: PollTarget, item: dict[str, Any], status: int | None, ms: int
+    ) -> None:
+        """Keep what the API said of one job's request."""
+        with self._lock:
+            self._round_seen += 1
+        view = interpret(item, target.done_at, self.output_grace)
+        if (view.state, view.status, view.done_at, 0) == (
+            State.PROCESSING,
+            target.status,
+            target.done_at,
+            target.missing,
+        ):
+            return  # nothing new: no write
         ended: AttemptRecord | None = None
         if view.state != State.PROCESSING:
             ended = AttemptRecord(
-                "poll", view.state, outcome.status, view.last_error, duration, target.request_id
+                "poll", view.state, status, view.last_error, ms, target.request_id
             )
         if self.store.record_remote(target.id, self.owner, view, ended):
             if view.state == State.COMPLETED:
@@ -169,3 +343,44 @@ class Poller(Run):
             elif view.state == State.FAILED:
                 self.add("failed")
         log.debug("%s poll → %s", target.reference_id, view.status)
+
+    # -- the end of a round ----------
+
+    def _settle(self, polled: int) -> None:
+        """Count the "not found" answers, or halt when the API is not the one that has them."""
+        missing = self._missing
+        self.report.missing = len(missing)
+        where = self.api.base_url
+        if missing and not self._round_seen and not self._knows_our_requests():
+            for target, attempt in missing:  # shown, never counted towards the end
+                self.store.record_missing(target.id, self.owner, attempt, target.missing)
+            self.halt(
+                f"the API at {where} knows none of the {polled} job(s) polled ('not found' for "
+                f"each): check CHAMELAION_BASE_URL"
+            )
+            return
+        first = self.report.rounds == 0 and polled and not self._round_seen and not missing
+        if first and self._faults and self._faults <= _UNREACHED:
+            self.halt(f"cannot reach the API at {where}: check CHAMELAION_BASE_URL")
+            return
+        young = utcnow() - GONE_MIN_AGE
+        for target, attempt in missing:
+            count = target.missing + 1
+            gone = None
+            if count >= self.gone_after and (target.submitted_at or young) < young:
+                gone = f"the API no longer knows this request (not found in {count} polls)"
+                # Recorded as the request's end: a later look-up for this job (after `retry`)
+                # takes it for history, not for the answer to a new POST.
+                attempt = dataclasses.replace(attempt, outcome=State.FAILED, error=gone)
+            if self.store.record_missing(target.id, self.owner, attempt, count, gone) and gone:
+                self.add("gone")
+
+    def _knows_our_requests(self) -> bool:
+        """Whether the API knows a request of ours that ended (so "not found" is about the jobs
+        themselves, not a wrong address): asked once per run."""
+        if not self._known_elsewhere:
+            known = self.store.known_request_id()
+            if known is not None:
+                answer, _outcome, _ms = self._ask(lambda: self.api.get_request(known))
+                self._known_elsewhere = answer is not None and answer.status == 200
+        return self._known_elsewhere

@@ -128,11 +128,16 @@ class Queries:
             return int(conn.execute(in_batch(stmt, batch)).scalar() or 0)
 
     def count_remote_failures(self, batch: str | None) -> int:
-        stmt = (
-            select(func.count())
-            .select_from(Job)
-            .where(Job.state == State.FAILED, Job.remote_status.is_not(None))
-        )
+        """Jobs the API said failed (not those it no longer knows: see count_gone)."""
+        where = (Job.state == State.FAILED, Job.remote_status.is_not(None), Job.remote_missing == 0)
+        stmt = select(func.count()).select_from(Job).where(*where)
+        with self.db.read() as conn:
+            return int(conn.execute(in_batch(stmt, batch)).scalar() or 0)
+
+    def count_gone(self, batch: str | None) -> int:
+        """Jobs that ended because the API no longer knew their request."""
+        where = (Job.state == State.FAILED, Job.remote_missing > 0)
+        stmt = select(func.count()).select_from(Job).where(*where)
         with self.db.read() as conn:
             return int(conn.execute(in_batch(stmt, batch)).scalar() or 0)
 
@@ -269,6 +274,8 @@ class Queries:
                         "remote_started_at": None,
                         "remote_finished_at": None,
                         "polled_at": None,
+                        "remote_missing": 0,
+                        "remote_done_at": None,
                     }
                 )
             ).rowcount

@@ -105,6 +105,10 @@ class PollTarget:
     id: int
     reference_id: str
     request_id: str
+    submitted_at: datetime | None = None
+    missing: int = 0  # rounds in a row the API answered "not found"
+    done_at: float | None = None  # since when the API says finished, without an output_url
+    status: str | None = None  # the remote status last recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +116,14 @@ class FetchTarget:
     id: int
     batch: str
     reference_id: str
+    request_id: str | None
     output_url: str
     download_state: str | None
     local_path: str | None
     size_bytes: int | None
     sha256: str | None
+    polled_at: datetime | None = None  # when the output_url was had from the API
+    local_mtime_ns: int | None = None  # the file's modification time when it was recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +149,8 @@ class RemoteView:
     started_at: str | None
     finished_at: str | None
     last_error: str | None  # the job's error when it failed remotely
+    # Since when (Unix seconds) the API says it finished without an output_url; None otherwise.
+    done_at: float | None = None
 
 
 @dataclass(slots=True)

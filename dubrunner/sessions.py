@@ -18,13 +18,15 @@ from dubrunner.api import ApiClient
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
+from dubrunner.governor import Governor
 from dubrunner.loading import LoadConflict
 from dubrunner.manifest import Manifest
-from dubrunner.poller import Poller
+from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller
 from dubrunner.preflight import MediaProblem, Pair, Preflight, PreflightReport
 from dubrunner.records import LoadPlan
+from dubrunner.results import NOT_FOUND
 from dubrunner.running import Report
-from dubrunner.states import AT_API, State
+from dubrunner.states import AT_API, State, is_known_remote
 from dubrunner.store import Store
 from dubrunner.worker import RunReport, Worker, WorkerOptions
 
@@ -197,10 +199,11 @@ class Submission:
         api: ApiClient,
         batch: str | None,
         options: WorkerOptions,
+        governor: Governor | None = None,
     ) -> None:
         self.store = store
         self.batch = batch
-        self.governor = options.governor(store, api)
+        self.governor = governor or options.governor(store, api)
         self.worker = Worker(store, api, self.governor, options, batch)
 
     def request_stop(self) -> None:
@@ -213,13 +216,18 @@ class Submission:
 
 
 def submit_pending(
-    store: Store, api: ApiClient, batch: str | None, options: WorkerOptions, ui: Ui
+    store: Store,
+    api: ApiClient,
+    batch: str | None,
+    options: WorkerOptions,
+    ui: Ui,
+    governor: Governor | None = None,
 ) -> Ending:
     """Send every job of the batch (or of every batch) that is not yet at the API."""
     counts = store.counts(batch)
     total = sum(n for s, n in counts.items() if s != State.CANCELLED)
     done = sum(counts.get(s, 0) for s in AT_API)
-    submission = Submission(store, api, batch, options)
+    submission = Submission(store, api, batch, options, governor)
     report = submission.worker.report
     with ui.progress("submitting", total, submission.request_stop) as progress:
 
@@ -261,10 +269,14 @@ class MediaCheck:
 
 @dataclass(frozen=True)
 class Polling:
-    """The first interval between rounds of polling (it grows), and when to give up waiting."""
+    """The first interval between rounds of polling (it grows), when to give up waiting, after
+    how many rounds of "not found" a job ends, and how long a request may say it finished
+    without an output_url."""
 
     interval: float = 5.0
     timeout: float | None = None
+    gone_after: int = GONE_AFTER
+    output_grace: float = OUTPUT_GRACE
 
 
 def submit(
@@ -299,18 +311,21 @@ def submit(
                 problem.reference_id, f"preflight: {problem.which}: {problem.problem}"
             )
         store.fail_unsent(manifest.batch, reasons)
-    sent = submit_pending(store, api, manifest.batch, options, ui)
+    # One rate budget for the whole command: its submits, then its polls and fresh output URLs.
+    governor = options.governor(store, api)
+    sent = submit_pending(store, api, manifest.batch, options, ui, governor)
     if sent.code != EXIT_OK or not (wait or fetch_into):
         return sent
     ui.tell(sent)
-    polled = poll(store, api, manifest.batch, options, ui, wait=True, polling=polling)
+    polled = poll(
+        store, api, manifest.batch, options, ui, wait=True, polling=polling, governor=governor
+    )
     if fetch_into is None or polled.code == EXIT_INTERRUPTED:
         return polled
     # Even when some jobs failed remotely (or the poll gave up), download those that completed.
     ui.tell(polled)
-    fetched = fetch(
-        store, manifest.batch, fetch_into, min(options.concurrency, MAX_FETCH_CONCURRENCY), ui
-    )
+    concurrency = min(options.concurrency, MAX_FETCH_CONCURRENCY)
+    fetched = fetch(store, manifest.batch, fetch_into, concurrency, ui, api, governor=governor)
     if polled.code == EXIT_OK or fetched.code == EXIT_INTERRUPTED:
         return fetched
     return dataclasses.replace(fetched, code=polled.code)
@@ -340,10 +355,19 @@ def poll(
     *,
     wait: bool,
     polling: Polling = Polling(),
+    governor: Governor | None = None,
 ) -> Ending:
     """Ask the API about every submitted job: one round, or (`wait`) rounds until every job has
-    ended. Waiting exits 1 when some jobs failed remotely or are still going."""
-    poller = Poller(store, api, options.governor(store, api), batch, options.concurrency)
+    ended. Waiting exits 1 when some jobs failed remotely, are gone or are still going."""
+    poller = Poller(
+        store,
+        api,
+        governor or options.governor(store, api),
+        batch,
+        options.concurrency,
+        gone_after=polling.gone_after,
+        output_grace=polling.output_grace,
+    )
     total = poller.remaining()
     report = poller.report
     label = "polling" if wait else "polling once"
@@ -351,9 +375,10 @@ def poll(
 
         def tick() -> None:
             # No round number or request count: a piped line is printed when this changes.
+            missing = f" · not found {report.missing}" if report.missing else ""
             progress.update(
                 report.completed + report.failed,
-                f"completed {report.completed} · failed {report.failed} · still going "
+                f"completed {report.completed} · failed {report.failed}{missing} · still going "
                 f"{max(total - report.completed - report.failed, 0)}",
             )
 
@@ -361,25 +386,46 @@ def poll(
     counts = store.counts(batch)
     still = counts.get(State.SUBMITTED, 0) + counts.get(State.PROCESSING, 0)
     failed_remote = store.count_remote_failures(batch)
+    gone = store.count_gone(batch)
+    reported = store.open_remote_statuses(batch)
+    missing = reported.pop(NOT_FOUND, 0)
     where = f"batch {batch}" if batch else "all batches"
     summary = (
         f"{where}: {counts.get(State.COMPLETED, 0)} completed, {failed_remote} failed remotely, "
-        f"{still} still processing"
+        + (f"{gone} no longer known to the API, " if gone else "")
+        + f"{still} still processing"
+        + (f" ({missing} not found)" if missing else "")
+    )
+    details = tuple(
+        f"{n} job{' reports' if n == 1 else 's report'} status {status!r}, taken as still running"
+        for status, n in sorted(reported.items())
+        if not is_known_remote(status)
     )
     failure = None
     if report.halt_message:
         failure = f"{report.halt_message}; {summary} — fix it, then poll again"
     elif report.timed_out:
         failure = f"timed out waiting; {summary}"
-    ending = _closing(summary, failure, report)
-    if ending.code == EXIT_OK and wait and (still or failed_remote):
+    ending = dataclasses.replace(_closing(summary, failure, report), details=details)
+    if ending.code == EXIT_OK and wait and (still or failed_remote or gone):
         return dataclasses.replace(ending, code=EXIT_INCOMPLETE)
     return ending
 
 
-def fetch(store: Store, batch: str | None, out: Path, concurrency: int, ui: Ui) -> Ending:
-    """Download every completed job's output into `out`."""
-    fetcher = Fetcher(store, out, batch, concurrency)
+def fetch(
+    store: Store,
+    batch: str | None,
+    out: Path,
+    concurrency: int,
+    ui: Ui,
+    api: ApiClient | None = None,
+    verify: bool = False,
+    governor: Governor | None = None,
+) -> Ending:
+    """Download every completed job's output into `out`; with `api`, an output URL that expired
+    (or was had long ago) is asked for afresh; with `verify`, every file already there is hashed
+    again (otherwise only those changed since they were recorded)."""
+    fetcher = Fetcher(store, out, batch, concurrency, api=api, governor=governor, verify=verify)
     total = store.count_in_states(batch, [State.COMPLETED])
     report = fetcher.report
     with ui.progress("downloading", total, fetcher.request_stop) as progress:
@@ -394,6 +440,8 @@ def fetch(store: Store, batch: str | None, out: Path, concurrency: int, ui: Ui) 
 
         fetcher.run(tick)
     restarted = f", {report.restarted} started over" if report.restarted else ""
+    if report.refreshed:
+        restarted += f", {report.refreshed} fresh URL(s) from the API"
     summary = (
         f"{report.downloaded} downloaded ({report.bytes / 1e6:.1f} MB, {report.resumed} resumed"
         f"{restarted}), {report.skipped} already there, {report.failed} failed, into {out}"

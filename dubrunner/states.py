@@ -42,9 +42,11 @@ AT_API = frozenset({State.SUBMITTED, State.PROCESSING, State.COMPLETED})
 # States `dubrunner retry` may put back to pending.
 RETRY_FROM = frozenset({State.FAILED, State.HALTED})
 
-# Remote statuses (the API does not enumerate them; vendors of this kind use these). Matching
-# ignores case; anything not listed here is taken as "still going" and kept verbatim.
-REMOTE_DONE = frozenset({"completed", "complete", "succeeded", "success", "done", "finished"})
+# Remote statuses. The API names one, `failed`; the rest are words vendors of this kind use.
+# Matching ignores case; anything not listed is taken as "still going", kept verbatim and named at
+# the end of a poll. A finished word ends a job only together with an output_url. `success` is the
+# generate answer's word for "created", not for "finished".
+REMOTE_DONE = frozenset({"completed", "complete", "succeeded", "done", "finished"})
 REMOTE_FAILED = frozenset(
     {
         "failed",
@@ -58,13 +60,39 @@ REMOTE_FAILED = frozenset(
         "expired",
     }
 )
+REMOTE_RUNNING = frozenset(
+    {
+        "pending",
+        "queued",
+        "created",
+        "submitted",
+        "accepted",
+        "success",
+        "waiting",
+        "starting",
+        "started",
+        "running",
+        "processing",
+        "in_progress",
+    }
+)
 # States whose remote request is still to be polled.
 POLLABLE = frozenset({State.SUBMITTED, State.PROCESSING})
 
 
+def _key(status: str | None) -> str:
+    return (status or "").strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def is_known_remote(status: str | None) -> bool:
+    """Whether dubrunner knows what this remote status word means."""
+    key = _key(status)
+    return key in REMOTE_DONE or key in REMOTE_FAILED or key in REMOTE_RUNNING
+
+
 def state_for_remote(status: str | None) -> State:
     """dubrunner's state for a remote status: an end only when it clearly says so."""
-    key = (status or "").strip().lower().replace("-", "_").replace(" ", "_")
+    key = _key(status)
     if key in REMOTE_DONE:
         return State.COMPLETED
     if key in REMOTE_FAILED:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable, Sequence
-from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,15 +24,13 @@ from dubrunner.queries import Queries, back_to_pending, in_batch
 from dubrunner.records import (
     AttemptRecord,
     ClaimedJob,
-    FetchTarget,
     JobSpec,
     Lease,
     LoadPlan,
-    PollTarget,
-    RemoteView,
     Tally,
     utcnow,
 )
+from dubrunner.results import Guard, Results
 from dubrunner.states import POLLABLE, State
 
 __all__ = ["LoadConflict", "Store", "StoreError"]
@@ -51,15 +48,7 @@ _CLAIM_COLUMNS = (
 )
 
 
-class Guard(Enum):
-    """Which rows a one-row update may move."""
-
-    OWNED = "owned"  # a job this worker holds: submitting, under its owner name
-    OPEN = "open"  # a job whose remote request has not ended (a poll must not move it back)
-    ANY = "any"  # any job (a download's record)
-
-
-class Store(Queries):
+class Store(Results, Queries):
     def __init__(self, url: str | None = None, *, pool_size: int = 5, migrate: bool = True) -> None:
         self.db = Database(url, pool_size=pool_size)
         self.url = self.db.url
@@ -324,77 +313,6 @@ class Store(Queries):
         return self._update(Guard.OWNED, job_id, owner, attempt, values)
 
     # -- results ----------
-
-    def poll_targets(self, batch: str | None, after_id: int, limit: int) -> list[PollTarget]:
-        """Jobs whose remote request has not ended."""
-        rows = self.page(
-            (Job.id, Job.reference_id, Job.request_id),
-            (Job.state.in_(list(POLLABLE)), Job.request_id.is_not(None)),
-            batch,
-            after_id,
-            limit,
-        )
-        return [PollTarget(*row) for row in rows]
-
-    def record_remote(
-        self, job_id: int, worker: str, view: RemoteView, attempt: AttemptRecord | None
-    ) -> bool:
-        """What a poll learned; guarded so that an ended job never moves again."""
-        values: dict[str, Any] = {
-            "state": view.state,
-            "remote_status": view.status,
-            "remote_error": view.error,
-            "output_url": view.output_url,
-            "remote_started_at": view.started_at,
-            "remote_finished_at": view.finished_at,
-            "polled_at": utcnow(),
-        }
-        if view.last_error is not None:
-            values["last_error"] = view.last_error
-        return self._update(Guard.OPEN, job_id, worker, attempt, values)
-
-    def record_poll_error(self, job_id: int, worker: str, attempt: AttemptRecord) -> None:
-        """A poll that got no usable answer: only its attempt is kept."""
-        self._update(Guard.OPEN, job_id, worker, attempt, {"polled_at": utcnow()})
-
-    def fetch_targets(self, batch: str | None, after_id: int, limit: int) -> list[FetchTarget]:
-        """Completed jobs with an output to download."""
-        columns = (
-            Job.id,
-            Job.batch,
-            Job.reference_id,
-            Job.output_url,
-            Job.download_state,
-            Job.local_path,
-            Job.size_bytes,
-            Job.sha256,
-        )
-        where = (Job.state == State.COMPLETED, Job.output_url.is_not(None))
-        return [FetchTarget(*r) for r in self.page(columns, where, batch, after_id, limit)]
-
-    def mark_downloaded(
-        self,
-        job_id: int,
-        worker: str,
-        attempt: AttemptRecord,
-        path: str,
-        size: int,
-        sha256: str,
-    ) -> None:
-        values = {
-            "download_state": "downloaded",
-            "download_error": None,
-            "local_path": path,
-            "size_bytes": size,
-            "sha256": sha256,
-        }
-        self._update(Guard.ANY, job_id, worker, attempt, values)
-
-    def mark_download_failed(
-        self, job_id: int, worker: str, attempt: AttemptRecord, reason: str
-    ) -> None:
-        values = {"download_state": "failed", "download_error": reason}
-        self._update(Guard.ANY, job_id, worker, attempt, values)
 
     # -- the one guarded update ----------
 

@@ -89,7 +89,15 @@ class FakeApi:
         if request.method == "GET" and path == "v1/lipsync/requests" and self.list_missing:
             return httpx.Response(404, json={"error": "not found"})
         if request.method == "GET" and path == "v1/lipsync/requests":
-            ref = request.url.params["reference_id"]
+            ref = request.url.params.get("reference_id")
+            if ref is None:  # every request, newest first, a page of them
+                limit = int(request.url.params.get("limit", "20"))
+                offset = int(request.url.params.get("offset", "0"))
+                now = time.time()
+                with self.lock:
+                    shown = [self._view(r) for r in self.requests if r.visible_at <= now][::-1]
+                page = shown[offset : offset + min(limit, 100)]
+                return httpx.Response(200, json={"data": page, "pagination": {"total": len(shown)}})
             items = [self._view(r) for r in self._visible(ref)]
             if self.filter_ignored:
                 items.append({"id": str(uuid.uuid4()), "reference_id": "someone-else"})

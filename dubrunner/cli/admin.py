@@ -119,6 +119,17 @@ def db_upgrade() -> None:
 @click.option(
     "--garbage", is_flag=True, help="Answer every generate with a 200 that is not the API's JSON."
 )
+@click.option(
+    "--upper-case-statuses",
+    is_flag=True,
+    help="Say PENDING/PROCESSING/COMPLETED/FAILED instead of the documented lower case.",
+)
+@click.option(
+    "--output-ttl",
+    type=Seconds(0.1, 7 * 24 * HOUR),
+    help="Serve signed output URLs valid this long from the GET that showed them "
+    "[default: plain URLs that never expire].",
+)
 @click.option("--seed", type=int, help="Seed of the random faults, for a repeatable run.")
 def emulator(
     host: str,
@@ -138,6 +149,8 @@ def emulator(
     outage_for: float,
     outage_status: str,
     garbage: bool,
+    upper_case_statuses: bool,
+    output_ttl: float | None,
     seed: int | None,
 ) -> None:
     """Run the local API emulator (for the demo and tests) until interrupted."""
@@ -157,6 +170,8 @@ def emulator(
         outage_until=0.0,
         outage_status=int(outage_status),
         garbage=garbage,
+        upper_case=upper_case_statuses,
+        output_ttl=output_ttl,
         seed=seed,
     )
     try:

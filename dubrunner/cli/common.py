@@ -391,10 +391,12 @@ WORKER_OPTIONS = OptionGroup(
 )
 
 
-def _polling(interval: float, timeout: float | None) -> Polling:
+def _polling(
+    interval: float, timeout: float | None, gone_after: int, output_grace: float
+) -> Polling:
     from dubrunner.sessions import Polling
 
-    return Polling(interval, timeout)
+    return Polling(interval, timeout, gone_after, output_grace)
 
 
 POLL_OPTIONS = OptionGroup(
@@ -412,6 +414,22 @@ POLL_OPTIONS = OptionGroup(
         default=None,
         envvar="DUBRUNNER_POLL_TIMEOUT",
         help="With --wait: give up after this many seconds [default: never].",
+    ),
+    click.option(
+        "--gone-after",
+        type=click.IntRange(1, 1000),
+        default=3,
+        show_default=True,
+        help="Rounds the API may answer 'not found' for a job's request before the job ends "
+        "failed ('the API no longer knows this request').",
+    ),
+    click.option(
+        "--output-grace",
+        type=Seconds(0, 7 * 24 * HOUR),
+        default=300.0,
+        show_default=True,
+        help="Seconds a request said to be finished may go without an output_url before its "
+        "job ends failed (polled again meanwhile).",
     ),
     gather=_polling,
     into="polling",

@@ -16,6 +16,7 @@ from dubrunner.cli.common import (
     WORKER_OPTIONS,
     SectionedCommand,
     TerminalUi,
+    UserError,
     check_batch,
     cli,
     end,
@@ -42,7 +43,8 @@ def poll(
     options: WorkerOptions,
     allow_insecure_http: bool,
 ) -> None:
-    """Ask the API how every submitted job is doing: one request per job per round."""
+    """Ask the API how every submitted job is doing: a round reads the list of requests, a page
+    of 100 at a time, and asks for the few jobs not seen there one by one."""
     from dubrunner import sessions
 
     api = make_api(options, allow_insecure_http)
@@ -68,14 +70,37 @@ def poll(
     show_default=True,
     help="Downloads at once.",
 )
+@click.option(
+    "--allow-insecure-http",
+    is_flag=True,
+    envvar="DUBRUNNER_ALLOW_INSECURE_HTTP",
+    help="Allow credentials over plain http to a host other than loopback.",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Hash every file already there again (by default only those changed since they were "
+    "downloaded); a file whose SHA-256 differs from the one recorded is downloaded again.",
+)
 @COMMON_OPTIONS
-def fetch(batch: str | None, out: Path, concurrency: int) -> None:
-    """Download every completed job's output (resumed, verified by SHA-256, never twice)."""
+def fetch(
+    batch: str | None, out: Path, concurrency: int, allow_insecure_http: bool, verify: bool
+) -> None:
+    """Download every completed job's output (resumed, checked by size and SHA-256, never
+    twice). An output URL that expired is asked of the API afresh (needs the credentials)."""
     from dubrunner import sessions
+    from dubrunner.api import ApiClient, ConfigError, Credentials
 
     store = open_store(must_exist=True)
     check_batch(store, batch)
-    end(sessions.fetch(store, batch, out, concurrency, TerminalUi()))
+    api = None
+    if Credentials.from_env():
+        try:
+            api = ApiClient(Credentials.from_env(), allow_insecure_http=allow_insecure_http)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+        click.get_current_context().call_on_close(api.close)
+    end(sessions.fetch(store, batch, out, concurrency, TerminalUi(), api, verify))
 
 
 @cli.command()

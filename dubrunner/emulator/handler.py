@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import hmac
 import json
 import socket
 import sys
@@ -14,10 +15,38 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from dubrunner.emulator.content import PREFIX, output_content
+from dubrunner.emulator.content import PREFIX, output_content, signature
 
 if TYPE_CHECKING:
     from dubrunner.emulator.model import Emulator
+
+
+def _endpoint(method: str, path: str) -> str:
+    """The name a request is counted under in the stats' `by_endpoint`."""
+    route = path[len(PREFIX) :].rstrip("/") if path.startswith(PREFIX) else path
+    if route == "v1/lipsync/requests":
+        return "list"
+    if route.startswith("v1/lipsync/requests/"):
+        return "get"
+    if route.startswith("v1/lipsync/generate"):
+        return "generate"
+    if path.startswith("/outputs/"):
+        return "output"
+    if path.startswith(("/media/", "/_emulator/")):
+        return path.split("/")[1]
+    return route if route in ("health", "v1/users/me") else "other"
+
+
+def _signed(request_id: str, query: dict[str, list[str]]) -> bool:
+    """Whether an output URL carries a valid signature that has not expired."""
+    try:
+        expires = int(query.get("expires", [""])[0])
+    except ValueError:
+        return False
+    given = query.get("signature", [""])[0]
+    return expires >= time.time() * 1000 and hmac.compare_digest(
+        given, signature(request_id, expires)
+    )
 
 
 class Server(ThreadingHTTPServer):
@@ -118,8 +147,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         with emu.lock:
             emu.stats.requests += 1
+            endpoint = _endpoint(method, path)
+            emu.stats.by_endpoint[endpoint] = emu.stats.by_endpoint.get(endpoint, 0) + 1
         if path.startswith("/outputs/") and method == "GET":
-            return self._output(path)
+            return self._output(path, parse_qs(parts.query))
         if path.startswith("/media/"):
             return self._media(method, path)
         if path.startswith("/_emulator/"):
@@ -251,7 +282,18 @@ class _Handler(BaseHTTPRequestHandler):
         ref = query.get("reference_id", [None])[0]
         with emu.lock:
             emu.stats.lookups += 1
+            failing = ref is None and emu.config.list_failures > 0
+            if failing:
+                emu.config.list_failures -= 1
+        if ref is None and emu.config.list_missing:
+            return self._error(404, "not found")
+        if failing:
+            return self._error(500, "internal error")
+        with emu.lock:
             ids = list(emu.by_reference.get(ref, [])) if ref is not None else list(emu.requests)
+            ids = [i for i in reversed(ids) if i in emu.requests]  # newest first
+            if ref is None and emu.config.list_ignores_offset:
+                offset = 0
             page = self._views(ids[offset : offset + limit])
         return self._send(
             200, {"data": page, "pagination": {"limit": limit, "offset": offset, "total": len(ids)}}
@@ -261,13 +303,14 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.server.emulator
         with emu.lock:
             emu.stats.polls += 1
-            ids = [key] if key in emu.requests else emu.by_reference.get(key, [])[-1:]
+            known = [i for i in emu.by_reference.get(key, []) if i in emu.requests]
+            ids = [key] if key in emu.requests else known[-1:]
             views = self._views(ids)
         if not views:
             return self._error(404, "not found")
         return self._send(200, views[0])
 
-    def _output(self, path: str) -> None:
+    def _output(self, path: str, query: dict[str, list[str]]) -> None:
         emu = self.server.emulator
         request_id = path.rsplit("/", 1)[1].removesuffix(".mp4")
         with emu.lock:
@@ -275,6 +318,11 @@ class _Handler(BaseHTTPRequestHandler):
             emu.stats.downloads += 1
         if not known:
             return self._error(404, "not found")
+        if emu.config.output_ttl is not None and not _signed(request_id, query):
+            with emu.lock:
+                emu.stats.expired_downloads += 1
+            page = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+            return self._send(403, page, content_type="application/xml")
         content = output_content(request_id, emu.config.output_bytes)
         start = 0
         status = 200
@@ -283,6 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
         if ranged.startswith("bytes=") and ranged.endswith("-"):
             with emu.lock:
                 emu.stats.range_requests += 1
+                emu.stats.ranges.append(ranged)
             try:
                 start = int(ranged[len("bytes=") : -1])
             except ValueError:
@@ -293,6 +342,16 @@ class _Handler(BaseHTTPRequestHandler):
             extra["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
         body = content[start:]
         rate = emu.config.output_rate
+        cut = emu.config.cut_output_after
+        if cut is not None and start == 0 and cut < len(body):
+            # Promise the whole file, send the first `cut` bytes, close: a dropped connection.
+            head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Content-Type: video/mp4"]
+            head += [f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in extra.items())]
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
         if not rate:
             return self._send(status, body, extra, content_type="video/mp4")
         # Slowly, for tests that interrupt a download halfway.
@@ -351,4 +410,10 @@ class _Handler(BaseHTTPRequestHandler):
             except (ValueError, TypeError, AttributeError) as exc:
                 return self._error(400, f"bad config: {exc}")
             return self._send(200, asdict(emu.config))
+        if path == "/_emulator/forget" and method == "POST":
+            try:
+                ids = json.loads(body or b"null")
+            except ValueError as exc:
+                return self._error(400, f"bad list: {exc}")
+            return self._send(200, {"forgotten": emu.forget(ids)})
         return self._error(404, "not found")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dubrunner.emulator.content import PREFIX
+from dubrunner.emulator.content import PREFIX, signature
 from dubrunner.emulator.handler import Server
 
 
@@ -45,6 +45,22 @@ class EmulatorConfig:
     outage_until: float = 0.0
     outage_status: int = 500  # how it fails: 500 (the API's "internal error") or 503 (a proxy)
     garbage: bool = False  # every generate answered 200 with a body that is not the API's JSON
+    # Statuses as the API documents its one named value (lower case: `failed`); True speaks
+    # PENDING/PROCESSING/COMPLETED/FAILED instead, to check that case never matters.
+    upper_case: bool = False
+    status_words: dict[str, str] = field(default_factory=dict)  # e.g. {"processing": "queued"}
+    # Output URLs signed and valid this many seconds from the GET that showed them (None: plain
+    # URLs that never expire). An expired or unsigned URL is answered 403, as storage hosts do.
+    output_ttl: float | None = None
+    # A download from byte 0 is cut (connection closed) after this many bytes of the body.
+    cut_output_after: int | None = None
+    # Completed requests shown without their output_url (the API saying "done" too early).
+    hide_output: bool = False
+    # The unfiltered list (a poll's, not a look-up's): the next N requests for it answer 500
+    # "internal error"; or it answers the API's JSON 404 (GET by id still works).
+    list_failures: int = 0
+    list_missing: bool = False
+    list_ignores_offset: bool = False  # every page of the list is its first
 
 
 @dataclass
@@ -59,7 +75,7 @@ class RemoteRequest:
 
     def view(self, cfg: EmulatorConfig, base: str) -> dict[str, Any]:
         age = time.time() - self.created
-        status = "PENDING"
+        status = "pending"
         data: dict[str, Any] = {
             "id": self.id,
             "created_at": _iso(self.created),
@@ -70,18 +86,29 @@ class RemoteRequest:
             "error_message": None,
         }
         if age >= cfg.complete_after / 3:
-            status = "PROCESSING"
+            status = "processing"
             data["started_at"] = _iso(self.created + cfg.complete_after / 3)
         if age >= cfg.complete_after:
             data["finished_at"] = _iso(self.created + cfg.complete_after)
             if cfg.fail_marker and cfg.fail_marker in self.video_url:
-                status = "FAILED"
+                status = "failed"
                 data["error_message"] = "no face found in the video"
             else:
-                status = "COMPLETED"
-                data["output_url"] = f"{base}outputs/{self.id}.mp4"
-        data["status"] = status
+                status = "completed"
+                if not cfg.hide_output:
+                    data["output_url"] = output_url(cfg, base, self.id)
+        status = cfg.status_words.get(status, status)
+        data["status"] = status.upper() if cfg.upper_case else status
         return data
+
+
+def output_url(cfg: EmulatorConfig, base: str, request_id: str) -> str:
+    """Where the output is served: signed and time-limited when the emulator has a TTL."""
+    url = f"{base}outputs/{request_id}.mp4"
+    if cfg.output_ttl is None:
+        return url
+    expires = int((time.time() + cfg.output_ttl) * 1000)  # Unix milliseconds
+    return f"{url}?expires={expires}&signature={signature(request_id, expires)}"
 
 
 def _iso(t: float) -> str:
@@ -98,10 +125,13 @@ class Stats:
     dropped: int = 0
     late_creates: int = 0
     outage_answers: int = 0  # API requests answered with the outage's error
-    lookups: int = 0
-    polls: int = 0
+    lookups: int = 0  # list requests (filtered or not)
+    polls: int = 0  # GETs of one request
     downloads: int = 0
     range_requests: int = 0
+    ranges: list[str] = field(default_factory=list)  # the Range header of every ranged download
+    expired_downloads: int = 0  # downloads refused for an expired or unsigned URL
+    by_endpoint: dict[str, int] = field(default_factory=dict)  # generate, list, get, output...
     first_generate_at: float | None = None  # wall clock of the first and last generate
     last_generate_at: float | None = None
     by_status: dict[int, int] = field(default_factory=dict)
@@ -166,6 +196,18 @@ class Emulator:
 
     def duplicates(self) -> dict[str, list[str]]:
         return {ref: ids for ref, ids in self.accepted().items() if len(ids) > 1}
+
+    def requests_endpoint_calls(self) -> int:
+        """Requests to `v1/lipsync/requests` and `v1/lipsync/requests/{id}`."""
+        with self.lock:
+            return self.stats.by_endpoint.get("list", 0) + self.stats.by_endpoint.get("get", 0)
+
+    def forget(self, request_ids: list[str] | None = None) -> int:
+        """The API purging requests (all of them by default): they are no longer found, listed
+        or served. The ledger of what was paid for (`accepted`) keeps them."""
+        with self.lock:
+            ids = list(self.requests) if request_ids is None else request_ids
+            return len([self.requests.pop(i) for i in ids if i in self.requests])
 
     def update(self, **changes: Any) -> None:
         with self.lock:

@@ -197,6 +197,57 @@ def startup(add: Callable[..., None], work: Path) -> None:
         add(what, f"{wall * 1000:.0f} ms", f"< {target * 1000:.0f} ms", wall < target)
 
 
+Add = Callable[..., None]
+
+
+def requests_endpoint_calls(emu: EmulatorProcess) -> int:
+    counted = emu.stats()["by_endpoint"]
+    assert isinstance(counted, dict)
+    return int(counted.get("list", 0)) + int(counted.get("get", 0))
+
+
+def poll_rows(emu: EmulatorProcess, env: dict[str, str], work: Path, n: int, add: Add) -> None:
+    """One poll round of `n` open jobs: its requests to the API per job, and its speed."""
+    before = requests_endpoint_calls(emu)
+    others = int(emu.stats()["accepted"]) - n  # type: ignore[call-overload]
+    r = run(["poll", "--concurrency", "32"], env, work)
+    assert r.code == 0, r.err
+    per_job = (requests_endpoint_calls(emu) - before) / n
+    newer = f", {others:,} newer requests of others" if others else ""
+    add(
+        f"poll {n:,} open jobs{newer}: requests per open job per round",
+        f"{per_job:.3f}",
+        "<= 0.02",
+        per_job <= 0.02,
+    )
+    add("  before: one GET per job per round", "1.000")
+    add(f"poll {n:,} jobs (one round), whole command", f"{r.wall:.2f} s")
+    r = run(["poll", "--concurrency", "32"], env, work)
+    assert r.code == 0, r.err
+    add(f"  again, nothing new to record: {n:,} jobs", f"{r.wall:.2f} s")
+
+
+def poll_alone(quick: bool, add: Add) -> None:
+    """`python -m tests.benchmarks.bench --only poll`: the poll rows alone (nothing written)."""
+    n = 2_000 if quick else 5_000
+    with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
+        work = Path(tmp)
+        emu = EmulatorProcess(work, "--complete-after", "3600")
+        env = clean_env(
+            CHAMELAION_API_KEY=TOKEN,
+            CHAMELAION_BASE_URL=emu.base_url,
+            DUBRUNNER_DB=str(work / "p.db"),
+        )
+        try:
+            r = run(
+                ["submit", str(manifest(work / "p.yaml", n, "p")), "--concurrency", "32"], env, work
+            )
+            assert r.code == 0, r.err
+            poll_rows(emu, env, work, n, add)
+        finally:
+            emu.stop()
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     rows: list[tuple[str, str, str, str]] = []  # what, measured, target, verdict
@@ -209,6 +260,14 @@ def main() -> int:
     if "--startup" in sys.argv:  # these rows alone, printed, BENCHMARKS.md left as it is
         with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
             startup(add, Path(tmp))
+        return 0
+    if "--only" in sys.argv:
+        # One part alone, printed only: BENCHMARKS.md is written by the whole run, never a part.
+        part = sys.argv[sys.argv.index("--only") + 1 :][:1]
+        if part != ["poll"]:
+            print("usage: python -m tests.benchmarks.bench [--quick] [--startup | --only poll]")
+            return 2
+        poll_alone(quick, add)
         return 0
 
     n_big = 20_000 if quick else 100_000
@@ -272,13 +331,8 @@ def main() -> int:
         )
         add("  bare loop CPU per job", f"{bare_cpu:.2f} ms")
 
-        # 4. Poll throughput on those jobs: one GET each.
-        r = run(["poll", "--concurrency", "32"], env_emu, work)
-        assert r.code == 0, r.err
-        add(
-            f"poll {n_submit:,} jobs (one round), concurrency 32",
-            f"{n_submit / r.wall:.0f} polls/s",
-        )
+        # 4. A poll round on those jobs: pages of the list, not one GET each.
+        poll_rows(emu, env_emu, work, n_submit, add)
         emu.stop()
 
         # 5. Rate adherence: the server allows 20 req/s, the client is told 20.
