@@ -11,7 +11,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 # Importing the command modules registers their commands on the group.
-from dubrunner.cli import admin, checks, jobs, results, submitting  # noqa: F401
+from dubrunner.cli import admin, checks, jobs, reporting, results, submitting  # noqa: F401
 from dubrunner.cli.common import cli
 from dubrunner.redact import scrub
 from dubrunner.sessions import EXIT_INTERRUPTED
