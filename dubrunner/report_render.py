@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -21,6 +22,7 @@ from dubrunner.output import plain
 from dubrunner.report import BatchReport, Report
 
 NONE = "—"
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL)
 CHART_FAILURES = 15  # error groups drawn (the table lists them all)
 
 
@@ -185,6 +187,9 @@ def _chart(kind: type[Any], title: str, height: int = 360, **options: Any) -> An
 
 def _svg(chart: Any) -> str:
     svg: str = chart.render(is_unicode=True, disable_xml_declaration=True)
+    # The configuration pygal writes for its tooltip script, which is left out: the page runs
+    # no script at all.
+    svg = _SCRIPT.sub("", svg)
     return f'<div class="chart">{svg}</div>'
 
 
