@@ -120,7 +120,9 @@ class Report:
     schema_version: int = field(default=SCHEMA_VERSION)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON document, its version first."""
+        fields = asdict(self)
+        return {"schema_version": fields.pop("schema_version"), **fields}
 
 
 def build(db: Database, batch: str | None = None, now: datetime | None = None) -> Report:

@@ -16,7 +16,15 @@ import pytest
 
 from dubrunner.emulator import Emulator, EmulatorConfig
 from tests.browser import Browser, chromium_or_skip, picture
-from tests.conftest import TOKEN, clean_env, run_cli, start, write_manifest
+from tests.conftest import (
+    BOTH_DATABASES,
+    TOKEN,
+    Database,
+    clean_env,
+    run_cli,
+    start,
+    write_manifest,
+)
 from tests.report_parse import as_json, parse_html, parse_table
 
 pytestmark = pytest.mark.slow
@@ -153,3 +161,28 @@ def test_the_html_report_in_a_real_browser(batch_run: Run, tmp_path: Path) -> No
     assert over_time["marks"] >= 4  # two lines, their dots, and the throttling marks
     colours, drawn = picture(shot)
     assert colours >= 8 and drawn > 0.02, (colours, drawn)
+
+
+@BOTH_DATABASES
+def test_report_on_either_database(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.3)
+    manifest = write_manifest(tmp_path / "m.yaml", 20, batch="pg", failing=frozenset({4, 9}))
+    r = run_cli(["submit", str(manifest), "--wait"], env)
+    assert r.code == 1, r.err  # two failed at the API
+    r = run_cli(["report", "--batch", "pg", "--format", "json"], env)
+    assert r.code == 0, r.err
+    [b] = json.loads(r.out)["batches"]
+    assert b["states"] == {"completed": 18, "failed": 2}
+    assert b["failures"] == [
+        {
+            "error": "no face found in the video",
+            "count": 2,
+            "examples": ["pg-ep00004", "pg-ep00009"],
+        }
+    ]
+    assert b["timeline"][-1]["submitted"] == 20 and b["processing"]["measured"] == 20
+    assert abs(b["processing"]["p50"] - 0.2) < 0.01
+    table = run_cli(["report", "--batch", "pg"], env)
+    assert as_json(parse_table(table.out)) == [b]
