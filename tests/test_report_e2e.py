@@ -67,7 +67,20 @@ def batch_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     )
     try:
         manifest = write_manifest(work / "m.yaml", N, failing=FAILING)
-        proc = start(["submit", str(manifest), "--wait", "--rate", "40", "--concurrency", "4"], env)
+        proc = start(
+            [
+                "submit",
+                str(manifest),
+                "--wait",
+                "--interval",
+                "0.5",
+                "--rate",
+                "40",
+                "--concurrency",
+                "4",
+            ],
+            env,
+        )
         deadline = time.monotonic() + 90
         while emulator.stats.accepted < 25 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -169,7 +182,7 @@ def test_report_on_either_database(
 ) -> None:
     emulator.update(complete_after=0.3)
     manifest = write_manifest(tmp_path / "m.yaml", 20, batch="pg", failing=frozenset({4, 9}))
-    r = run_cli(["submit", str(manifest), "--wait"], env)
+    r = run_cli(["submit", str(manifest), "--wait", "--interval", "0.5"], env)
     assert r.code == 1, r.err  # two failed at the API
     r = run_cli(["report", "--batch", "pg", "--format", "json"], env)
     assert r.code == 0, r.err
