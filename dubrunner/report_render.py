@@ -210,18 +210,21 @@ def _time_chart(b: BatchReport) -> str:
         show_minor_x_labels=False,
         x_labels_major_count=12,
     )
-    chart.x_labels = [x.start[11:19] for x in b.timeline]
+    # Times of day; dates too when the buckets are long enough for the batch to span days.
+    cut = slice(5, 16) if b.bucket_seconds >= 600 else slice(11, 19)
+    chart.x_labels = [x.start[cut].replace("T", " ") for x in b.timeline]
     chart.add("submitted", [x.submitted for x in b.timeline])
     chart.add("completed", [x.completed for x in b.timeline])
-    for name, values in (
-        ("429s", [x.rate_limited for x in b.timeline]),
-        ("server errors", [x.server_errors for x in b.timeline]),
-        ("halts", [x.halts for x in b.timeline]),
-    ):
+    marks = {
+        "429s": [x.rate_limited for x in b.timeline],
+        "server errors": [x.server_errors for x in b.timeline],
+        "halts": [x.halts for x in b.timeline],
+    }
+    # Trouble on the right-hand axis, one dot per bucket that had any, on one scale for all.
+    chart.secondary_range = (0, max(max(v) for v in marks.values()) or 1)
+    for name, values in marks.items():
         if any(values):
-            chart.secondary_range = (0, max(values))
-            marks = [v or None for v in values]
-            chart.add(name, marks, secondary=True, stroke=False, dots_size=5)
+            chart.add(name, [v or None for v in values], secondary=True, stroke=False, dots_size=5)
     return _svg(chart)
 
 
