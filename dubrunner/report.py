@@ -305,7 +305,8 @@ def _throttling(timeline: list[Point], width: int, events: list[tuple[float, str
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 _UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
 _HEX = re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{12,}\b", re.IGNORECASE)
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# A number standing alone (a count, a status, a size, seconds), not one ending a word (mp4, h264).
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 _SPACE = re.compile(r"\s+")
 
 

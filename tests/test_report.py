@@ -94,6 +94,10 @@ def test_failures_are_grouped_by_their_normalised_message() -> None:
     ]
     assert normalise("job deadbeefcafe0123 failed") == "job <id> failed"
     assert normalise("  two\n lines  ") == "two lines"
+    assert (
+        normalise("x.mp4 (h264) gave 404 after 3.5 s, job-17")
+        == "x.mp4 (h264) gave <n> after <n> s, job-<n>"
+    )
 
 
 def test_processing_percentiles_and_histogram() -> None:

@@ -144,11 +144,16 @@ def test_table_json_and_html_agree_on_a_real_batch(batch_run: Run) -> None:
 _MARKS = """
 [...document.querySelectorAll('svg.pygal-chart')].map(svg => {
   const box = svg.getBoundingClientRect();
+  const plot = svg.querySelector('.plot > .background').getBoundingClientRect();
   const marks = [...svg.querySelectorAll('.series rect, .series path, .series circle')]
     .filter(e => { const b = e.getBoundingClientRect(); return b.width > 0 && b.height > 0; });
+  // A mark drawn off its plot area (a dot's radius of slack) is a chart drawn wrong.
+  const outside = marks.filter(e => { const b = e.getBoundingClientRect();
+    return b.left < plot.left - 6 || b.right > plot.right + 6 || b.top < plot.top - 6
+      || b.bottom > plot.bottom + 6; });
   const title = svg.querySelector('.title');
   return {title: title ? title.textContent : '', width: box.width, height: box.height,
-          marks: marks.length};
+          marks: marks.length, outside: outside.length};
 })
 """
 
@@ -169,7 +174,7 @@ def test_the_html_report_in_a_real_browser(batch_run: Run, tmp_path: Path) -> No
     assert len(charts) == 4, charts  # states per batch, over time, failures, processing time
     for chart in charts:
         assert chart["width"] > 300 and chart["height"] > 100, chart
-        assert chart["marks"] > 0, chart
+        assert chart["marks"] > 0 and chart["outside"] == 0, chart
     over_time = next(c for c in charts if c["title"].startswith("Submitted and completed"))
     assert over_time["marks"] >= 4  # two lines, their dots, and the throttling marks
     colours, drawn = picture(shot)
