@@ -8,12 +8,14 @@ import math
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from dubrunner.cli import cli
 from dubrunner.db import Database
 from dubrunner.report import build, failures, normalise, processing
 from dubrunner.report_render import render_html
+from tests.browser import chromium_or_skip
 from tests.report_data import T0, fill
 from tests.report_parse import as_json, parse_html, parse_table
 
@@ -163,3 +165,15 @@ def test_the_html_page_is_self_contained(tmp_path: Path) -> None:
     assert page.count("<svg") == 4  # states per batch, over time, failures, processing time
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert not re.search(r"""(?:src|href)\s*=|url\(\s*['"]?(?!#)""", page)
+
+
+def test_without_chromium_the_browser_test_fails_in_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must have it"):
+        chromium_or_skip()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        chromium_or_skip()
