@@ -73,7 +73,7 @@ def test_commands_are_listed_daily_first_then_checks_then_administration() -> No
         return [line.split()[0] for line in got[title].splitlines() if line.strip()]
 
     assert names("Daily commands") == [
-        "submit", "status", "resume", "poll", "fetch", "export", "retry", "cancel",
+        "submit", "status", "resume", "poll", "fetch", "export", "report", "retry", "cancel",
     ]  # fmt: skip
     assert names("Checks") == ["validate", "check", "doctor"]
     assert names("Administration") == ["load", "work", "db", "emulator"]

@@ -18,7 +18,17 @@ if TYPE_CHECKING:
 
 # `dubrunner --help` lists the commands in these sections, in this order.
 COMMAND_SECTIONS = {
-    "Daily commands": ("submit", "status", "resume", "poll", "fetch", "export", "retry", "cancel"),
+    "Daily commands": (
+        "submit",
+        "status",
+        "resume",
+        "poll",
+        "fetch",
+        "export",
+        "report",
+        "retry",
+        "cancel",
+    ),
     "Checks": ("validate", "check", "doctor"),
     "Administration": ("load", "work", "db", "emulator"),
 }  # any other command: under "Other commands"

@@ -395,6 +395,11 @@ def main() -> int:
                 f"{n_big / r.wall:.0f} jobs/s",
             )
 
+        # 7. The report of a 10,000-job history, as HTML (tests/benchmarks/report_bench.py).
+        from tests.benchmarks.report_bench import measure as report_measure
+
+        report_measure(add, work)
+
     write_report(rows, quick)
     return 0
 
