@@ -15,6 +15,7 @@ from dubrunner.cli.common import (
     ManifestLimits,
     TerminalUi,
     UserError,
+    cached_digests,
     cli,
     end,
     open_store,
@@ -33,7 +34,7 @@ def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
     """Check the media URLs of a manifest file or a batch before paying for anything."""
     jobs: Sequence[MediaJob]
     if Path(target).is_file():
-        jobs = limits.read(target).jobs
+        jobs = limits.read(target, cached_digests()).jobs
     else:
         store = open_store()
         if target not in store.batches():

@@ -20,6 +20,7 @@ from dubrunner import __version__
 from dubrunner.__main__ import QuietInterrupt
 from dubrunner.api import ApiClient, ConfigError, Credentials
 from dubrunner.db import StoreError
+from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, Digests
 from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
 from dubrunner.manifest import load as load_manifest
 from dubrunner.output import ProgressDisplay, print_media_problems, setup_logging, table_console
@@ -161,13 +162,29 @@ class TerminalUi:
 
 
 def open_store() -> Store:
+    """The command's database (opened once, closed with the command)."""
     ctx = click.get_current_context()
+    store: Store | None = ctx.meta.get("dubrunner.store")
+    if store is not None:
+        return store
     try:
         store = Store(ctx.meta.get("db"))
     except StoreError as exc:
         raise UserError(str(exc)) from None
     ctx.call_on_close(store.close)
+    ctx.meta["dubrunner.store"] = store
     return store
+
+
+def cached_digests() -> Digests:
+    """Local files' SHA-256s, cached in the database (opened at the first local file only)."""
+    try:
+        return Digests(
+            lambda *key: open_store().cached_digest(*key),
+            lambda *row: open_store().save_digest(*row),
+        )
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
 
 
 def check_batch(store: Store, batch: str | None) -> None:
@@ -192,11 +209,19 @@ def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
 class ManifestLimits:
     max_jobs: int
     max_manifest_bytes: int
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 
-    def read(self, path: str) -> Manifest:
-        """The manifest, or every problem with it and exit 2."""
+    def read(self, path: str, digests: Digests | None = None) -> Manifest:
+        """The manifest, or every problem with it and exit 2. Local files are hashed through
+        `digests` (default: not cached)."""
         try:
-            return load_manifest(path, self.max_manifest_bytes, self.max_jobs)
+            return load_manifest(
+                path,
+                self.max_manifest_bytes,
+                self.max_jobs,
+                max_upload_bytes=self.max_upload_bytes,
+                digests=digests,
+            )
         except ManifestError as exc:
             n = len(exc.problems)
             end(
@@ -510,6 +535,14 @@ MANIFEST_LIMITS = OptionGroup(
         envvar="DUBRUNNER_MAX_MANIFEST_BYTES",
         show_default=True,
         help="Refuse larger files.",
+    ),
+    click.option(
+        "--max-upload-bytes",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        envvar="DUBRUNNER_MAX_UPLOAD_BYTES",
+        show_default=True,
+        help="Refuse local media files larger than this (each is uploaded).",
     ),
     gather=ManifestLimits,
     into="limits",

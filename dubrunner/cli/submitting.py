@@ -21,6 +21,7 @@ from dubrunner.cli.common import (
     ManifestLimits,
     Seconds,
     TerminalUi,
+    cached_digests,
     check_batch,
     cli,
     end,
@@ -86,7 +87,7 @@ def submit(
     allow_same_media: bool,
 ) -> None:
     """Load MANIFEST into the job table and submit every job not yet at the API."""
-    m = limits.read(manifest)
+    m = limits.read(manifest, cached_digests())
     if dry_run:
         loaded = _load(m, True, allow_same_media)
         click.echo(f"{loaded.summary}; a run would send {loaded.plan.to_send} job(s)")
@@ -115,7 +116,7 @@ def submit(
 @LOCAL_OPTIONS
 def load(manifest: str, limits: ManifestLimits, dry_run: bool, allow_same_media: bool) -> None:
     """Load MANIFEST into the job table without sending anything (workers send: `work`)."""
-    loaded = _load(limits.read(manifest), dry_run, allow_same_media)
+    loaded = _load(limits.read(manifest, cached_digests()), dry_run, allow_same_media)
     verb = "would send" if dry_run else "to send"
     click.echo(f"{loaded.summary}; {loaded.plan.to_send} job(s) {verb}")
 
