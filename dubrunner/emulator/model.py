@@ -45,6 +45,8 @@ class EmulatorConfig:
     outage_until: float = 0.0
     outage_status: int = 500  # how it fails: 500 (the API's "internal error") or 503 (a proxy)
     garbage: bool = False  # every generate answered 200 with a body that is not the API's JSON
+    # generate-with-media: read uploads at most this fast (bytes per second; None: at once)
+    upload_read_rate: float | None = None
 
 
 @dataclass
@@ -56,6 +58,8 @@ class RemoteRequest:
     disable_active_speaker_detection: bool
     created: float
     index: int
+    # generate-with-media: each file part's (size, SHA-256) as received
+    media: dict[str, tuple[int, str]] | None = None
 
     def view(self, cfg: EmulatorConfig, base: str) -> dict[str, Any]:
         age = time.time() - self.created
@@ -102,6 +106,8 @@ class Stats:
     polls: int = 0
     downloads: int = 0
     range_requests: int = 0
+    uploads: int = 0  # generate-with-media requests whose body was read to its end
+    upload_bytes: int = 0
     first_generate_at: float | None = None  # wall clock of the first and last generate
     last_generate_at: float | None = None
     by_status: dict[int, int] = field(default_factory=dict)
@@ -164,6 +170,14 @@ class Emulator:
         with self.lock:
             return {ref: list(ids) for ref, ids in self.by_reference.items()}
 
+    def uploads(self) -> dict[str, list[dict[str, tuple[int, str]]]]:
+        """reference_id → the files of each request accepted through generate-with-media."""
+        with self.lock:
+            return {
+                ref: [self.requests[i].media or {} for i in ids]
+                for ref, ids in self.by_reference.items()
+            }
+
     def duplicates(self) -> dict[str, list[str]]:
         return {ref: ids for ref, ids in self.accepted().items() if len(ids) > 1}
 
@@ -190,9 +204,16 @@ class Emulator:
             return None
         return (1.0 - self._bucket) / rate
 
-    def _create(self, ref: str | None, video: str, audio: str, asd: bool) -> RemoteRequest:
+    def _create(
+        self,
+        ref: str | None,
+        video: str,
+        audio: str,
+        asd: bool,
+        media: dict[str, tuple[int, str]] | None = None,
+    ) -> RemoteRequest:
         req = RemoteRequest(
-            str(uuid.uuid4()), ref, video, audio, asd, time.time(), len(self.requests)
+            str(uuid.uuid4()), ref, video, audio, asd, time.time(), len(self.requests), media
         )
         self.requests[req.id] = req
         if ref is not None:
