@@ -242,6 +242,7 @@ def submit_pending(
                 detail += " · paused by the server"
             if submission.worker.waiting_for_others:
                 detail += " · waiting for jobs other workers hold"
+            detail += _uploading(report, started)
             progress.update(done + report.submitted + report.failed, detail)
 
         try:
@@ -253,6 +254,16 @@ def submit_pending(
             code = EXIT_INCOMPLETE if sent else EXIT_USAGE
             tail = " after some jobs were sent — fix it, then `dubrunner resume`" if sent else ""
             return Ending(f"the database failed: {exc}{tail}", code, is_error=True)
+
+
+def _uploading(report: RunReport, started: float) -> str:
+    """' · uploaded 120 of 800 MB, 45.0 MB/s, ETA 15 s' while local files are being sent."""
+    total, done = report.upload_total, report.upload_bytes
+    if total < 1_000_000 or done >= total:
+        return ""
+    rate = _per_second(done, started)
+    eta = f", ETA {(total - done) / rate:.0f} s" if rate > 0 else ""
+    return f" · uploaded {done / 1e6:.0f} of {total / 1e6:.0f} MB, {rate / 1e6:.1f} MB/s{eta}"
 
 
 # -- the whole of `submit` ----------

@@ -372,6 +372,7 @@ def _worker_options(
     request_timeout: float,
     lookup_grace: float,
     outage_timeout: float,
+    upload_concurrency: int,
 ) -> WorkerOptions:
     auto = rate == "auto"
     if auto and rate_shared:
@@ -387,6 +388,7 @@ def _worker_options(
         burst=burst,
         rate_shared=rate_shared,
         rate_auto=auto,
+        upload_concurrency=upload_concurrency,
     )
 
 
@@ -464,6 +466,15 @@ WORKER_OPTIONS = OptionGroup(
         envvar="DUBRUNNER_OUTAGE_TIMEOUT",
         help="When the API fails as a whole, how long to keep probing it before the batch "
         "halts with its jobs pending (0: for ever).",
+    ),
+    click.option(
+        "--upload-concurrency",
+        type=click.IntRange(1, 64),
+        default=2,
+        show_default=True,
+        envvar="DUBRUNNER_UPLOAD_CONCURRENCY",
+        help="Uploads of local files at once (within --concurrency), so that a few large "
+        "files do not starve the link.",
     ),
     click.option(
         "--allow-insecure-http",

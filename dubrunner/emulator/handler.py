@@ -215,6 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.server.emulator
         length = int(self.headers.get("Content-Length") or 0)
         boundary = boundary_of(self.headers.get("Content-Type") or "")
+        with emu.lock:
+            emu.stats.uploading += 1
+            emu.stats.peak_uploading = max(emu.stats.peak_uploading, emu.stats.uploading)
         try:
             if boundary is None:
                 self._drain(length)
@@ -222,6 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
             found = read_parts(self.rfile, length, boundary, emu.config.upload_read_rate)
         except BadBody:
             return "invalid request body"
+        finally:
+            with emu.lock:
+                emu.stats.uploading -= 1
         with emu.lock:
             emu.stats.uploads += 1
             emu.stats.upload_bytes += length

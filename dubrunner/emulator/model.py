@@ -108,6 +108,8 @@ class Stats:
     range_requests: int = 0
     uploads: int = 0  # generate-with-media requests whose body was read to its end
     upload_bytes: int = 0
+    uploading: int = 0  # bodies being read right now, and the most at once
+    peak_uploading: int = 0
     first_generate_at: float | None = None  # wall clock of the first and last generate
     last_generate_at: float | None = None
     by_status: dict[int, int] = field(default_factory=dict)
