@@ -171,13 +171,24 @@ def media_problem(path: str, which: str) -> str | None:
     try:
         found = sniff(read_head(path))
     except OSError as exc:
-        return f"cannot read it: {exc.strerror}"
+        return f"cannot read {path}: {exc.strerror}"
     if found is None:
-        return f"not a {which} file the API takes (mp4, mov, mkv, webm; wav, mp3, aac, m4a, flac)"
+        return (
+            f"{path} is not a {which} file the API takes (by its first bytes; mp4, mov, mkv, "
+            "webm; wav, mp3, aac, m4a, flac)"
+        )
     fmt, _ = found
     if kind_of(fmt) != which:
-        return f"is {kind_of(fmt)} ({fmt}), not {which}"
+        return f"{path} is {kind_of(fmt)} ({fmt}, by its first bytes), not {which}"
     return None
+
+
+def file_problem(uri: str, which: str, max_bytes: int) -> str | None:
+    """What `check` says about a job's local file (a file:// URL): None when it is readable,
+    within the limit, and its first bytes are of the right kind."""
+    path = path_of_uri(uri)
+    _, problem = check_file(path, max_bytes)
+    return problem or media_problem(path, which)
 
 
 def content_type(path: str, which: str) -> str:

@@ -19,6 +19,7 @@ from dubrunner.api import ApiClient
 from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
 from dubrunner.loading import LoadConflict
+from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, file_problem
 from dubrunner.manifest import Manifest
 from dubrunner.poller import Poller
 from dubrunner.preflight import MediaProblem, Pair, Preflight, PreflightReport
@@ -275,6 +276,7 @@ class MediaCheck:
 
     concurrency: int = 8
     per_host: int = 2
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # local files larger are a problem
 
 
 @dataclass(frozen=True)
@@ -441,6 +443,30 @@ class MediaJob(Protocol):
     def audio_url(self) -> str: ...
 
 
+def check_local_files(manifest: Manifest, media: MediaCheck) -> Ending | None:
+    """A manifest's local files, checked before its URLs: a file that cannot be uploaded, or
+    whose first bytes are not of its kind (a video given as the audio), is bad input like a
+    missing one: exit 2, every problem with its file:line."""
+    problems = []
+    for job in manifest.jobs:
+        if not job.is_local:
+            continue
+        for which, uri in (("video", job.video_url), ("audio", job.audio_url)):
+            problem = file_problem(uri, which, media.max_upload_bytes)
+            if problem:
+                problems.append(
+                    f"{manifest.path}:{job.line}: {job.reference_id}: {which}: {problem}"
+                )
+    if not problems:
+        return None
+    return Ending(
+        f"{len(problems)} problem(s) with local files in {manifest.path}",
+        EXIT_USAGE,
+        is_error=True,
+        details=tuple(problems[:MAX_CONFLICTS_SHOWN]),
+    )
+
+
 def check_media(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> Ending:
     """Check every media URL of these jobs; exit 1 when any job has a problem."""
     return _check(jobs, media, ui)[1]
@@ -448,7 +474,9 @@ def check_media(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> Ending:
 
 def _check(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> tuple[PreflightReport, Ending]:
     pairs = [Pair(j.reference_id, j.video_url, j.audio_url) for j in jobs]
-    preflight = Preflight(media.concurrency, media.per_host)
+    preflight = Preflight(
+        media.concurrency, media.per_host, max_upload_bytes=media.max_upload_bytes
+    )
     try:
         with ui.progress("checking media", None, preflight.stop.set) as progress:
             report = preflight.run(

@@ -251,3 +251,80 @@ def test_validate_and_load_through_the_cli(tmp_path: Path) -> None:
     assert "(--max-upload-bytes)" in result.output
     sha = hashlib.sha256((tmp_path / "media" / "e000.mp4").read_bytes()).hexdigest()
     assert db_rows(db, "SELECT count(*) FROM jobs WHERE video_sha256 = ?", sha) == [(1,)]
+
+
+def test_check_finds_a_video_given_as_audio_by_its_magic_bytes(tmp_path: Path) -> None:
+    mediafiles.video(tmp_path / "v.mp4")
+    mediafiles.video(tmp_path / "also-video.wav", seed="x")  # named .wav, an mp4 inside
+    mediafiles.audio(tmp_path / "a.wav")
+    (tmp_path / "text.mp4").write_text("<html>not a video</html>")
+    (tmp_path / "m.yaml").write_text(
+        "batch: chk\n"
+        "jobs:\n"
+        "  - {reference_id: ok, video: v.mp4, audio: a.wav}\n"
+        "  - {reference_id: swapped, video: v.mp4, audio: also-video.wav}\n"
+        "  - {reference_id: html, video: text.mp4, audio: a.wav}\n"
+    )
+    db = tmp_path / "jobs.db"
+    result = CliRunner().invoke(cli, ["check", str(tmp_path / "m.yaml"), "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    name = tmp_path / "m.yaml"
+    assert result.output.splitlines() == [
+        f"error: {name}:4: swapped: audio: {tmp_path / 'also-video.wav'} is video (mp4, by its "
+        "first bytes), not audio",
+        f"error: {name}:5: html: video: {tmp_path / 'text.mp4'} is not a video file the API "
+        "takes (by its first bytes; mp4, mov, mkv, webm; wav, mp3, aac, m4a, flac)",
+        f"error: 2 problem(s) with local files in {name}",
+    ]
+    assert db_rows(db, "SELECT count(*) FROM jobs") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("audio", "line", "expected"),
+    [
+        ("missing.wav", 3, "audio: no such file"),
+        ("folder", 3, "is a directory, not a file"),
+        ("empty.wav", 3, "is empty"),
+        ("https://cdn.example.com/a.wav", 2, "is a local file and audio a URL"),
+    ],
+)
+def test_check_and_submit_refuse_bad_files_with_exit_2(
+    tmp_path: Path, audio: str, line: int, expected: str
+) -> None:
+    mediafiles.video(tmp_path / "v.mp4")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "m.yaml").write_text(f"jobs:\n  - video: v.mp4\n    audio: '{audio}'\n")
+    db = tmp_path / "jobs.db"
+    for command in ("check", "submit", "load", "validate"):
+        args = [command, str(tmp_path / "m.yaml")] + (
+            ["--db", str(db)] if command != "validate" else []
+        )
+        result = CliRunner().invoke(cli, args, env={"CHAMELAION_API_KEY": "k-123"})
+        assert result.exit_code == 2, (command, result.output)
+        first = result.output.splitlines()[0]
+        assert first.startswith(f"error: {tmp_path / 'm.yaml'}:{line}: job 1: "), first
+        assert expected in first
+        assert not db.exists() or db_rows(db, "SELECT count(*) FROM jobs") == [(0,)]
+
+
+def test_the_media_check_of_a_batch_reads_local_files(tmp_path: Path) -> None:
+    from dubrunner.preflight import Pair, Preflight
+
+    video = mediafiles.video(tmp_path / "v.mp4").as_uri()
+    audio = mediafiles.audio(tmp_path / "a.wav").as_uri()
+    preflight = Preflight(max_upload_bytes=3000)
+    try:
+        report = preflight.run(
+            [Pair("too-big", video, video), Pair("fine", video.replace("v.mp4", "x"), audio)]
+        )
+    finally:
+        preflight.close()
+    found = {(p.reference_id, p.which): p.problem for p in report.problems}
+    assert found == {
+        ("too-big", "audio"): f"{tmp_path / 'v.mp4'} is 4,096 bytes; the limit is 3,000 "
+        "(--max-upload-bytes)",
+        ("too-big", "video"): f"{tmp_path / 'v.mp4'} is 4,096 bytes; the limit is 3,000 "
+        "(--max-upload-bytes)",
+        ("fine", "video"): f"no such file: {tmp_path / 'x'}",
+    }

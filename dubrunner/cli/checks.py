@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,8 +34,13 @@ from dubrunner.sessions import EXIT_INCOMPLETE, Ending, MediaCheck, MediaJob
 def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
     """Check the media URLs of a manifest file or a batch before paying for anything."""
     jobs: Sequence[MediaJob]
+    media = dataclasses.replace(media, max_upload_bytes=limits.max_upload_bytes)
     if Path(target).is_file():
-        jobs = limits.read(target, cached_digests()).jobs
+        manifest = limits.read(target, cached_digests())
+        bad_files = sessions.check_local_files(manifest, media)
+        if bad_files is not None:
+            end(bad_files)
+        jobs = manifest.jobs
     else:
         store = open_store()
         if target not in store.batches():
