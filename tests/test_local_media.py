@@ -117,6 +117,28 @@ def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
     ]
 
 
+def test_an_unreadable_file_is_refused_even_as_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root reads any file, so the refusal is made to happen: open() fails as it would."""
+    mediafiles.video(tmp_path / "v.mp4")
+    secret = mediafiles.audio(tmp_path / "a.wav")
+    real_open = open
+
+    def refusing(path: object, *args: object, **kwargs: object) -> object:
+        if str(path) == str(secret):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("dubrunner.localmedia.open", refusing, raising=False)
+    (tmp_path / "m.yaml").write_text("jobs:\n  - {video: v.mp4, audio: a.wav}\n")
+    with pytest.raises(ManifestError) as err:
+        load_manifest(tmp_path / "m.yaml")
+    assert err.value.lines() == [
+        f"{tmp_path / 'm.yaml'}:2: job 1: audio: cannot read {secret}: Permission denied"
+    ]
+
+
 def test_the_same_files_twice_in_a_manifest_is_one_job_too_many(tmp_path: Path) -> None:
     mediafiles.video(tmp_path / "v.mp4")
     mediafiles.audio(tmp_path / "a.wav")
@@ -328,3 +350,14 @@ def test_the_media_check_of_a_batch_reads_local_files(tmp_path: Path) -> None:
         "(--max-upload-bytes)",
         ("fine", "video"): f"no such file: {tmp_path / 'x'}",
     }
+
+
+def test_the_bundled_local_example_is_valid_small_and_of_the_right_kinds() -> None:
+    from dubrunner.sessions import MediaCheck, check_local_files
+
+    root = Path(__file__).resolve().parent.parent / "manifests"
+    m = load_manifest(root / "local-example.yaml")
+    assert m.batch == "local-example" and len(m.jobs) == 2
+    assert all(j.is_local for j in m.jobs)
+    assert check_local_files(m, MediaCheck()) is None
+    assert sum(f.stat().st_size for f in (root / "media").iterdir()) < 300_000
