@@ -208,7 +208,8 @@ def _load(
                 .where(Job.id == job_id, *_NEVER_SENT)
                 .values(
                     **_media_values(spec),
-                    reference_id=spec.reference_id,
+                    # A local job's derived id follows its files' content (see plan_load).
+                    **({"reference_id": spec.reference_id} if spec.is_local else {}),
                     disable_active_speaker_detection=spec.disable_active_speaker_detection,
                     source=f"{source}:{spec.line}",
                     media_key=spec.media_key,

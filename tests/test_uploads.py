@@ -151,3 +151,16 @@ def test_the_body_guard_follows_the_hold(db: Database) -> None:
     with pytest.raises(UploadInterrupted):
         guard()
     store.close()
+
+
+def test_the_progress_line_tells_megabytes_rate_and_eta() -> None:
+    import time as clock
+
+    from dubrunner.sessions import _uploading
+    from dubrunner.worker import RunReport
+
+    started = clock.monotonic() - 10
+    report = RunReport(upload_total=800_000_000, upload_bytes=200_000_000)
+    line = _uploading(report, started)
+    assert line.startswith(" · uploaded 200 of 800 MB, 20.0 MB/s, ETA 30 s"), line
+    assert _uploading(RunReport(upload_total=500_000, upload_bytes=1), started) == ""  # small
