@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit lint bench fuzz clean
+.PHONY: install demo test unit lint bench bench-startup fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,3 +60,7 @@ fuzz: $(STAMP)
 # Benchmarks against the emulator on loopback; prints a table and writes BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench
+
+# The start-up rows alone (python -c pass, --help, a TAB of completion, status), printed only.
+bench-startup: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench --startup

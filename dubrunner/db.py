@@ -22,9 +22,9 @@ from sqlalchemy import event, insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from dubrunner.constants import database_url
 from dubrunner.models import Attempt, Job
 
-DEFAULT_DB = "sqlite:///./dubrunner.db"
 # The newest migration. Checked against Alembic by a test; it lets an up-to-date database skip
 # loading Alembic and its scripts on every start.
 SCHEMA_HEAD = "0008"
@@ -34,15 +34,6 @@ INSERT_ATTEMPT = insert(Attempt)
 
 class StoreError(Exception):
     """The database cannot be used (unreachable, locked, not a dubrunner database...)."""
-
-
-def database_url(value: str | None) -> str:
-    """A SQLAlchemy URL from `--db`: a URL as it is, anything else is a SQLite file path."""
-    if not value:
-        return DEFAULT_DB
-    if "://" in value:
-        return value
-    return "sqlite:///" + str(Path(value).expanduser().absolute())
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from dubrunner.db import Database
-from dubrunner.manifest import derive_reference_id
 from dubrunner.models import FileDigest, Job
-from dubrunner.records import JobSpec, LoadPlan, job_identity, utcnow
+from dubrunner.records import JobSpec, LoadPlan, derive_reference_id, job_identity, utcnow
 from dubrunner.states import AT_API, State
 
 # States from which a job whose manifest entry changed may take the new values, provided it was

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit
 
-DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3  # per file (--max-upload-bytes)
+from dubrunner.constants import DEFAULT_MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES
+
 CHUNK = 1024 * 1024
 SNIFF_BYTES = 64
 

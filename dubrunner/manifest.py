@@ -15,7 +15,6 @@ jobs:
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from dubrunner.constants import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS
 from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, Digests, LocalFile, is_url, local_pair
 from dubrunner.records import JobSpec
+from dubrunner.records import derive_reference_id as derive_reference_id
 from dubrunner.yamlstream import (
     ALLOWED_TAGS,
     EventReader,
@@ -38,8 +39,6 @@ from dubrunner.yamlstream import (
     type_name,
 )
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_JOBS = 1_000_000
 MAX_ERRORS_SHOWN = 50
 MAX_REFERENCE_ID = 200
 MAX_URL = 8192
@@ -93,12 +92,6 @@ def _did_you_mean(key: object, known: Iterable[str]) -> str:
         return ""
     close = difflib.get_close_matches(key.lower(), sorted(known), n=1, cutoff=0.6)
     return f", did you mean {close[0]!r}?" if close else ""
-
-
-def derive_reference_id(batch: str, video_url: str, audio_url: str) -> str:
-    """A stable reference_id for a job that has none: same batch and URLs, same id."""
-    digest = hashlib.sha256(f"{batch}\0{video_url}\0{audio_url}".encode()).hexdigest()[:20]
-    return f"{batch}-{digest}"
 
 
 # The common case, recognised without urlsplit: a plain http(s) URL with a DNS host name. Anything

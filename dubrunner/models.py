@@ -39,8 +39,11 @@ class Job(Base):
     reference_id: Mapped[str] = mapped_column(String(200), unique=True)
     video_url: Mapped[str] = mapped_column(Text)
     audio_url: Mapped[str] = mapped_column(Text)
+    # The column's key is the attribute's name: Core inserts of dicts (loading's executemany)
+    # match keys, and silently dropped this one under its short column name (every job then
+    # went to the API with detection on, whatever the manifest said).
     disable_active_speaker_detection: Mapped[bool] = mapped_column(
-        "disable_asd", Boolean, default=False
+        "disable_asd", Boolean, default=False, key="disable_active_speaker_detection"
     )
     source: Mapped[str | None] = mapped_column(Text)  # manifest file:line it came from
     # A digest of (video, audio, settings): the same media loaded again under another

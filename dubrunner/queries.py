@@ -150,6 +150,17 @@ class Queries:
         with self.db.read() as conn:
             return list(conn.execute(select(Job.batch).distinct().order_by(Job.batch)).scalars())
 
+    def reference_ids(self, prefix: str, limit: int) -> list[str]:
+        """Reference_ids starting with `prefix`, in order, at most `limit` (shell completion)."""
+        stmt = (
+            select(Job.reference_id)
+            .where(Job.reference_id.startswith(prefix, autoescape=True))
+            .order_by(Job.reference_id)
+            .limit(limit)
+        )
+        with self.db.read() as conn:
+            return list(conn.execute(stmt).scalars())
+
     def rows(
         self,
         batch: str | None = None,

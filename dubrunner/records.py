@@ -19,6 +19,13 @@ def media_key(video_url: str, audio_url: str, disable_asd: bool) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def derive_reference_id(batch: str, video_url: str, audio_url: str) -> str:
+    """A stable reference_id for a job that has none: same batch and URLs (or, for local files,
+    the same content: `sha256:...`), same id."""
+    digest = hashlib.sha256(f"{batch}\0{video_url}\0{audio_url}".encode()).hexdigest()[:20]
+    return f"{batch}-{digest}"
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One job of a manifest, validated."""

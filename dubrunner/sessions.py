@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dubrunner.api import ApiClient
+from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
 from dubrunner.loading import LoadConflict
@@ -28,11 +29,6 @@ from dubrunner.running import Report
 from dubrunner.states import AT_API, State
 from dubrunner.store import Store
 from dubrunner.worker import RunReport, Worker, WorkerOptions
-
-EXIT_OK = 0
-EXIT_INCOMPLETE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 MAX_CONFLICTS_SHOWN = 50
 MAX_FETCH_CONCURRENCY = 8  # downloads at once after a submit: its --concurrency, up to this
@@ -54,8 +50,10 @@ class Ending:
 
 
 class Progress(Protocol):
-    def update(self, completed: int, detail: str) -> None:
-        """`completed` of the session's total so far, and a short line about how it goes."""
+    def update(self, completed: int, detail: str, left: int | None = None) -> None:
+        """`completed` of the session's total so far (never counting failures), a short line
+        about how it goes, and (`left`) what remains to be done, when not the total less
+        `completed`."""
 
 
 class Ui(Protocol):
@@ -76,10 +74,6 @@ class Ui(Protocol):
 
     def media_problems(self, problems: Sequence[MediaProblem]) -> None:
         """The table of media URLs that failed the check."""
-
-
-def _per_second(count: int, started: float) -> float:
-    return count / max(time.monotonic() - started, 1e-6)
 
 
 # -- loading ----------
@@ -233,9 +227,9 @@ def submit_pending(
     with ui.progress("submitting", total, submission.request_stop) as progress:
 
         def tick() -> None:
-            pending = total - done - report.submitted - report.failed - report.halted
-            detail = f"failed {report.failed} · pending {max(pending, 0)} · "
-            detail += f"{_per_second(report.submitted, started):.1f} jobs/s"
+            pending = max(total - done - report.submitted - report.failed - report.halted, 0)
+            detail = f"submitted {done + report.submitted} · failed {report.failed} · pending "
+            detail += f"{pending}"
             trouble = submission.worker.health.describe()
             if trouble:
                 detail += f" · {trouble}"
@@ -244,7 +238,8 @@ def submit_pending(
             if submission.worker.waiting_for_others:
                 detail += " · waiting for jobs other workers hold"
             detail += _uploading(report, started)
-            progress.update(done + report.submitted + report.failed, detail)
+            # Failures are no progress: the count, and the ETA, are of jobs at the API.
+            progress.update(done + report.submitted, detail, left=pending)
 
         try:
             return submission.execute(tick).ending()
@@ -262,7 +257,7 @@ def _uploading(report: RunReport, started: float) -> str:
     total, done = report.upload_total, report.upload_bytes
     if total < 1_000_000 or done >= total:
         return ""
-    rate = _per_second(done, started)
+    rate = done / max(time.monotonic() - started, 1e-6)
     eta = f", ETA {(total - done) / rate:.0f} s" if rate > 0 else ""
     return f" · uploaded {done / 1e6:.0f} of {total / 1e6:.0f} MB, {rate / 1e6:.1f} MB/s{eta}"
 
@@ -370,10 +365,11 @@ def poll(
     with ui.progress(label, total, poller.request_stop) as progress:
 
         def tick() -> None:
+            # No round number or request count: a piped line is printed when this changes.
             progress.update(
                 report.completed + report.failed,
-                f"round {report.rounds + 1} · completed {report.completed} · failed "
-                f"{report.failed} · {report.requests} requests",
+                f"completed {report.completed} · failed {report.failed} · still going "
+                f"{max(total - report.completed - report.failed, 0)}",
             )
 
         poller.run(wait, polling.interval, polling.timeout, tick)
@@ -401,15 +397,14 @@ def fetch(store: Store, batch: str | None, out: Path, concurrency: int, ui: Ui) 
     fetcher = Fetcher(store, out, batch, concurrency)
     total = store.count_in_states(batch, [State.COMPLETED])
     report = fetcher.report
-    started = time.monotonic()
     with ui.progress("downloading", total, fetcher.request_stop) as progress:
 
         def tick() -> None:
             done = report.downloaded + report.skipped + report.failed
             progress.update(
-                done,
-                f"{report.bytes / 1e6:.1f} MB · {_per_second(report.bytes, started) / 1e6:.1f}"
-                f" MB/s · failed {report.failed}",
+                report.downloaded + report.skipped,
+                f"{report.bytes / 1e6:.1f} MB · failed {report.failed}",
+                left=max(total - done, 0),
             )
 
         fetcher.run(tick)

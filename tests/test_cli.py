@@ -97,6 +97,7 @@ def test_retry_and_cancel_say_how_many(tmp_path: Path) -> None:
 
 
 def test_resume_of_an_unknown_batch(tmp_path: Path) -> None:
+    CliRunner().invoke(cli, ["db", "upgrade", "--db", str(tmp_path / "j.db")])
     result = CliRunner().invoke(
         cli,
         ["resume", "--batch", "nope", "--db", str(tmp_path / "j.db")],

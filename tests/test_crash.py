@@ -35,11 +35,11 @@ from tests.conftest import dead_owner as dead_owner
 pytestmark = [BOTH_DATABASES, pytest.mark.slow]
 
 
-def submitted(db: Database) -> int:
+def submitted(db: Database, where: str = "WHERE state = 'submitted'") -> int:
     if db.path is not None and not db.path.exists():
         return 0
     try:
-        return int(db_rows(db, "SELECT count(*) FROM jobs WHERE state = 'submitted'")[0][0])
+        return int(db_rows(db, f"SELECT count(*) FROM jobs {where}")[0][0])
     except Exception:  # the schema may not exist yet
         return 0
 
@@ -56,9 +56,16 @@ def test_sigkill_at_random_moments_then_resume(
     kills = 0
     progress = []
     while kills < 8 and submitted(db) < 420:
-        args = ["submit", str(manifest)] if kills == 0 else ["resume"]
+        # A kill may come before the first load committed (a slow machine): load it again.
+        args = ["submit", str(manifest)] if not submitted(db, "") else ["resume"]
+        before = emulator.stats.requests
         proc = start(args, env)
-        time.sleep(rng.uniform(0.6, 1.4))
+        # Kill while it talks to the API, not while a loaded machine is still starting it up.
+        deadline = time.monotonic() + 30
+        while emulator.stats.requests == before and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never sent a request"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.1, 0.8))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

@@ -44,7 +44,7 @@ def test_loading_the_same_manifest_twice_adds_nothing(
     assert "0 new, 30 unchanged (30 already submitted)" in again.err
     dry = run_cli(["submit", str(manifest), "--dry-run"], env)
     assert dry.code == 0
-    assert "a run would send 0 job(s)" in dry.out
+    assert "a run would send 0 job(s)" in dry.err
     assert emulator.stats.generate == 30
     assert_exactly_once(emulator, db, 30)
 
@@ -55,7 +55,7 @@ def test_dry_run_loads_and_sends_nothing(
     manifest = write_manifest(tmp_path / "m.yaml", 12)
     r = run_cli(["submit", str(manifest), "--dry-run"], env)
     assert r.code == 0, r.err
-    assert "12 new, 0 unchanged (0 already submitted), 0 changed; a run would send 12" in r.out
+    assert "12 new, 0 unchanged (0 already submitted), 0 changed; a run would send 12" in r.err
     assert db_rows(db, "SELECT count(*) FROM jobs") == [(0,)]
     assert emulator.stats.requests == 0
 
@@ -225,3 +225,25 @@ def test_rate_auto_adapts_to_the_servers_limit(
     assert 0 < throttled < 0.2 * (emulator.stats.generate + throttled)
     bad = run_cli(["submit", str(manifest), "--rate", "fast"], env)
     assert bad.code == 2 and "neither a positive number nor 'auto'" in bad.err
+
+
+def test_every_field_of_a_job_reaches_the_api(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    # Failed before (a renovation slip): disable_active_speaker_detection: true was stored, and so
+    # sent, as false.
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "batch: fields\njobs:\n"
+        "  - {reference_id: asd-off, video: 'https://media.example/v1.mp4',"
+        " audio: 'https://media.example/a1.wav', disable_active_speaker_detection: true}\n"
+        "  - {reference_id: asd-on, video: 'https://media.example/v2.mp4',"
+        " audio: 'https://media.example/a2.wav'}\n"
+    )
+    r = run_cli(["submit", str(manifest)], env)
+    assert r.code == 0, r.err
+    sent = {req.reference_id: req for req in emulator.requests.values()}
+    assert sent["asd-off"].disable_active_speaker_detection is True
+    assert sent["asd-on"].disable_active_speaker_detection is False
+    assert sent["asd-off"].video_url == "https://media.example/v1.mp4"
+    assert sent["asd-off"].audio_url == "https://media.example/a1.wav"

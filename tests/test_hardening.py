@@ -561,7 +561,7 @@ def test_terminal_escapes_from_a_server_never_reach_the_terminal() -> None:
     # bidi override raw (the tables already showed them as '?').
     import logging
 
-    from dubrunner.output import _ScrubbingFormatter
+    from dubrunner.logs import _ScrubbingFormatter
     from dubrunner.redact import inert
 
     hostile = "bad \x1b[31mred\x1b[0m \x1b]8;;http://evil/\x07link \u202eevil\u2066x end\n\tok"

@@ -51,6 +51,19 @@ def test_load_is_all_or_nothing(store: Store) -> None:
     assert store.load("b1", specs(5), "m.yaml").unchanged == 5
 
 
+def test_a_jobs_settings_are_loaded_and_claimed_as_the_manifest_says(store: Store) -> None:
+    # Failed before: the insert's dict key did not match the column's short name and was
+    # dropped, so a job with disable_active_speaker_detection: true was sent with false, and
+    # loading the same manifest again called it "already sent with other settings".
+    on = JobSpec("on", "https://v.test/on", "https://a.test/on", True, 2)
+    off = JobSpec("off", "https://v.test/off", "https://a.test/off", False, 3)
+    store.load("b", [on, off], "m.yaml")
+    claimed = {j.reference_id: j for j in store.claim("w", "b", 10, LONG)}
+    assert claimed["on"].disable_active_speaker_detection is True
+    assert claimed["off"].disable_active_speaker_detection is False
+    assert store.load("b", [on, off], "m.yaml").unchanged == 2
+
+
 def test_concurrent_claims_never_overlap(tmp_path: Path, store: Store) -> None:
     store.load("b", specs(400), "m.yaml")
     stores = [Store(str(tmp_path / "s.db"), pool_size=2) for _ in range(4)]

@@ -8,13 +8,12 @@ import os
 import sys
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 # Importing the command modules registers their commands on the group.
 from dubrunner.cli import admin, checks, jobs, results, submitting  # noqa: F401
 from dubrunner.cli.common import cli
+from dubrunner.constants import EXIT_INTERRUPTED
 from dubrunner.redact import scrub
-from dubrunner.sessions import EXIT_INTERRUPTED
 
 __all__ = ["cli", "main"]
 
@@ -61,6 +60,11 @@ def _run() -> int:
 def _first_line(exc: BaseException) -> str:
     """What may be shown of an unexpected error: the lines below the first (SQLAlchemy's SQL and
     parameters, a driver's DETAIL) can quote media URLs and their credentials."""
-    if isinstance(exc, SQLAlchemyError) and getattr(exc, "orig", None) is not None:
-        exc = exc.orig  # type: ignore[attr-defined]
+    sqlalchemy = sys.modules.get("sqlalchemy.exc")  # not imported: not one of its errors
+    if (
+        sqlalchemy is not None
+        and isinstance(exc, sqlalchemy.SQLAlchemyError)
+        and getattr(exc, "orig", None) is not None
+    ):
+        exc = exc.orig
     return str(exc).partition("\n")[0]

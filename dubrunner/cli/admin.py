@@ -13,8 +13,8 @@ from dubrunner.cli.common import (
     Seconds,
     UserError,
     cli,
+    say,
 )
-from dubrunner.store import Store, StoreError
 
 
 @cli.group()
@@ -26,6 +26,8 @@ def db() -> None:
 @LOCAL_OPTIONS
 def db_upgrade() -> None:
     """Create or migrate the database to the newest schema (also done on first use)."""
+    from dubrunner.store import Store, StoreError
+
     ctx = click.get_current_context()
     try:
         store = Store(ctx.meta.get("db"), migrate=False)
@@ -33,11 +35,11 @@ def db_upgrade() -> None:
         store.close()
     except StoreError as exc:
         raise UserError(str(exc)) from None
-    click.echo(f"database at revision {after}" + (f" (was {before})" if before != after else ""))
+    say(f"database at revision {after}" + (f" (was {before})" if before != after else ""))
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -58,11 +60,17 @@ def db_upgrade() -> None:
 )
 @click.option("--rate", type=float, help="Requests per second before 429.")
 @click.option("--p500", type=click.FloatRange(0, 1), default=0.0, help="Chance of a 500.")
-@click.option("--latency-ms", type=click.FloatRange(0), default=0.0)
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0, help="Added to every answer.")
 @click.option(
     "--token-limit", type=click.IntRange(0), help="Accepted jobs before 'token limit reached'."
 )
-@click.option("--token-limit-status", type=int, default=429, show_default=True)
+@click.option(
+    "--token-limit-status",
+    type=int,
+    default=429,
+    show_default=True,
+    help="HTTP status of 'token limit reached'.",
+)
 @click.option(
     "--drop-after-accept",
     type=click.FloatRange(0, 1),
@@ -111,7 +119,7 @@ def db_upgrade() -> None:
 @click.option(
     "--garbage", is_flag=True, help="Answer every generate with a 200 that is not the API's JSON."
 )
-@click.option("--seed", type=int)
+@click.option("--seed", type=int, help="Seed of the random faults, for a repeatable run.")
 def emulator(
     host: str,
     port: int,

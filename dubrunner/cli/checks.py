@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from dubrunner import sessions
 from dubrunner.cli.common import (
     COMMON_OPTIONS,
     MANIFEST_LIMITS,
@@ -21,9 +21,11 @@ from dubrunner.cli.common import (
     end,
     open_store,
 )
-from dubrunner.output import plain, table_console
+from dubrunner.constants import EXIT_INCOMPLETE, database_exists
 from dubrunner.redact import scrub
-from dubrunner.sessions import EXIT_INCOMPLETE, Ending, MediaCheck, MediaJob
+
+if TYPE_CHECKING:
+    from dubrunner.sessions import MediaCheck, MediaJob
 
 
 @cli.command()
@@ -33,6 +35,8 @@ from dubrunner.sessions import EXIT_INCOMPLETE, Ending, MediaCheck, MediaJob
 @COMMON_OPTIONS
 def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
     """Check the media URLs of a manifest file or a batch before paying for anything."""
+    from dubrunner import sessions
+
     jobs: Sequence[MediaJob]
     media = dataclasses.replace(media, max_upload_bytes=limits.max_upload_bytes)
     if Path(target).is_file():
@@ -42,8 +46,9 @@ def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
             end(bad_files)
         jobs = manifest.jobs
     else:
-        store = open_store()
-        if target not in store.batches():
+        there = database_exists(click.get_current_context().meta.get("db"))
+        store = open_store() if there else None
+        if store is None or target not in store.batches():
             raise UserError(f"{target!r} is neither a manifest file nor a batch in the database")
         jobs = store.unsent(target)
     end(sessions.check_media(jobs, media, TerminalUi()))
@@ -57,6 +62,8 @@ def doctor(allow_insecure_http: bool) -> None:
     from rich.table import Table
 
     from dubrunner.doctor import diagnose
+    from dubrunner.output import plain, table_console
+    from dubrunner.sessions import Ending
 
     findings = diagnose(click.get_current_context().meta.get("db"), allow_insecure_http)
     table = Table(title="dubrunner doctor", title_justify="left")

@@ -1,12 +1,13 @@
 """What every command shares: the group, the option groups, the terminal's Ui, and the one way a
-session's ending is shown and becomes the exit code. The only CLI module the others import."""
+session's ending is shown and becomes the exit code. The only CLI module the others import.
+
+The command modules import only click and light modules when they are loaded; what a command
+needs (SQLAlchemy, httpx, rich, YAML) is imported when it runs, so that `dubrunner --help` and
+each TAB of shell completion start at once (tests/test_startup.py watches this)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
-import math
 import os
 import signal
 import sys
@@ -18,32 +19,43 @@ import click
 
 from dubrunner import __version__
 from dubrunner.__main__ import QuietInterrupt
-from dubrunner.api import ApiClient, ConfigError, Credentials
-from dubrunner.db import StoreError
-from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, Digests
-from dubrunner.manifest import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS, Manifest, ManifestError
-from dubrunner.manifest import load as load_manifest
-from dubrunner.output import ProgressDisplay, print_media_problems, setup_logging, table_console
-from dubrunner.preflight import MediaProblem
-from dubrunner.redact import shown
-from dubrunner.sessions import (
+from dubrunner.cli.guide import SectionedCommand as SectionedCommand  # for the commands
+from dubrunner.cli.guide import SectionedGroup, complete_batch
+from dubrunner.cli.guide import complete_reference_id as complete_reference_id
+from dubrunner.cli.params import HOUR as HOUR  # for the commands
+from dubrunner.cli.params import OptionGroup, RateType
+from dubrunner.cli.params import Seconds as Seconds
+from dubrunner.constants import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_JOBS,
+    DEFAULT_MAX_UPLOAD_BYTES,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
-    Ending,
-    MediaCheck,
-    Polling,
-    Progress,
+    database_exists,
 )
-from dubrunner.store import Store
-from dubrunner.worker import WorkerOptions
+from dubrunner.logs import setup_logging
+from dubrunner.redact import shown
+
+if TYPE_CHECKING:
+    from dubrunner.api import ApiClient
+    from dubrunner.localmedia import Digests
+    from dubrunner.manifest import Manifest
+    from dubrunner.preflight import MediaProblem
+    from dubrunner.sessions import Ending, MediaCheck, Polling, Progress
+    from dubrunner.store import Store
+    from dubrunner.worker import WorkerOptions
+
+FORMATS = ("table", "json", "jsonl", "csv")  # the same names in every command that has --format
+MACHINE_FORMATS = ("json", "jsonl", "csv")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(
-    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]}
+    cls=SectionedGroup,
+    context_settings={"auto_envvar_prefix": "DUBRUNNER", "help_option_names": ["-h", "--help"]},
 )
-@click.version_option(__version__, prog_name="dubrunner")
+@click.version_option(__version__, prog_name="dubrunner", help="Show the version and exit.")
 @click.option(
     "--db",
     envvar="DUBRUNNER_DB",
@@ -95,7 +107,7 @@ class UserError(click.ClickException):
     exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
-        show_ending(Ending(self.format_message(), EXIT_USAGE, is_error=True))
+        click.echo("error: " + shown(self.format_message()), err=True)
 
 
 def say(text: str) -> None:
@@ -145,6 +157,8 @@ class TerminalUi:
     def progress(
         self, label: str, total: int | None, stop: Callable[[], None]
     ) -> Iterator[Progress]:
+        from dubrunner.output import ProgressDisplay
+
         with ProgressDisplay(label, total, is_quiet()) as display, stop_on_signals(stop):
             yield display
 
@@ -155,20 +169,28 @@ class TerminalUi:
         show_ending(ending)
 
     def media_problems(self, problems: Sequence[MediaProblem]) -> None:
+        from dubrunner.output import print_media_problems, table_console
+
         print_media_problems(problems, table_console())
 
 
 # -- what commands open ----------
 
 
-def open_store() -> Store:
-    """The command's database (opened once, closed with the command)."""
+def open_store(*, must_exist: bool = False) -> Store:
+    """The job table. `must_exist`: a command that only acts on jobs already loaded, which must
+    not leave an empty database file behind where none was (a typo'd --db, the wrong folder)."""
+    from dubrunner.store import Store, StoreError
+
     ctx = click.get_current_context()
-    store: Store | None = ctx.meta.get("dubrunner.store")
-    if store is not None:
-        return store
+    opened: Store | None = ctx.meta.get("dubrunner.store")
+    if opened is not None:  # opened once, closed with the command
+        return opened
+    db = ctx.meta.get("db")
+    if must_exist and not database_exists(db):
+        raise UserError(f"no database at {shown(db or './dubrunner.db')} — load a manifest first")
     try:
-        store = Store(ctx.meta.get("db"))
+        store = Store(db)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     ctx.call_on_close(store.close)
@@ -178,13 +200,12 @@ def open_store() -> Store:
 
 def cached_digests() -> Digests:
     """Local files' SHA-256s, cached in the database (opened at the first local file only)."""
-    try:
-        return Digests(
-            lambda *key: open_store().cached_digest(*key),
-            lambda *row: open_store().save_digest(*row),
-        )
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
+    from dubrunner.localmedia import Digests
+
+    return Digests(
+        lambda *key: open_store().cached_digest(*key),
+        lambda *row: open_store().save_digest(*row),
+    )
 
 
 def check_batch(store: Store, batch: str | None) -> None:
@@ -193,6 +214,8 @@ def check_batch(store: Store, batch: str | None) -> None:
 
 
 def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
+    from dubrunner.api import ApiClient, ConfigError, Credentials
+
     try:
         api = ApiClient(
             Credentials.from_env(),
@@ -214,6 +237,10 @@ class ManifestLimits:
     def read(self, path: str, digests: Digests | None = None) -> Manifest:
         """The manifest, or every problem with it and exit 2. Local files are hashed through
         `digests` (default: not cached)."""
+        from dubrunner.manifest import ManifestError
+        from dubrunner.manifest import load as load_manifest
+        from dubrunner.sessions import Ending
+
         try:
             return load_manifest(
                 path,
@@ -236,99 +263,9 @@ class ManifestLimits:
 
 # -- option groups ----------
 
-
-class OptionGroup:
-    """Options several commands share, declared once and applied as one decorator.
-
-    Without `gather`, a command receives each option as a parameter of its own. With it, the
-    options named by `gather`'s parameters go to `gather` instead, and the command receives what
-    it returns as `into` (nothing when `into` is None); any other option of the group still comes
-    as a parameter of its own."""
-
-    def __init__(
-        self,
-        *options: Callable[[Any], Any],
-        gather: Callable[..., Any] | None = None,
-        into: str | None = None,
-    ) -> None:
-        self.options = options
-        self.gather = gather
-        self.into = into
-
-    def __call__(self, fn: F) -> F:
-        decorated: Any = fn if self.gather is None else self._gathering(fn)
-        for option in reversed(self.options):  # so that --help lists them in this order
-            decorated = option(decorated)
-        return decorated  # type: ignore[no-any-return]
-
-    def _gathering(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        gather, into = self.gather, self.into
-        assert gather is not None
-        names = tuple(inspect.signature(gather).parameters)
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            value = gather(**{name: kwargs.pop(name) for name in names})
-            if into is not None:
-                kwargs[into] = value
-            return fn(*args, **kwargs)
-
-        return wrapper
-
-
-if TYPE_CHECKING:  # click 8.2+ makes ParamType generic; older ones cannot be subscripted
-    _ParamType = click.ParamType[Any]
-else:
-    _ParamType = click.ParamType
-
-
-MIN_RATE = 0.001  # requests per second: one every 17 minutes
-MAX_RATE = 100_000.0
-
-
-class RateType(_ParamType):
-    """A number of requests per second within [MIN_RATE, MAX_RATE], or 'auto'."""
-
-    name = "N|auto"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value == "auto":
-            return value
-        try:
-            rate = float(value)
-        except (TypeError, ValueError):
-            rate = math.nan
-        if not (rate > 0 and math.isfinite(rate)):  # nan fails every comparison
-            self.fail(f"{value!r} is neither a positive number nor 'auto'", param, ctx)
-        if not MIN_RATE <= rate <= MAX_RATE:
-            self.fail(
-                f"{value!r} requests per second is out of range: give {MIN_RATE:g} to "
-                f"{MAX_RATE:g}, or 'auto'",
-                param,
-                ctx,
-            )
-        return rate
-
-
-class Seconds(click.FloatRange):
-    """A finite number of seconds within [min, max]. click's FloatRange alone lets nan through
-    (every comparison with it is false), and inf or 1e300 would overflow the clocks they meet."""
-
-    name = "seconds"
-
-    def __init__(self, min: float, max: float) -> None:
-        super().__init__(min, max)
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        seconds = super().convert(value, param, ctx)
-        if not math.isfinite(seconds):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        return seconds
-
-
-HOUR = 3600.0
+BATCH = click.option(
+    "--batch", help="Only this batch [default: every batch].", shell_complete=complete_batch
+)
 
 
 def _begin(db: str | None = None, verbose: int = 0, quiet: bool = False) -> None:
@@ -374,6 +311,8 @@ def _worker_options(
     outage_timeout: float,
     upload_concurrency: int,
 ) -> WorkerOptions:
+    from dubrunner.worker import WorkerOptions
+
     auto = rate == "auto"
     if auto and rate_shared:
         raise UserError("--rate auto and --rate-shared do not go together: give a number")
@@ -486,6 +425,13 @@ WORKER_OPTIONS = OptionGroup(
     into="options",
 )
 
+
+def _polling(interval: float, timeout: float | None) -> Polling:
+    from dubrunner.sessions import Polling
+
+    return Polling(interval, timeout)
+
+
 POLL_OPTIONS = OptionGroup(
     click.option(
         "--interval",
@@ -502,12 +448,14 @@ POLL_OPTIONS = OptionGroup(
         envvar="DUBRUNNER_POLL_TIMEOUT",
         help="With --wait: give up after this many seconds [default: never].",
     ),
-    gather=Polling,
+    gather=_polling,
     into="polling",
 )
 
 
 def _media_check(media_concurrency: int, per_host: int) -> MediaCheck:
+    from dubrunner.sessions import MediaCheck
+
     return MediaCheck(media_concurrency, per_host)
 
 

@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from dubrunner.cli.common import (
+    BATCH,
+    FORMATS,
     LOCAL_OPTIONS,
+    MACHINE_FORMATS,
     UserError,
     check_batch,
     cli,
+    complete_reference_id,
     is_quiet,
     open_store,
-)
-from dubrunner.health import describe_view
-from dubrunner.output import (
-    FORMATS,
-    MACHINE_FORMATS,
-    print_job_detail,
-    print_status_table,
-    table_console,
-    write_rows,
+    say,
 )
 from dubrunner.redact import shown
 from dubrunner.states import RETRY_FROM, State
+
+if TYPE_CHECKING:
+    from dubrunner.store import Store
 
 # A worker's word on the API counts for `status` this long (it refreshes it while in trouble).
 API_HEALTH_FRESH = 120.0
@@ -33,8 +33,8 @@ TABLE_ROWS = 50  # the table's default length
 
 
 @cli.command()
-@click.argument("reference_id", required=False)
-@click.option("--batch", help="Only this batch.")
+@click.argument("reference_id", required=False, shell_complete=complete_reference_id)
+@BATCH
 @click.option(
     "--state",
     "states",
@@ -54,6 +54,16 @@ TABLE_ROWS = 50  # the table's default length
     show_default=True,
     help="A table for people; json, jsonl or csv (every field, on stdout alone) for scripts.",
 )
+@click.option(
+    "--wide",
+    is_flag=True,
+    help="The table with every column and whole request_ids and errors, however wide.",
+)
+@click.option(
+    "--summary",
+    is_flag=True,
+    help="Only the number of jobs per batch and state (in json: [{batch, state, jobs}, ...]).",
+)
 @LOCAL_OPTIONS
 def status(
     reference_id: str | None,
@@ -61,33 +71,64 @@ def status(
     states: tuple[str, ...],
     limit: int | None,
     format: str,
+    wide: bool,
+    summary: bool,
 ) -> None:
     """Where is every job? A summary per batch and state, then the rows; or one job in full."""
-    store = open_store()
+    store = open_store(must_exist=True)
     check_batch(store, batch)
-    if reference_id:
-        rows = store.rows(reference_ids=[reference_id])
-        if not rows:
-            raise UserError(f"no job with reference_id {reference_id!r}")
-        if format in MACHINE_FORMATS:
-            write_rows(rows, format, sys.stdout)
-        else:
-            print_job_detail(rows[0], store.attempts_of(reference_id), table_console())
-        return
-    if format in MACHINE_FORMATS:
+    if summary:
+        _summary(store, batch, states, format)
+    elif reference_id:
+        _one_job(store, reference_id, format)
+    elif format in MACHINE_FORMATS:
+        from dubrunner.output import write_rows
+
         if limit:
             write_rows(store.rows(batch, states, limit), format, sys.stdout)
         else:
             write_rows(store.iter_rows(batch, states=states), format, sys.stdout)
-        return
-    summary = store.summary(batch)
-    if not summary:
+    else:
+        _table(store, batch, states, limit, wide)
+
+
+def _summary(store: Store, batch: str | None, states: tuple[str, ...], format: str) -> None:
+    from dubrunner.output import print_status_table, table_console, write_dicts
+
+    counts = [(b, s, n) for b, s, n in store.summary(batch) if not states or s in states]
+    if format in MACHINE_FORMATS:
+        items = ({"batch": b, "state": s, "jobs": n} for b, s, n in counts)
+        write_dicts(items, ("batch", "state", "jobs"), format, sys.stdout)
+    else:
+        print_status_table(counts, [], 0, table_console())
+
+
+def _one_job(store: Store, reference_id: str, format: str) -> None:
+    rows = store.rows(reference_ids=[reference_id])
+    if not rows:
+        raise UserError(f"no job with reference_id {reference_id!r}")
+    from dubrunner.output import print_job_detail, table_console, write_rows
+
+    if format in MACHINE_FORMATS:
+        write_rows(rows, format, sys.stdout)
+    else:
+        print_job_detail(rows[0], store.attempts_of(reference_id), table_console())
+
+
+def _table(
+    store: Store, batch: str | None, states: tuple[str, ...], limit: int | None, wide: bool
+) -> None:
+    per_state = store.summary(batch)
+    if not per_state:
         click.echo("no jobs yet: `dubrunner submit MANIFEST` loads some", err=True)
         return
+    from dubrunner.health import describe_view
+    from dubrunner.output import print_status_table, table_console
+
     shown_rows = TABLE_ROWS if limit is None else limit
     rows = store.rows(batch, states, shown_rows or None)
-    matching = sum(n for _b, s, n in summary if not states or s in states)
-    print_status_table(summary, rows, matching, table_console())
+    matching = sum(n for _b, s, n in per_state if not states or s in states)
+    print_status_table(per_state, rows, matching, table_console(), wide)
     if len(rows) < matching and not is_quiet():
         click.echo(f"{len(rows):,} of {matching:,} shown — `--limit 0` for all", err=True)
     for view in store.api_health(time.time() - API_HEALTH_FRESH):
@@ -97,7 +138,7 @@ def status(
 
 
 @cli.command()
-@click.option("--batch", help="Only this batch.")
+@BATCH
 @click.option(
     "--state",
     "states",
@@ -114,7 +155,8 @@ def status(
 @LOCAL_OPTIONS
 def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bool) -> None:
     """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
-    store = open_store()
+    store = open_store(must_exist=True)
+    check_batch(store, batch)
     chosen = states or sorted(RETRY_FROM)
     _, ran = store.retry_preview(batch, chosen, error)
     if ran and not yes:
@@ -125,23 +167,28 @@ def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bo
         if not (sys.stdin.isatty() and click.confirm(f"{warning}. Put them back?", err=True)):
             raise UserError(f"{warning} — add --yes to retry them; nothing was changed")
     n = store.retry(batch, chosen, error)
-    click.echo(
-        f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else "")
-    )
+    say(f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else ""))
 
 
 @cli.command()
-@click.option("--batch", help="Only this batch.")
-@click.option("--ref", "refs", multiple=True, help="Only this reference_id (repeatable).")
+@BATCH
+@click.option(
+    "--ref",
+    "refs",
+    multiple=True,
+    help="Only this reference_id (repeatable).",
+    shell_complete=complete_reference_id,
+)
 @click.option("--all-pending", is_flag=True, help="Needed to cancel without --batch or --ref.")
 @LOCAL_OPTIONS
 def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
     """Take pending jobs out of their batch (they are never sent)."""
     if not (batch or refs or all_pending):
         raise UserError("say which jobs: --batch, --ref, or --all-pending")
-    store = open_store()
+    store = open_store(must_exist=True)
+    check_batch(store, batch)
     n, kept = store.cancel(batch, refs)
-    click.echo(f"{n} pending job(s) cancelled")
+    say(f"{n} pending job(s) cancelled")
     if kept:
         click.echo(
             f"{kept} pending job(s) kept: an earlier request for them may have reached the API; "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from dubrunner import sessions
 from dubrunner.cli.common import (
+    BATCH,
     COMMON_OPTIONS,
     HOUR,
     LOCAL_OPTIONS,
@@ -20,6 +20,7 @@ from dubrunner.cli.common import (
     WORKER_OPTIONS,
     ManifestLimits,
     Seconds,
+    SectionedCommand,
     TerminalUi,
     cached_digests,
     check_batch,
@@ -27,10 +28,13 @@ from dubrunner.cli.common import (
     end,
     make_api,
     open_store,
+    say,
 )
-from dubrunner.manifest import Manifest
-from dubrunner.sessions import Ending, Loaded, MediaCheck, Polling
-from dubrunner.worker import WorkerOptions
+
+if TYPE_CHECKING:
+    from dubrunner.manifest import Manifest
+    from dubrunner.sessions import Loaded, MediaCheck, Polling
+    from dubrunner.worker import WorkerOptions
 
 SAME_MEDIA = click.option(
     "--allow-same-media",
@@ -47,10 +51,10 @@ SAME_MEDIA = click.option(
 def validate(manifest: str, limits: ManifestLimits) -> None:
     """Check a manifest without touching the database or the API."""
     m = limits.read(manifest)
-    click.echo(f"{manifest}: ok — batch {m.batch}, {len(m.jobs)} jobs")
+    say(f"{manifest}: ok — batch {m.batch}, {len(m.jobs)} jobs")
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @WORKER_OPTIONS
 @MANIFEST_LIMITS
@@ -90,8 +94,10 @@ def submit(
     m = limits.read(manifest, cached_digests())
     if dry_run:
         loaded = _load(m, True, allow_same_media)
-        click.echo(f"{loaded.summary}; a run would send {loaded.plan.to_send} job(s)")
+        say(f"{loaded.summary}; a run would send {loaded.plan.to_send} job(s)")
         return
+    from dubrunner import sessions
+
     api = make_api(options, allow_insecure_http)  # before the store: no credentials, no file
     ending = sessions.submit(
         open_store(),
@@ -117,19 +123,24 @@ def submit(
 def load(manifest: str, limits: ManifestLimits, dry_run: bool, allow_same_media: bool) -> None:
     """Load MANIFEST into the job table without sending anything (workers send: `work`)."""
     loaded = _load(limits.read(manifest, cached_digests()), dry_run, allow_same_media)
-    verb = "would send" if dry_run else "to send"
-    click.echo(f"{loaded.summary}; {loaded.plan.to_send} job(s) {verb}")
+    if dry_run:
+        n = len(loaded.plan.new) + len(loaded.plan.changed)
+        say(f"{loaded.summary}; {n} job(s) would be loaded (--dry-run: nothing was)")
+    else:
+        say(f"{loaded.summary}; {loaded.plan.to_send} job(s) to send")
 
 
 def _load(m: Manifest, dry_run: bool, allow_same_media: bool) -> Loaded:
+    from dubrunner import sessions
+
     loaded = sessions.load(open_store(), m, dry_run, allow_same_media)
-    if isinstance(loaded, Ending):
+    if isinstance(loaded, sessions.Ending):
         end(loaded)
     return loaded
 
 
-@cli.command()
-@click.option("--batch", help="Only this batch [default: every batch].")
+@cli.command(cls=SectionedCommand)
+@BATCH
 @WORKER_OPTIONS
 @COMMON_OPTIONS
 def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool) -> None:
@@ -137,8 +148,8 @@ def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool)
     _submit_pending(batch, options, allow_insecure_http, require_batch=True)
 
 
-@cli.command()
-@click.option("--batch", help="Only this batch [default: every batch].")
+@cli.command(cls=SectionedCommand)
+@BATCH
 @click.option(
     "--follow",
     is_flag=True,
@@ -171,8 +182,10 @@ def work(
 def _submit_pending(
     batch: str | None, options: WorkerOptions, allow_insecure_http: bool, require_batch: bool
 ) -> NoReturn:
+    from dubrunner import sessions
+
     api = make_api(options, allow_insecure_http)
-    store = open_store()
+    store = open_store(must_exist=require_batch)  # a follower may wait for the first load
     if require_batch:
         check_batch(store, batch)
     end(sessions.submit_pending(store, api, batch, options, TerminalUi()))

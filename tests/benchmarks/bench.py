@@ -218,6 +218,48 @@ def bench_uploads(work: Path, env: dict[str, str], add: Add, size: int) -> None:
 Add = Callable[..., None]
 
 
+STARTUP_RUNS = 9  # the median of these is shown
+
+
+def startup(add: Callable[..., None], work: Path) -> None:
+    """Start-up times of the real command (`python -m dubrunner`, as the installed script starts
+    it), the median of STARTUP_RUNS, beside the interpreter's own."""
+
+    def median_wall(argv: list[str], env: dict[str, str]) -> float:
+        walls = []
+        for _ in range(STARTUP_RUNS):
+            started = time.monotonic()
+            subprocess.run(argv, env=env, cwd=work, capture_output=True, check=False)
+            walls.append(time.monotonic() - started)
+        return sorted(walls)[len(walls) // 2]
+
+    env = clean_env(DUBRUNNER_DB=str(work / "empty.db"))
+    subprocess.run(
+        [sys.executable, "-m", "dubrunner", "db", "upgrade"], env=env, cwd=work, check=True
+    )
+    dubrunner = [sys.executable, "-m", "dubrunner"]
+    bare = median_wall([sys.executable, "-c", "pass"], env)
+    add("start-up: `python -c pass` (the floor)", f"{bare * 1000:.0f} ms")
+    orm = median_wall([sys.executable, "-c", "import sqlalchemy.orm"], env)
+    add("start-up: `python -c 'import sqlalchemy.orm'` (status's floor)", f"{orm * 1000:.0f} ms")
+    for what, argv, extra, target in (
+        ("start-up: `dubrunner --help`", [*dubrunner, "--help"], {}, 0.15),
+        (
+            "start-up: one TAB of shell completion",
+            dubrunner,
+            {
+                "_DUBRUNNER_COMPLETE": "bash_complete",
+                "COMP_WORDS": "dubrunner st",
+                "COMP_CWORD": "1",
+            },
+            0.15,
+        ),
+        ("start-up: `dubrunner status`, empty database", [*dubrunner, "status"], {}, 0.3),
+    ):
+        wall = median_wall(argv, {**env, **extra})
+        add(what, f"{wall * 1000:.0f} ms", f"< {target * 1000:.0f} ms", wall < target)
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     rows: list[tuple[str, str, str, str]] = []  # what, measured, target, verdict
@@ -232,11 +274,16 @@ def main() -> int:
             env = clean_env(CHAMELAION_API_KEY=TOKEN)
             bench_uploads(Path(tmp), env, add, 256 * 1024**2 if quick else 1024**3)
         return 0
+    if "--startup" in sys.argv:  # these rows alone, printed, BENCHMARKS.md left as it is
+        with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
+            startup(add, Path(tmp))
+        return 0
 
     n_big = 20_000 if quick else 100_000
     n_submit = 2_000 if quick else 5_000
     with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
         work = Path(tmp)
+        startup(add, work)  # first, on a quiet machine
         env = clean_env(CHAMELAION_API_KEY=TOKEN, DUBRUNNER_DB=str(work / "bench.db"))
 
         # 1. Load + validate a large manifest.

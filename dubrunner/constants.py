@@ -1,0 +1,35 @@
+"""What the command line needs before any heavy import (SQLAlchemy, httpx, rich, YAML): exit
+codes, defaults, the database's URL from --db. Nothing here imports more than the standard
+library, so that `dubrunner --help` and shell completion start at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1  # some jobs failed or halted
+EXIT_USAGE = 2  # bad input or usage: nothing was written
+EXIT_INTERRUPTED = 130
+
+DEFAULT_DB = "sqlite:///./dubrunner.db"
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # of a manifest
+DEFAULT_MAX_JOBS = 1_000_000  # in a manifest
+DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3  # a local media file (--max-upload-bytes)
+
+
+def database_url(value: str | None) -> str:
+    """A SQLAlchemy URL from `--db`: a URL as it is, anything else is a SQLite file path."""
+    if not value:
+        return DEFAULT_DB
+    if "://" in value:
+        return value
+    return "sqlite:///" + str(Path(value).expanduser().absolute())
+
+
+def database_exists(value: str | None) -> bool:
+    """False for a SQLite file that is not there (a server's database is taken as there)."""
+    url = database_url(value)
+    if not url.startswith("sqlite:///"):
+        return True  # a server's database: opening it creates no file
+    path = url.removeprefix("sqlite:///").partition("?")[0]
+    return not path or path == ":memory:" or Path(path).exists()
