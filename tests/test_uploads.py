@@ -164,3 +164,40 @@ def test_the_progress_line_tells_megabytes_rate_and_eta() -> None:
     line = _uploading(report, started)
     assert line.startswith(" · uploaded 200 of 800 MB, 20.0 MB/s, ETA 30 s"), line
     assert _uploading(RunReport(upload_total=500_000, upload_bytes=1), started) == ""  # small
+
+
+def test_an_upload_reset_mid_body_is_looked_up_then_sent_again(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    emulator.update(p_upload_reset=0.4)
+    _load(store, tmp_path, 6, size=400_000)
+    assert submit_pending(store, api, None, OPTIONS, FakeUi()).code == 0
+    assert_exactly_once(emulator, db, 6)
+    _assert_files_arrived(emulator, db)
+    resets = emulator.stats.upload_resets
+    assert resets > 0
+    lookups = db_rows(db, "SELECT count(*) FROM attempts WHERE kind = 'lookup'")[0][0]
+    assert lookups >= resets  # each cut upload was looked up before it was sent again
+
+
+def test_every_setting_reaches_the_api(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    mediafiles.video(tmp_path / "v.mp4")
+    mediafiles.audio(tmp_path / "a.wav")
+    mediafiles.audio(tmp_path / "b.wav", seed="b")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "defaults: {disable_active_speaker_detection: true}\n"
+        "jobs:\n"
+        "  - {reference_id: r-on, video: v.mp4, audio: a.wav}\n"
+        "  - {reference_id: r-off, video: v.mp4, audio: b.wav,"
+        " disable_active_speaker_detection: false}\n"
+    )
+    m = load_manifest(manifest)
+    store.load(m.batch, m.jobs, str(manifest))
+    assert submit_pending(store, api, None, OPTIONS, FakeUi()).code == 0
+    sent = {r.reference_id: r for r in emulator.requests.values()}
+    assert sent["r-on"].disable_active_speaker_detection is True
+    assert sent["r-off"].disable_active_speaker_detection is False
+    assert (sent["r-on"].video_url, sent["r-on"].audio_url) == ("upload:v.mp4", "upload:a.wav")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import socket
+import struct
 import sys
 import threading
 import time
@@ -218,7 +219,19 @@ class _Handler(BaseHTTPRequestHandler):
         with emu.lock:
             emu.stats.uploading += 1
             emu.stats.peak_uploading = max(emu.stats.peak_uploading, emu.stats.uploading)
+            cfg = emu.config
+            reset = cfg.p_upload_reset > 0 and emu._random.random() < cfg.p_upload_reset
+            if reset:
+                emu.stats.upload_resets += 1
         try:
+            if reset:  # half the body read, then the connection reset: nothing was created
+                self._drain(length // 2)
+                self.close_connection = True
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.connection.close()
+                raise ConnectionResetError("reset mid-upload (p_upload_reset)")
             if boundary is None:
                 self._drain(length)
                 return "invalid request body"

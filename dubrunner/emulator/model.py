@@ -47,6 +47,7 @@ class EmulatorConfig:
     garbage: bool = False  # every generate answered 200 with a body that is not the API's JSON
     # generate-with-media: read uploads at most this fast (bytes per second; None: at once)
     upload_read_rate: float | None = None
+    p_upload_reset: float = 0.0  # chance of resetting the connection halfway through an upload
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Stats:
     range_requests: int = 0
     uploads: int = 0  # generate-with-media requests whose body was read to its end
     upload_bytes: int = 0
+    upload_resets: int = 0
     uploading: int = 0  # bodies being read right now, and the most at once
     peak_uploading: int = 0
     first_generate_at: float | None = None  # wall clock of the first and last generate
