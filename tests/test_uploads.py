@@ -93,8 +93,8 @@ def test_a_file_changed_after_loading_fails_its_job_unsent(
 def test_upload_concurrency_bounds_the_uploads_at_once(
     emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
 ) -> None:
-    emulator.update(upload_read_rate=2_000_000)
-    _load(store, tmp_path, 6, size=100_000)
+    emulator.update(upload_read_rate=4_000_000)  # each upload takes over 0.1 s
+    _load(store, tmp_path, 6, size=300_000)
     options = WorkerOptions(concurrency=6, backoff_base=0.02, upload_concurrency=2)
     assert submit_pending(store, api, None, options, FakeUi()).code == 0
     assert_exactly_once(emulator, db, 6)
