@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # A real batch against the bundled emulator on loopback, in a SQLite file of its own (./demo.db),
-# so that the user's ./dubrunner.db starts empty.
+# so that the user's ./dubrunner.db starts empty; then one of local files, uploaded.
 demo: $(STAMP)
 	@set -e; tmp=$$(mktemp -d); \
 	$(BIN)/dubrunner emulator --port 0 --port-file $$tmp/port --token demo-token --latency-ms 20 \
@@ -29,7 +29,11 @@ demo: $(STAMP)
 	echo '$$ dubrunner submit manifests/example.yaml'; \
 	$(BIN)/dubrunner submit manifests/example.yaml; \
 	echo '$$ dubrunner status --batch example'; \
-	$(BIN)/dubrunner status --batch example
+	$(BIN)/dubrunner status --batch example; \
+	echo '$$ dubrunner submit manifests/local-example.yaml   # local files, uploaded'; \
+	$(BIN)/dubrunner submit manifests/local-example.yaml; \
+	echo '$$ dubrunner status --batch local-example'; \
+	$(BIN)/dubrunner status --batch local-example
 
 lint: $(STAMP)
 	$(BIN)/ruff check dubrunner tests migrations

@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -22,6 +22,7 @@ import httpx
 from dubrunner import __version__
 from dubrunner.errors import ResponseTooLarge
 from dubrunner.redact import register_secret
+from dubrunner.uploads import FilePart, MultipartBody, upload_timeout
 
 PRODUCTION_URL = "https://api.chamelaion.com/api/"
 MAX_BODY = 1024 * 1024  # no API answer is anywhere near this
@@ -247,6 +248,7 @@ class ApiClient:
         }
         # The whole exchange, from connect to the last byte of the answer.
         self.total_timeout = connect_timeout + read_timeout
+        self.read_timeout = read_timeout
         # One small pool per thread: a shared pool of N connections is scanned, under one lock,
         # on every request, which costs more CPU than the request itself at N = 32. Each thread
         # has one request in flight at a time, so two connections are plenty.
@@ -288,10 +290,13 @@ class ApiClient:
         params: Mapping[str, Any] | None = None,
         retry_count: int = 0,
         guard: Callable[[], None] | None = None,
+        content: Iterable[bytes] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        total_timeout: float | None = None,
     ) -> Answer:
         client, exchange = self._thread_client()
-        headers = {"X-Stainless-Retry-Count": str(retry_count)}
-        deadline = time.monotonic() + self.total_timeout
+        headers = {"X-Stainless-Retry-Count": str(retry_count), **(extra_headers or {})}
+        deadline = time.monotonic() + (total_timeout or self.total_timeout)
         if guard is not None:
             guard()  # also checked again right before the first byte (see _Exchange.trace)
         exchange.guard = guard
@@ -303,6 +308,7 @@ class ApiClient:
                 path,
                 json=json,
                 params=params,
+                content=content,
                 headers=headers,
                 extensions={"trace": exchange.trace},
             ) as resp:
@@ -313,12 +319,12 @@ class ApiClient:
                     if size > MAX_BODY:
                         raise ResponseTooLarge(f"the answer is over {MAX_BODY:,} bytes")
                     if time.monotonic() > deadline:
-                        raise self._too_slow()
+                        raise self._too_slow(total_timeout)
                     chunks.append(chunk)
                 return Answer(resp.status_code, resp.headers, b"".join(chunks))
         except (httpx.TransportError, httpx.StreamError):
             if exchange.cut_at_deadline:
-                raise self._too_slow() from None
+                raise self._too_slow(total_timeout) from None
             raise
         except httpx.DecodingError as exc:
             # A body that its Content-Encoding does not fit (a proxy's "gzip" that is not): a
@@ -328,8 +334,10 @@ class ApiClient:
             _WATCHDOG.release(token)
             exchange.guard = None
 
-    def _too_slow(self) -> httpx.ReadTimeout:
-        return httpx.ReadTimeout(f"the exchange took over {self.total_timeout:g} s")
+    def _too_slow(self, total_timeout: float | None = None) -> httpx.ReadTimeout:
+        return httpx.ReadTimeout(
+            f"the exchange took over {total_timeout or self.total_timeout:g} s"
+        )
 
     def generate(
         self,
@@ -350,6 +358,41 @@ class ApiClient:
         }
         return self._request(
             "POST", "v1/lipsync/generate", json=body, retry_count=retry_count, guard=guard
+        )
+
+    def generate_with_media(
+        self,
+        video: FilePart,
+        audio: FilePart,
+        reference_id: str,
+        disable_active_speaker_detection: bool = False,
+        *,
+        retry_count: int = 0,
+        guard: Callable[[], None] | None = None,
+        hold: Callable[[], None] | None = None,
+        sent: Callable[[int], None] | None = None,
+    ) -> Answer:
+        """POST generate-with-media: the two files as multipart parts, streamed from disk.
+        `guard` as for generate; `hold` is called before each chunk of a file and may stop the
+        body (UploadInterrupted); `sent` is told each chunk's size. The whole exchange may take
+        longer than a request's: see uploads.upload_timeout."""
+        fields = [
+            ("reference_id", reference_id),
+            (
+                "disable_active_speaker_detection",
+                "true" if disable_active_speaker_detection else "false",
+            ),
+        ]
+        body = MultipartBody(fields, [video, audio], check=hold, sent=sent)
+        timeout = self.total_timeout - self.read_timeout
+        return self._request(
+            "POST",
+            "v1/lipsync/generate-with-media",
+            content=body,
+            extra_headers=body.headers(),
+            total_timeout=timeout + upload_timeout(body.length, self.read_timeout),
+            retry_count=retry_count,
+            guard=guard,
         )
 
     def find_by_reference(self, reference_id: str, *, retry_count: int = 0) -> Answer:

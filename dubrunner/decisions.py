@@ -208,6 +208,20 @@ def not_the_api(
     )
 
 
+def files_unusable(problem: str, progress: Progress) -> Decision:
+    """A local job's files are gone or not those loaded: it fails unsent (a look-up it owed
+    stays owed: a resend after the manifest is loaded again asks the API first)."""
+    return Decision(
+        Next.DONE,
+        State.FAILED,
+        None,
+        progress.lookup_owed,
+        progress.lookup_after,
+        problem,
+        count=Count.FAILED,
+    )
+
+
 def on_stop(progress: Progress) -> Decision:
     """A stop (Ctrl-C, a halt elsewhere) came while the job was between tries: hand it back,
     remembering whether a look-up is owed."""

@@ -21,6 +21,7 @@ from dubrunner.governor import Stopped
 from dubrunner.records import ClaimedJob, Lease
 from dubrunner.running import owner_is_dead
 from dubrunner.store import Store
+from dubrunner.uploads import UploadInterrupted
 
 log = logging.getLogger("dubrunner")
 
@@ -155,6 +156,20 @@ class Holds:
         if taken:
             log.warning("%s was taken over by another worker; dropping it", job.reference_id)
             raise Lost
+
+    def body_guard(self, job: ClaimedJob) -> Callable[[], None]:
+        """Called between chunks of an upload: the body goes on only while the job is ours and
+        its hold was renewed within half a lease (another worker may take it once the whole
+        lease has passed); otherwise it stops, so no body of ours can end after that."""
+
+        def guard() -> None:
+            with self._lock:
+                taken = job.id in self._taken
+                last = self._held.get(job.id)
+            if taken or last is None or boottime() >= last + self.lease.request_timeout:
+                raise UploadInterrupted(f"{job.reference_id}: the hold lapsed during the upload")
+
+        return guard
 
     def send_window(self, job: ClaimedJob, fatal: Callable[[str], None]) -> Callable[[], None]:
         """The guard the API client calls just before the first byte of a POST leaves: the job

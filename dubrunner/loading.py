@@ -15,8 +15,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from dubrunner.db import Database
-from dubrunner.models import Job
-from dubrunner.records import JobSpec, LoadPlan, utcnow
+from dubrunner.models import FileDigest, Job
+from dubrunner.records import JobSpec, LoadPlan, derive_reference_id, job_identity, utcnow
 from dubrunner.states import AT_API, State
 
 # States from which a job whose manifest entry changed may take the new values, provided it was
@@ -45,6 +45,19 @@ class Existing:
     request_id: str | None
     lookup_owed: bool
     owner: str | None
+    video_sha256: str | None = None
+    audio_sha256: str | None = None
+    reference_id: str = ""
+
+    @property
+    def identity(self) -> tuple[str, str, bool]:
+        return job_identity(
+            self.video_url,
+            self.audio_url,
+            self.disable_active_speaker_detection,
+            self.video_sha256,
+            self.audio_sha256,
+        )
 
     @property
     def never_sent(self) -> bool:
@@ -57,29 +70,53 @@ class Existing:
         )
 
 
+def _derived(batch: str, spec: JobSpec) -> bool:
+    """Whether a local job's reference_id is the one derived from its files' content."""
+    video, audio, _ = spec.identity
+    return spec.reference_id == derive_reference_id(batch, video, audio)
+
+
 def plan_load(
-    batch: str, specs: Sequence[JobSpec], existing: Mapping[str, Existing], source: str
+    batch: str,
+    specs: Sequence[JobSpec],
+    existing: Mapping[str, Existing],
+    source: str,
+    by_paths: Mapping[tuple[str, str], Existing] | None = None,
 ) -> LoadPlan:
-    """The plan for loading `specs` into `batch`. Raises LoadConflict with every problem."""
+    """The plan for loading `specs` into `batch`. Raises LoadConflict with every problem.
+
+    `by_paths`: the batch's local jobs by their two files' paths. A local job whose derived
+    reference_id is new, but whose paths a job of the batch already has, is that job with a
+    file changed in place: it takes the new content while never sent, and is refused after."""
     plan = LoadPlan(batch=batch)
     conflicts: list[str] = []
     for spec in specs:
+        where = f"{source}:{spec.line}"
         found = existing.get(spec.reference_id)
+        if found is None and spec.is_local and by_paths and _derived(batch, spec):
+            found = by_paths.get((spec.video_url, spec.audio_url))
+            if found is not None and not found.never_sent:
+                conflicts.append(
+                    f"{where}: the files of job {found.reference_id!r} changed since it was "
+                    f"sent to the API (state {found.state}); a changed job is paid again: give "
+                    "it a reference_id of its own to send it"
+                )
+                continue
+            if found is not None:
+                plan.changed.append((found.id, spec))
+                continue
         if found is None:
             plan.new.append(spec)
             continue
-        where = f"{source}:{spec.line}"
         if found.batch != batch:
             conflicts.append(
                 f"{where}: reference_id {spec.reference_id!r} already belongs to batch "
                 f"{found.batch!r}; reference_ids are unique across the database"
             )
-        elif (found.video_url, found.audio_url, found.disable_active_speaker_detection) == (
-            spec.video_url,
-            spec.audio_url,
-            spec.disable_active_speaker_detection,
-        ):
+        elif found.identity == spec.identity:
             plan.unchanged += 1
+            if (found.video_url, found.audio_url) != (spec.video_url, spec.audio_url):
+                plan.moved.append((found.id, spec))  # the same files, somewhere else now
             if found.state in AT_API:
                 plan.already_submitted += 1
             elif found.state in (State.PENDING, State.HALTED):
@@ -87,8 +124,8 @@ def plan_load(
         elif not found.never_sent:
             conflicts.append(
                 f"{where}: reference_id {spec.reference_id!r} was already sent to the "
-                f"API with other URLs or settings (state {found.state}); give the changed "
-                "job a new reference_id"
+                f"API with other URLs, files or settings (state {found.state}); give the "
+                "changed job a new reference_id"
             )
         else:
             plan.changed.append((found.id, spec))
@@ -148,7 +185,8 @@ def _load(
             # would both see shared jobs as new: loads take turns. SQLite's BEGIN IMMEDIATE
             # already serialises every writer.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242002)"))
-        plan = plan_load(batch, specs, _existing(conn, specs), source)
+        by_paths = _by_paths(conn, batch, specs)
+        plan = plan_load(batch, specs, _existing(conn, specs), source, by_paths)
         if not allow_same_media:
             repeated = _same_media(conn, plan, source)
             if repeated:
@@ -168,8 +206,9 @@ def _load(
                 update(Job)
                 .where(Job.id == job_id, *_NEVER_SENT)
                 .values(
-                    video_url=spec.video_url,
-                    audio_url=spec.audio_url,
+                    **_media_values(spec),
+                    # A local job's derived id follows its files' content (see plan_load).
+                    **({"reference_id": spec.reference_id} if spec.is_local else {}),
                     disable_active_speaker_detection=spec.disable_active_speaker_detection,
                     source=f"{source}:{spec.line}",
                     media_key=spec.media_key,
@@ -186,30 +225,74 @@ def _load(
                     "worker while loading; nothing was loaded — load again to see whether it "
                     "can still change"
                 )
+        for job_id, spec in plan.moved:
+            # Only where the row still holds these very files: the paths are where to read
+            # them from now, whatever the job's state (the same content is the same job).
+            conn.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.video_sha256 == spec.video_sha256,
+                    Job.audio_sha256 == spec.audio_sha256,
+                )
+                .values(video_url=spec.video_url, audio_url=spec.audio_url, updated_at=now)
+            )
         if lost:
             raise LoadConflict(lost)
     return plan
 
 
+def _media_values(spec: JobSpec) -> dict[str, Any]:
+    return {
+        "video_url": spec.video_url,
+        "audio_url": spec.audio_url,
+        "video_size": spec.video_size,
+        "video_sha256": spec.video_sha256,
+        "audio_size": spec.audio_size,
+        "audio_sha256": spec.audio_sha256,
+    }
+
+
+_EXISTING_COLUMNS = (
+    Job.id,
+    Job.batch,
+    Job.video_url,
+    Job.audio_url,
+    Job.disable_active_speaker_detection,
+    Job.state,
+    Job.request_id,
+    Job.lookup_needed,
+    Job.owner,
+    Job.video_sha256,
+    Job.audio_sha256,
+    Job.reference_id,
+)
+
+
+def _by_paths(
+    conn: Connection, batch: str, specs: Sequence[JobSpec]
+) -> dict[tuple[str, str], Existing]:
+    """The batch's local jobs with the same file paths as the manifest's local jobs."""
+    found: dict[tuple[str, str], Existing] = {}
+    audios = sorted({s.audio_url for s in specs if s.is_local})
+    for chunk in _chunks(audios):
+        rows = conn.execute(
+            select(*_EXISTING_COLUMNS).where(
+                Job.batch == batch, Job.audio_url.in_(chunk), Job.video_sha256.is_not(None)
+            )
+        )
+        for row in rows:
+            job = Existing(*row)
+            found[(job.video_url, job.audio_url)] = job
+    return found
+
+
 def _existing(conn: Connection, specs: Sequence[JobSpec]) -> dict[str, Existing]:
     existing: dict[str, Existing] = {}
     for chunk in _chunks([s.reference_id for s in specs]):
-        for row in conn.execute(
-            select(
-                Job.reference_id,
-                Job.id,
-                Job.batch,
-                Job.video_url,
-                Job.audio_url,
-                Job.disable_active_speaker_detection,
-                Job.state,
-                Job.request_id,
-                Job.lookup_needed,
-                Job.owner,
-            ).where(Job.reference_id.in_(chunk))
-        ):
-            ref, *values = row
-            existing[ref] = Existing(*values)
+        for row in conn.execute(select(*_EXISTING_COLUMNS).where(Job.reference_id.in_(chunk))):
+            job = Existing(*row)
+            existing[job.reference_id] = job
     return existing
 
 
@@ -217,8 +300,7 @@ def _new_row(batch: str, spec: JobSpec, source: str, now: datetime) -> dict[str,
     return {
         "batch": batch,
         "reference_id": spec.reference_id,
-        "video_url": spec.video_url,
-        "audio_url": spec.audio_url,
+        **_media_values(spec),
         "disable_active_speaker_detection": spec.disable_active_speaker_detection,
         "source": f"{source}:{spec.line}",
         "media_key": spec.media_key,
@@ -256,3 +338,28 @@ def _same_media(conn: Connection, plan: LoadPlan, source: str) -> list[str]:
                 "again — give --allow-same-media to load them anyway"
             )
     return problems
+
+
+# -- the cache of local files' SHA-256 ----------
+
+
+def cached_digest(db: Database, path: str, size: int, mtime_ns: int) -> str | None:
+    """A file's SHA-256 as computed before, if it still has that size and mtime."""
+    with db.read() as conn:
+        return conn.execute(
+            select(FileDigest.sha256).where(
+                FileDigest.path == path, FileDigest.size == size, FileDigest.mtime_ns == mtime_ns
+            )
+        ).scalar_one_or_none()
+
+
+def save_digest(db: Database, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+    """Remember a file's SHA-256 (a cache: losing a race to another writer loses nothing)."""
+    row = {"size": size, "mtime_ns": mtime_ns, "sha256": sha256, "hashed_at": utcnow()}
+    try:
+        with db.write() as conn:
+            moved = conn.execute(update(FileDigest).where(FileDigest.path == path).values(**row))
+            if moved.rowcount == 0:
+                conn.execute(insert(FileDigest).values(path=path, **row))
+    except sa.exc.IntegrityError:
+        pass

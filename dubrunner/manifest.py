@@ -15,7 +15,6 @@ jobs:
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +25,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from dubrunner.constants import DEFAULT_MAX_BYTES, DEFAULT_MAX_JOBS
+from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, Digests, LocalFile, is_url, local_pair
 from dubrunner.records import JobSpec
+from dubrunner.records import derive_reference_id as derive_reference_id
 from dubrunner.yamlstream import (
     ALLOWED_TAGS,
     EventReader,
@@ -93,12 +94,6 @@ def _did_you_mean(key: object, known: Iterable[str]) -> str:
     return f", did you mean {close[0]!r}?" if close else ""
 
 
-def derive_reference_id(batch: str, video_url: str, audio_url: str) -> str:
-    """A stable reference_id for a job that has none: same batch and URLs, same id."""
-    digest = hashlib.sha256(f"{batch}\0{video_url}\0{audio_url}".encode()).hexdigest()[:20]
-    return f"{batch}-{digest}"
-
-
 # The common case, recognised without urlsplit: a plain http(s) URL with a DNS host name. Anything
 # else (userinfo, IPv6, odd characters) takes the full path below, which also words the problem.
 _PLAIN_URL = re.compile(
@@ -106,10 +101,21 @@ _PLAIN_URL = re.compile(
 )
 
 
-def _check_url(value: object, what: str) -> str | None:
-    """The problem with a media URL, or None when it is a usable absolute http(s) URL."""
+def _check_source(value: object, what: str) -> str | None:
+    """The problem with a media URL or local path, or None when it may be usable (a local file
+    is checked once both of a job's inputs are known: see _local_files)."""
     if not isinstance(value, str):
-        return f"{what} must be a URL string, not {type_name(value)}"
+        return f"{what} must be a URL or a file path, not {type_name(value)}"
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme and scheme.isalnum() and scheme.lower() not in ("http", "https", "file"):
+        return f"{what} must be an absolute http(s) URL or a local file, not a {scheme}:// URL"
+    if not is_url(value):
+        return None
+    return _check_url(value, what)
+
+
+def _check_url(value: str, what: str) -> str | None:
+    """The problem with a media URL, or None when it is a usable absolute http(s) URL."""
     if len(value) > MAX_URL:
         return f"{what} is longer than {MAX_URL} characters"
     plain = _PLAIN_URL.fullmatch(value)
@@ -174,11 +180,33 @@ class _RawJob:
     asd: bool | None
     line: int
     index: int
+    files: tuple[LocalFile, LocalFile] | None = None  # both inputs local: uploaded
 
 
-def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_JOBS) -> Manifest:
-    """Validate a manifest's text. Raises ManifestError listing every problem found."""
+@dataclass(frozen=True, slots=True)
+class _Media:
+    """What checking a job's local files needs: where relative paths start, the size limit."""
+
+    base_dir: Path
+    max_upload_bytes: int
+
+
+def parse(
+    text: str,
+    name: str,
+    default_batch: str,
+    max_jobs: int = DEFAULT_MAX_JOBS,
+    *,
+    base_dir: Path | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    digests: Digests | None = None,
+) -> Manifest:
+    """Validate a manifest's text. Raises ManifestError listing every problem found. Local
+    files are found from `base_dir` (default: the working directory) and hashed by `digests`
+    (default: hashed here, cached for this call only)."""
     problems: list[Problem] = []
+    media = _Media(base_dir or Path.cwd(), max_upload_bytes)
+    digests = digests or Digests()
     raws: list[_RawJob] = []
     reader = EventReader(text)
     streamed = {"jobs": False}
@@ -195,7 +223,7 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
                 raise YamlProblem(
                     line_of_event(ev), f"more than {max_jobs:,} jobs; the limit is {max_jobs:,}"
                 )
-            job = _parse_job(reader.value(item, 2), index, line_of_event(item), problems)
+            job = _parse_job(reader.value(item, 2), index, line_of_event(item), problems, media)
             if job is not None:
                 raws.append(job)
         return True
@@ -303,7 +331,15 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
     jobs: list[JobSpec] = []
     seen: dict[str, int] = {}
     for raw in raws:
-        ref = raw.reference_id or derive_reference_id(batch, raw.video, raw.audio)
+        hashes = _hashes(raw, digests, problems)
+        if raw.files is not None and hashes is None:
+            continue
+        if hashes is not None:
+            ref = raw.reference_id or derive_reference_id(
+                batch, f"sha256:{hashes[0]}", f"sha256:{hashes[1]}"
+            )
+        else:
+            ref = raw.reference_id or derive_reference_id(batch, raw.video, raw.audio)
         first = seen.get(ref)
         if first is not None:
             problems.append(
@@ -316,7 +352,13 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
             continue
         seen[ref] = raw.line
         asd = default_asd if raw.asd is None else raw.asd
-        jobs.append(JobSpec(ref, raw.video, raw.audio, asd, raw.line))
+        if raw.files is None or hashes is None:
+            jobs.append(JobSpec(ref, raw.video, raw.audio, asd, raw.line))
+        else:
+            video, audio = raw.files
+            jobs.append(
+                JobSpec(ref, video.uri, audio.uri, asd, raw.line, *hashes, video.size, audio.size)
+            )
 
     if problems:
         problems.sort(key=lambda p: p.line or 0)
@@ -324,7 +366,21 @@ def parse(text: str, name: str, default_batch: str, max_jobs: int = DEFAULT_MAX_
     return Manifest(path=name, batch=batch, jobs=jobs)
 
 
-def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem]) -> _RawJob | None:
+def _hashes(raw: _RawJob, digests: Digests, problems: list[Problem]) -> tuple[str, str] | None:
+    """The SHA-256s of a local job's two files (None for a job of URLs, or a file that could
+    not be read to the end)."""
+    if raw.files is None:
+        return None
+    try:
+        return digests(raw.files[0]), digests(raw.files[1])
+    except OSError as exc:
+        problems.append(Problem(raw.line, f"job {raw.index}: cannot read a file: {exc}"))
+        return None
+
+
+def _parse_job(
+    raw: object, index: int, item_line: int, problems: list[Problem], media: _Media
+) -> _RawJob | None:
     if not isinstance(raw, LineDict):
         problems.append(
             Problem(
@@ -395,7 +451,7 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
             if len(videos) == len(audios) == 1:
                 video, audio = videos[0], audios[0]
                 for value, what in ((video, "the video url"), (audio, "the audio url")):
-                    problem = _check_url(value, what)
+                    problem = _check_source(value, what)
                     if problem:
                         bad("inputs", problem)
     else:
@@ -405,7 +461,7 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
             if key not in raw:
                 bad(None, f"no {key} (give {key}: URL, or inputs:)")
             else:
-                problem = _check_url(value, key)
+                problem = _check_source(value, key)
                 if problem:
                     bad(key, problem)
 
@@ -429,20 +485,40 @@ def _parse_job(raw: object, index: int, item_line: int, problems: list[Problem])
         elif len(reference_id) > MAX_REFERENCE_ID:
             bad("reference_id", f"reference_id is longer than {MAX_REFERENCE_ID} characters")
 
+    files = None
+    if len(problems) == before:
+        assert isinstance(video, str) and isinstance(audio, str)
+        keys = ("inputs", "inputs") if "inputs" in raw else ("video", "audio")
+        files, found = local_pair(video, audio, media.base_dir, media.max_upload_bytes)
+        for which, text in found:
+            bad(keys[which], text)
     if len(problems) > before:
         return None
     assert isinstance(video, str) and isinstance(audio, str)
     assert asd is None or isinstance(asd, bool)
     assert reference_id is None or isinstance(reference_id, str)
-    return _RawJob(video, audio, reference_id, asd, line, index)
+    return _RawJob(video, audio, reference_id, asd, line, index, files)
 
 
 def load(
-    path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, max_jobs: int = DEFAULT_MAX_JOBS
+    path: str | Path,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_jobs: int = DEFAULT_MAX_JOBS,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    digests: Digests | None = None,
 ) -> Manifest:
-    """Read and validate a manifest file."""
+    """Read and validate a manifest file; local files are relative to its folder."""
     p = Path(path)
-    return parse(read_text(p, max_bytes), str(path), _default_batch(p), max_jobs)
+    return parse(
+        read_text(p, max_bytes),
+        str(path),
+        _default_batch(p),
+        max_jobs,
+        base_dir=p.absolute().parent,
+        max_upload_bytes=max_upload_bytes,
+        digests=digests,
+    )
 
 
 def _default_batch(path: Path) -> str:

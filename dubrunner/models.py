@@ -49,6 +49,12 @@ class Job(Base):
     # A digest of (video, audio, settings): the same media loaded again under another
     # reference_id (a renamed manifest) would be paid again; loading says so first.
     media_key: Mapped[str | None] = mapped_column(String(32))
+    # A job of two local files (video_url and audio_url are then file:// URLs): the size and
+    # SHA-256 of each file as loaded, what is uploaded and what identifies the job.
+    video_size: Mapped[int | None] = mapped_column(BigInteger)
+    video_sha256: Mapped[str | None] = mapped_column(String(64))
+    audio_size: Mapped[int | None] = mapped_column(BigInteger)
+    audio_sha256: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(20))
     # The API documents UUIDs; a look-up may show ids of another shape, and they are kept too.
     request_id: Mapped[str | None] = mapped_column(String(200))
@@ -144,3 +150,15 @@ class ApiHealth(Base):
     message: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[float] = mapped_column(Float)
     worker: Mapped[str | None] = mapped_column(String(200))
+
+
+class FileDigest(Base):
+    """The SHA-256 of a local file, computed once: valid while its size and mtime stay."""
+
+    __tablename__ = "file_digests"
+
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    hashed_at: Mapped[datetime] = mapped_column(DateTime)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from dubrunner import __version__
+from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, file_problem
 from dubrunner.redact import redact_url
 
 MIN_MEDIA_BYTES = 1024
@@ -78,7 +79,9 @@ class Preflight:
         per_host: int = 2,
         timeout: float = 15.0,
         transport: httpx.BaseTransport | None = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
+        self.max_upload_bytes = max_upload_bytes
         self.concurrency = concurrency
         self.per_host = per_host
         self._hosts: dict[str, threading.Semaphore] = {}
@@ -119,6 +122,8 @@ class Preflight:
         return problem
 
     def _ask(self, url: str, which: str) -> str | None:
+        if url.startswith("file:"):  # a local file, to be uploaded: read, not fetched
+            return file_problem(url, which, self.max_upload_bytes)
         try:
             resp = self._client.head(url)
             if resp.status_code in (403, 405, 501) or resp.status_code >= 500:

@@ -19,6 +19,13 @@ def media_key(video_url: str, audio_url: str, disable_asd: bool) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def derive_reference_id(batch: str, video_url: str, audio_url: str) -> str:
+    """A stable reference_id for a job that has none: same batch and URLs (or, for local files,
+    the same content: `sha256:...`), same id."""
+    digest = hashlib.sha256(f"{batch}\0{video_url}\0{audio_url}".encode()).hexdigest()[:20]
+    return f"{batch}-{digest}"
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One job of a manifest, validated."""
@@ -28,10 +35,41 @@ class JobSpec:
     audio_url: str
     disable_active_speaker_detection: bool
     line: int  # where the job starts in the manifest (1-based)
+    # A job of two local files (uploaded through generate-with-media): the URLs are file://
+    # URLs, and the files' content is what identifies the job.
+    video_sha256: str | None = None
+    audio_sha256: str | None = None
+    video_size: int | None = None
+    audio_size: int | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.video_sha256 is not None
+
+    @property
+    def identity(self) -> tuple[str, str, bool]:
+        """What the API is asked to make: the URLs, or for local files their content."""
+        return job_identity(
+            self.video_url,
+            self.audio_url,
+            self.disable_active_speaker_detection,
+            self.video_sha256,
+            self.audio_sha256,
+        )
 
     @property
     def media_key(self) -> str:
-        return media_key(self.video_url, self.audio_url, self.disable_active_speaker_detection)
+        return media_key(*self.identity)
+
+
+def job_identity(
+    video_url: str, audio_url: str, asd: bool, video_sha256: str | None, audio_sha256: str | None
+) -> tuple[str, str, bool]:
+    """(video, audio, settings) as they identify a job: a local file by its content, so that
+    moving the folder changes nothing."""
+    if video_sha256 is not None and audio_sha256 is not None:
+        return f"sha256:{video_sha256}", f"sha256:{audio_sha256}", asd
+    return video_url, audio_url, asd
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +126,15 @@ class ClaimedJob:
     posts: int  # POSTs sent so far, all claims together
     lookup_after: float | None  # a "not found" before this moment proves nothing (Unix time)
     tries: int  # POSTs so far that count against --max-attempts
+    # Local files (file:// URLs above): uploaded, and checked unchanged first (see uploads.py).
+    video_sha256: str | None = None
+    audio_sha256: str | None = None
+    video_size: int | None = None
+    audio_size: int | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.video_sha256 is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +205,8 @@ class LoadPlan:
     batch: str
     new: list[JobSpec] = field(default_factory=list)
     changed: list[tuple[int, JobSpec]] = field(default_factory=list)
+    # Local jobs whose files moved (same content, new paths): only their paths are updated.
+    moved: list[tuple[int, JobSpec]] = field(default_factory=list)
     unchanged: int = 0
     already_submitted: int = 0  # among unchanged: the API already holds them
     to_send: int = 0  # what a run would send: new + changed + unchanged not yet at the API

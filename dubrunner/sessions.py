@@ -8,6 +8,7 @@ of a terminal, so every session can be run and inspected without either."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
 from dubrunner.governor import Governor
 from dubrunner.loading import LoadConflict
+from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, file_problem
 from dubrunner.manifest import Manifest
 from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller
 from dubrunner.preflight import MediaProblem, Pair, Preflight, PreflightReport
@@ -229,6 +231,7 @@ def submit_pending(
     done = sum(counts.get(s, 0) for s in AT_API)
     submission = Submission(store, api, batch, options, governor)
     report = submission.worker.report
+    started = time.monotonic()
     with ui.progress("submitting", total, submission.request_stop) as progress:
 
         def tick() -> None:
@@ -242,6 +245,7 @@ def submit_pending(
                 detail += " · paused by the server"
             if submission.worker.waiting_for_others:
                 detail += " · waiting for jobs other workers hold"
+            detail += _uploading(report, started)
             # Failures are no progress: the count, and the ETA, are of jobs at the API.
             progress.update(done + report.submitted, detail, left=pending)
 
@@ -256,6 +260,16 @@ def submit_pending(
             return Ending(f"the database failed: {exc}{tail}", code, is_error=True)
 
 
+def _uploading(report: RunReport, started: float) -> str:
+    """' · uploaded 120 of 800 MB, 45.0 MB/s, ETA 15 s' while local files are being sent."""
+    total, done = report.upload_total, report.upload_bytes
+    if total < 1_000_000 or done >= total:
+        return ""
+    rate = done / max(time.monotonic() - started, 1e-6)
+    eta = f", ETA {(total - done) / rate:.0f} s" if rate > 0 else ""
+    return f" · uploaded {done / 1e6:.0f} of {total / 1e6:.0f} MB, {rate / 1e6:.1f} MB/s{eta}"
+
+
 # -- the whole of `submit` ----------
 
 
@@ -265,6 +279,7 @@ class MediaCheck:
 
     concurrency: int = 8
     per_host: int = 2
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # local files larger are a problem
 
 
 @dataclass(frozen=True)
@@ -471,6 +486,30 @@ class MediaJob(Protocol):
     def audio_url(self) -> str: ...
 
 
+def check_local_files(manifest: Manifest, media: MediaCheck) -> Ending | None:
+    """A manifest's local files, checked before its URLs: a file that cannot be uploaded, or
+    whose first bytes are not of its kind (a video given as the audio), is bad input like a
+    missing one: exit 2, every problem with its file:line."""
+    problems = []
+    for job in manifest.jobs:
+        if not job.is_local:
+            continue
+        for which, uri in (("video", job.video_url), ("audio", job.audio_url)):
+            problem = file_problem(uri, which, media.max_upload_bytes)
+            if problem:
+                problems.append(
+                    f"{manifest.path}:{job.line}: {job.reference_id}: {which}: {problem}"
+                )
+    if not problems:
+        return None
+    return Ending(
+        f"{len(problems)} problem(s) with local files in {manifest.path}",
+        EXIT_USAGE,
+        is_error=True,
+        details=tuple(problems[:MAX_CONFLICTS_SHOWN]),
+    )
+
+
 def check_media(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> Ending:
     """Check every media URL of these jobs; exit 1 when any job has a problem."""
     return _check(jobs, media, ui)[1]
@@ -478,7 +517,9 @@ def check_media(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> Ending:
 
 def _check(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> tuple[PreflightReport, Ending]:
     pairs = [Pair(j.reference_id, j.video_url, j.audio_url) for j in jobs]
-    preflight = Preflight(media.concurrency, media.per_host)
+    preflight = Preflight(
+        media.concurrency, media.per_host, max_upload_bytes=media.max_upload_bytes
+    )
     try:
         with ui.progress("checking media", None, preflight.stop.set) as progress:
             report = preflight.run(

@@ -18,7 +18,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from dubrunner.db import Database, StoreError, Update
-from dubrunner.loading import LoadConflict, load_jobs
+from dubrunner.loading import LoadConflict, cached_digest, load_jobs, save_digest
 from dubrunner.models import Attempt, Job, RateBudget
 from dubrunner.queries import Queries, back_to_pending, in_batch
 from dubrunner.records import (
@@ -45,6 +45,10 @@ _CLAIM_COLUMNS = (
     Job.attempts,
     Job.lookup_after,
     Job.tries,
+    Job.video_sha256,
+    Job.audio_sha256,
+    Job.video_size,
+    Job.audio_size,
 )
 
 
@@ -83,6 +87,12 @@ class Store(Results, Queries):
     ) -> LoadPlan:
         """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none."""
         return load_jobs(self.db, batch, specs, source, dry_run, allow_same_media)
+
+    def cached_digest(self, path: str, size: int, mtime_ns: int) -> str | None:
+        return cached_digest(self.db, path, size, mtime_ns)
+
+    def save_digest(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+        save_digest(self.db, path, size, mtime_ns, sha256)
 
     # -- claims and leases ----------
 

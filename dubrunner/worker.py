@@ -26,6 +26,7 @@ from dubrunner.decisions import (
     after_lookup,
     after_send,
     backoff,
+    files_unusable,
     not_the_api,
     on_stop,
 )
@@ -43,11 +44,13 @@ from dubrunner.errors import (
 from dubrunner.governor import Governor, Stopped
 from dubrunner.health import OUTAGE_ADVICE, OutageTooLong, ServerHealth
 from dubrunner.holds import Holds, Lost
+from dubrunner.localmedia import Digests
 from dubrunner.records import AttemptRecord, ClaimedJob, Lease, Tally
 from dubrunner.redact import scrub
 from dubrunner.running import Report, Run
 from dubrunner.states import State
 from dubrunner.store import Store
+from dubrunner.uploads import FilePart, parts_of
 
 log = logging.getLogger("dubrunner")
 _ANSWERED = Outcome(Action.ACCEPTED, "answered")  # a look-up the API answered
@@ -71,6 +74,7 @@ class WorkerOptions:
     follow: float | None = None  # when nothing is left, look for new jobs this often (--follow)
     # How long the API may fail as a whole before the batch halts (None: wait for ever).
     outage_timeout: float | None = 600.0
+    upload_concurrency: int = 2  # uploads of local files at once (within --concurrency)
 
     @property
     def lease(self) -> Lease:
@@ -99,6 +103,8 @@ class RunReport(Report):
     found_by_lookup: int = 0
     deferred: int = 0  # jobs handed back until a look-up can prove their absence
     lost: int = 0  # jobs another worker took over (our lease had lapsed)
+    upload_bytes: int = 0  # bytes of local files sent so far (of upload_total started)
+    upload_total: int = 0
 
 
 @dataclass
@@ -153,6 +159,8 @@ class Worker(Run):
             self.stop,
         )
         self._heartbeat_stop = threading.Event()
+        self._uploads = threading.BoundedSemaphore(max(1, options.upload_concurrency))
+        self._digests = Digests(store.cached_digest, store.save_digest)
         self._health_told = "healthy"
         # One policy for every job: tenacity keeps per-call state thread-locally (9.x).
         self._retrying = Retrying(
@@ -330,6 +338,36 @@ class Worker(Run):
             self.halt(str(exc), OUTAGE_ADVICE)
             raise Stopped from None
 
+    def _upload(
+        self, run: _Claim, files: tuple[FilePart, FilePart]
+    ) -> tuple[Answer | None, BaseException | None]:
+        """POST generate-with-media, at most --upload-concurrency at once."""
+        job = run.job
+
+        def go() -> Answer:
+            self.add("upload_total", files[0].size + files[1].size)
+            return self.api.generate_with_media(
+                *files,
+                job.reference_id,
+                job.disable_active_speaker_detection,
+                retry_count=run.posts,
+                guard=self.holds.send_window(job, self.fatal),
+                hold=self.holds.body_guard(job),
+                sent=lambda n: self.add("upload_bytes", n),
+            )
+
+        while not self._uploads.acquire(timeout=0.1):
+            if self.stop.is_set():
+                raise Stopped
+        try:
+            while True:
+                try:
+                    return self._call(go)
+                except SendWindowClosed:
+                    continue  # nothing left: confirm the claim again
+        finally:
+            self._uploads.release()
+
     def _post(self, run: _Claim) -> tuple[Answer | None, BaseException | None]:
         job = run.job
         while True:
@@ -350,8 +388,13 @@ class Worker(Run):
     def _send(self, run: _Claim) -> Decision:
         job = run.job
         started = time.monotonic()
+        files = parts_of(job, self._digests) if job.is_local else None
+        if isinstance(files, str):  # nothing sent: the files are not those loaded
+            decision = files_unusable(files, run.progress)
+            self._apply(run, decision, None)
+            return decision
         try:
-            answer, exc = self._post(run)
+            answer, exc = self._upload(run, files) if files else self._post(run)
         except Stopped:
             return Decision(Next.AGAIN, lookup_owed=run.lookup_owed)  # nothing was sent
         run.posts += 1
@@ -364,7 +407,8 @@ class Worker(Run):
         if outcome.retry_after:
             self.governor.pause(outcome.retry_after)
         run.last_status = outcome.status
-        verdict = self.health.observe(job.reference_id, outcome, "POST v1/lipsync/generate")
+        route = "generate-with-media" if files else "generate"
+        verdict = self.health.observe(job.reference_id, outcome, f"POST v1/lipsync/{route}")
         now = time.time()
         if verdict.hand_back and verdict.halt:
             decision = not_the_api(outcome, run.progress, self.policy, now, verdict.halt)

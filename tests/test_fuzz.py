@@ -223,7 +223,7 @@ HOSTILE: dict[str, Verdict] = {
         b"x-1: &x [1, 2]\nx-2: &y [*x, *x, *x, *x, *x, *x, *x, *x]\n"
         b"x-3: &z [*y, *y, *y, *y, *y, *y, *y, *y]\njobs:\n  - {video: *z, audio: *z}\n",
         2,
-        "job 1: video must be a URL string, not a list",
+        "job 1: video must be a URL or a file path, not a list",
         5,
     ),
     "alias_to_itself": Verdict(b"x-a: &a [*a]\njobs: []\n", 2, "unknown alias *a", 1),
@@ -264,7 +264,7 @@ HOSTILE: dict[str, Verdict] = {
     "implicit_timestamp": Verdict(  # read as text, not built as a date
         b"jobs:\n  - video: 2001-12-14\n    audio: https://x/a\n",
         2,
-        "job 1: video must be an absolute http(s) URL",
+        "job 1: video '2001-12-14' is a local file and audio a URL",
         2,
     ),
     # Depth: libyaml's own limit for flow collections, dubrunner's (50) for block ones.

@@ -57,7 +57,7 @@ MALFORMED: list[tuple[str, bytes, str, int | None]] = [
     (
         "relative_url",
         b"jobs:\n  - video: /media/v.mp4\n    audio: 'https://a.test/a.wav'\n",
-        "video must be an absolute http(s) URL",
+        "video '/media/v.mp4' is a local file and audio a URL",
         2,
     ),
     (
@@ -69,7 +69,7 @@ MALFORMED: list[tuple[str, bytes, str, int | None]] = [
     (
         "url_not_string",
         b"jobs:\n  - video: 12\n    audio: 'https://a.test/a.wav'\n",
-        "video must be a URL string, not a number",
+        "video must be a URL or a file path, not a number",
         2,
     ),
     (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from dubrunner.cli.common import (
     ManifestLimits,
     TerminalUi,
     UserError,
+    cached_digests,
     cli,
     end,
     open_store,
@@ -36,8 +38,13 @@ def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
     from dubrunner import sessions
 
     jobs: Sequence[MediaJob]
+    media = dataclasses.replace(media, max_upload_bytes=limits.max_upload_bytes)
     if Path(target).is_file():
-        jobs = limits.read(target).jobs
+        manifest = limits.read(target, cached_digests())
+        bad_files = sessions.check_local_files(manifest, media)
+        if bad_files is not None:
+            end(bad_files)
+        jobs = manifest.jobs
     else:
         there = database_exists(click.get_current_context().meta.get("db"))
         store = open_store() if there else None

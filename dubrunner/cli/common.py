@@ -28,6 +28,7 @@ from dubrunner.cli.params import Seconds as Seconds
 from dubrunner.constants import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_JOBS,
+    DEFAULT_MAX_UPLOAD_BYTES,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     database_exists,
@@ -37,6 +38,7 @@ from dubrunner.redact import shown
 
 if TYPE_CHECKING:
     from dubrunner.api import ApiClient
+    from dubrunner.localmedia import Digests
     from dubrunner.manifest import Manifest
     from dubrunner.preflight import MediaProblem
     from dubrunner.sessions import Ending, MediaCheck, Polling, Progress
@@ -181,6 +183,9 @@ def open_store(*, must_exist: bool = False) -> Store:
     from dubrunner.store import Store, StoreError
 
     ctx = click.get_current_context()
+    opened: Store | None = ctx.meta.get("dubrunner.store")
+    if opened is not None:  # opened once, closed with the command
+        return opened
     db = ctx.meta.get("db")
     if must_exist and not database_exists(db):
         raise UserError(f"no database at {shown(db or './dubrunner.db')} — load a manifest first")
@@ -189,7 +194,18 @@ def open_store(*, must_exist: bool = False) -> Store:
     except StoreError as exc:
         raise UserError(str(exc)) from None
     ctx.call_on_close(store.close)
+    ctx.meta["dubrunner.store"] = store
     return store
+
+
+def cached_digests() -> Digests:
+    """Local files' SHA-256s, cached in the database (opened at the first local file only)."""
+    from dubrunner.localmedia import Digests
+
+    return Digests(
+        lambda *key: open_store().cached_digest(*key),
+        lambda *row: open_store().save_digest(*row),
+    )
 
 
 def check_batch(store: Store, batch: str | None) -> None:
@@ -216,15 +232,23 @@ def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:
 class ManifestLimits:
     max_jobs: int
     max_manifest_bytes: int
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 
-    def read(self, path: str) -> Manifest:
-        """The manifest, or every problem with it and exit 2."""
+    def read(self, path: str, digests: Digests | None = None) -> Manifest:
+        """The manifest, or every problem with it and exit 2. Local files are hashed through
+        `digests` (default: not cached)."""
         from dubrunner.manifest import ManifestError
         from dubrunner.manifest import load as load_manifest
         from dubrunner.sessions import Ending
 
         try:
-            return load_manifest(path, self.max_manifest_bytes, self.max_jobs)
+            return load_manifest(
+                path,
+                self.max_manifest_bytes,
+                self.max_jobs,
+                max_upload_bytes=self.max_upload_bytes,
+                digests=digests,
+            )
         except ManifestError as exc:
             n = len(exc.problems)
             end(
@@ -285,6 +309,7 @@ def _worker_options(
     request_timeout: float,
     lookup_grace: float,
     outage_timeout: float,
+    upload_concurrency: int,
 ) -> WorkerOptions:
     from dubrunner.worker import WorkerOptions
 
@@ -302,6 +327,7 @@ def _worker_options(
         burst=burst,
         rate_shared=rate_shared,
         rate_auto=auto,
+        upload_concurrency=upload_concurrency,
     )
 
 
@@ -379,6 +405,15 @@ WORKER_OPTIONS = OptionGroup(
         envvar="DUBRUNNER_OUTAGE_TIMEOUT",
         help="When the API fails as a whole, how long to keep probing it before the batch "
         "halts with its jobs pending (0: for ever).",
+    ),
+    click.option(
+        "--upload-concurrency",
+        type=click.IntRange(1, 64),
+        default=2,
+        show_default=True,
+        envvar="DUBRUNNER_UPLOAD_CONCURRENCY",
+        help="Uploads of local files at once (within --concurrency), so that a few large "
+        "files do not starve the link.",
     ),
     click.option(
         "--allow-insecure-http",
@@ -477,6 +512,14 @@ MANIFEST_LIMITS = OptionGroup(
         envvar="DUBRUNNER_MAX_MANIFEST_BYTES",
         show_default=True,
         help="Refuse larger files.",
+    ),
+    click.option(
+        "--max-upload-bytes",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        envvar="DUBRUNNER_MAX_UPLOAD_BYTES",
+        show_default=True,
+        help="Refuse local media files larger than this (each is uploaded).",
     ),
     gather=ManifestLimits,
     into="limits",

@@ -22,6 +22,7 @@ from dubrunner.cli.common import (
     Seconds,
     SectionedCommand,
     TerminalUi,
+    cached_digests,
     check_batch,
     cli,
     end,
@@ -90,7 +91,7 @@ def submit(
     allow_same_media: bool,
 ) -> None:
     """Load MANIFEST into the job table and submit every job not yet at the API."""
-    m = limits.read(manifest)
+    m = limits.read(manifest, cached_digests())
     if dry_run:
         loaded = _load(m, True, allow_same_media)
         say(f"{loaded.summary}; a run would send {loaded.plan.to_send} job(s)")
@@ -121,7 +122,7 @@ def submit(
 @LOCAL_OPTIONS
 def load(manifest: str, limits: ManifestLimits, dry_run: bool, allow_same_media: bool) -> None:
     """Load MANIFEST into the job table without sending anything (workers send: `work`)."""
-    loaded = _load(limits.read(manifest), dry_run, allow_same_media)
+    loaded = _load(limits.read(manifest, cached_digests()), dry_run, allow_same_media)
     if dry_run:
         n = len(loaded.plan.new) + len(loaded.plan.changed)
         say(f"{loaded.summary}; {n} job(s) would be loaded (--dry-run: nothing was)")

@@ -6,6 +6,7 @@ import email.utils
 import hmac
 import json
 import socket
+import struct
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from dubrunner.emulator.content import PREFIX, output_content, signature
+from dubrunner.emulator.multipart import BadBody, Part, boundary_of, read_parts
 
 if TYPE_CHECKING:
     from dubrunner.emulator.model import Emulator
@@ -65,6 +67,7 @@ class Server(ThreadingHTTPServer):
 
 
 _AUTH_EXEMPT = {"health"}
+MEDIA_ROUTE = "v1/lipsync/generate-with-media"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -142,9 +145,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         emu = self.server.emulator
-        body = self._body() if method == "POST" else b""
         parts = urlsplit(self.path)
         path = parts.path
+        upload: list[Part] | str | None = None
+        if method == "POST" and path.rstrip("/") == PREFIX + MEDIA_ROUTE:
+            upload = self._upload()  # read as a stream, to its end, before anything else
+            body = b""
+        else:
+            body = self._body() if method == "POST" else b""
         with emu.lock:
             emu.stats.requests += 1
             endpoint = _endpoint(method, path)
@@ -190,6 +198,12 @@ class _Handler(BaseHTTPRequestHandler):
                     emu.stats.generate += 1
                 return self._send(200, b"OK, job queued", content_type="text/plain")
             return self._generate(body)
+        if route == MEDIA_ROUTE and method == "POST" and upload is not None:
+            if emu.config.garbage:
+                with emu.lock:
+                    emu.stats.generate += 1
+                return self._send(200, b"OK, job queued", content_type="text/plain")
+            return self._generate_with_media(upload)
         if route == "v1/lipsync/requests" and method == "GET":
             return self._list(query)
         if route.startswith("v1/lipsync/requests/") and method == "GET":
@@ -200,7 +214,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _generate(self, raw: bytes) -> None:
         emu = self.server.emulator
-        cfg = emu.config
         with emu.lock:
             emu.stats.generate += 1
             now = time.time()
@@ -227,6 +240,84 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "expected exactly one audio input")
         ref = data.get("reference_id")
         asd = bool(data.get("disable_active_speaker_detection", False))
+        return self._accept(ref, videos[0], audios[0], asd)
+
+    def _upload(self) -> list[Part] | str:
+        """A generate-with-media body read to its end: its parts, or what is wrong with it."""
+        emu = self.server.emulator
+        length = int(self.headers.get("Content-Length") or 0)
+        boundary = boundary_of(self.headers.get("Content-Type") or "")
+        with emu.lock:
+            emu.stats.uploading += 1
+            emu.stats.peak_uploading = max(emu.stats.peak_uploading, emu.stats.uploading)
+            cfg = emu.config
+            reset = cfg.p_upload_reset > 0 and emu._random.random() < cfg.p_upload_reset
+            if reset:
+                emu.stats.upload_resets += 1
+        try:
+            if reset:  # half the body read, then the connection reset: nothing was created
+                self._drain(length // 2)
+                self.close_connection = True
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.connection.close()
+                raise ConnectionResetError("reset mid-upload (p_upload_reset)")
+            if boundary is None:
+                self._drain(length)
+                return "invalid request body"
+            found = read_parts(self.rfile, length, boundary, emu.config.upload_read_rate)
+        except BadBody:
+            return "invalid request body"
+        finally:
+            with emu.lock:
+                emu.stats.uploading -= 1
+        with emu.lock:
+            emu.stats.uploads += 1
+            emu.stats.upload_bytes += length
+        return found
+
+    def _drain(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                raise ConnectionError("the body ended early")
+            length -= len(chunk)
+
+    def _generate_with_media(self, upload: list[Part] | str) -> None:
+        emu = self.server.emulator
+        with emu.lock:
+            emu.stats.generate += 1
+            now = time.time()
+            emu.stats.first_generate_at = emu.stats.first_generate_at or now
+            emu.stats.last_generate_at = now
+        if isinstance(upload, str):
+            return self._error(400, upload)
+        videos = [p for p in upload if p.name == "video"]
+        audios = [p for p in upload if p.name == "audio"]
+        if len(videos) != 1:
+            return self._error(400, "expected exactly one video input")
+        if len(audios) != 1:
+            return self._error(400, "expected exactly one audio input")
+        fields = {p.name: p.value.decode("utf-8", "replace") for p in upload if p.filename is None}
+        ref = fields.get("reference_id")
+        asd = fields.get("disable_active_speaker_detection", "false").strip().lower() == "true"
+        media = {p.name: (p.size, p.sha256) for p in (videos[0], audios[0])}
+        video = f"upload:{videos[0].filename or 'video'}"
+        audio = f"upload:{audios[0].filename or 'audio'}"
+        return self._accept(ref, video, audio, asd, media)
+
+    def _accept(
+        self,
+        ref: object,
+        video: str,
+        audio: str,
+        asd: bool,
+        media: dict[str, tuple[int, str]] | None = None,
+    ) -> None:
+        """A valid generate: the faults it may meet, else a request created and answered."""
+        emu = self.server.emulator
+        cfg = emu.config
         with emu.lock:
             if cfg.token_limit is not None and emu.stats.accepted >= cfg.token_limit:
                 limited = True
@@ -240,7 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
                     emu.stats.late_creates += 1
                 else:
                     req = emu._create(
-                        ref if isinstance(ref, str) else None, videos[0], audios[0], asd
+                        ref if isinstance(ref, str) else None, video, audio, asd, media
                     )
                     drop = (
                         cfg.drop_after_accept > 0 and emu._random.random() < cfg.drop_after_accept
@@ -255,7 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
 
             def create_late() -> None:
                 with emu.lock:
-                    emu._create(ref if isinstance(ref, str) else None, videos[0], audios[0], asd)
+                    emu._create(ref if isinstance(ref, str) else None, video, audio, asd, media)
 
             threading.Timer(cfg.create_delay, create_late).start()
             page = b"<html><body><h1>504 Gateway Time-out</h1></body></html>"
@@ -399,6 +490,8 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.server.emulator
         if path == "/_emulator/ledger" and method == "GET":
             return self._send(200, emu.accepted())
+        if path == "/_emulator/uploads" and method == "GET":
+            return self._send(200, emu.uploads())
         if path == "/_emulator/stats" and method == "GET":
             # A copy taken under the lock, sent outside it: _send takes the lock too.
             with emu.lock:

@@ -61,6 +61,9 @@ class EmulatorConfig:
     list_failures: int = 0
     list_missing: bool = False
     list_ignores_offset: bool = False  # every page of the list is its first
+    # generate-with-media: read uploads at most this fast (bytes per second; None: at once)
+    upload_read_rate: float | None = None
+    p_upload_reset: float = 0.0  # chance of resetting the connection halfway through an upload
 
 
 @dataclass
@@ -72,6 +75,8 @@ class RemoteRequest:
     disable_active_speaker_detection: bool
     created: float
     index: int
+    # generate-with-media: each file part's (size, SHA-256) as received
+    media: dict[str, tuple[int, str]] | None = None
 
     def view(self, cfg: EmulatorConfig, base: str) -> dict[str, Any]:
         age = time.time() - self.created
@@ -132,6 +137,11 @@ class Stats:
     ranges: list[str] = field(default_factory=list)  # the Range header of every ranged download
     expired_downloads: int = 0  # downloads refused for an expired or unsigned URL
     by_endpoint: dict[str, int] = field(default_factory=dict)  # generate, list, get, output...
+    uploads: int = 0  # generate-with-media requests whose body was read to its end
+    upload_bytes: int = 0
+    upload_resets: int = 0
+    uploading: int = 0  # bodies being read right now, and the most at once
+    peak_uploading: int = 0
     first_generate_at: float | None = None  # wall clock of the first and last generate
     last_generate_at: float | None = None
     by_status: dict[int, int] = field(default_factory=dict)
@@ -194,6 +204,14 @@ class Emulator:
         with self.lock:
             return {ref: list(ids) for ref, ids in self.by_reference.items()}
 
+    def uploads(self) -> dict[str, list[dict[str, tuple[int, str]]]]:
+        """reference_id → the files of each request accepted through generate-with-media."""
+        with self.lock:
+            return {
+                ref: [self.requests[i].media or {} for i in ids]
+                for ref, ids in self.by_reference.items()
+            }
+
     def duplicates(self) -> dict[str, list[str]]:
         return {ref: ids for ref, ids in self.accepted().items() if len(ids) > 1}
 
@@ -232,9 +250,16 @@ class Emulator:
             return None
         return (1.0 - self._bucket) / rate
 
-    def _create(self, ref: str | None, video: str, audio: str, asd: bool) -> RemoteRequest:
+    def _create(
+        self,
+        ref: str | None,
+        video: str,
+        audio: str,
+        asd: bool,
+        media: dict[str, tuple[int, str]] | None = None,
+    ) -> RemoteRequest:
         req = RemoteRequest(
-            str(uuid.uuid4()), ref, video, audio, asd, time.time(), len(self.requests)
+            str(uuid.uuid4()), ref, video, audio, asd, time.time(), len(self.requests), media
         )
         self.requests[req.id] = req
         if ref is not None:

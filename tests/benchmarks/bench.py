@@ -1,8 +1,9 @@
 """`make bench`: dubrunner against the emulator on loopback, beside a bare httpx + sqlite3 loop.
 
-Prints a table and writes BENCHMARKS.md. Every dubrunner figure comes from the real command run
-as a subprocess (wall time, user+sys CPU and peak RSS from wait4); the emulator runs in a process
-of its own. Not a test: nothing here asserts a time.
+Prints a table and writes BENCHMARKS.md (`--uploads-only`: the upload rows alone, printed, the
+file left as it is). Every dubrunner figure comes from the real command run as a subprocess (wall
+time, user+sys CPU and peak RSS from wait4); the emulator runs in a process of its own. Not a
+test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -155,6 +156,68 @@ def bare_loop(base_url: str, workdir: Path, n: int, threads: int) -> tuple[float
     return n / wall, (usage.ru_utime + usage.ru_stime) / n * 1000
 
 
+BARE_UPLOAD = r"""
+import sys, time, httpx
+base, video, audio = sys.argv[1], sys.argv[2], sys.argv[3]
+start = time.monotonic()
+with open(video, "rb") as v, open(audio, "rb") as a:
+    r = httpx.post(base + "v1/lipsync/generate-with-media", headers={"x-api-key": "bench-token"},
+                   files={"video": ("v.mp4", v, "video/mp4"), "audio": ("a.wav", a, "audio/wav")},
+                   data={"reference_id": f"bare-upload-{time.time_ns()}"}, timeout=600)
+assert r.status_code == 200, r.text
+print(time.monotonic() - start)
+"""
+
+
+def bench_uploads(work: Path, env: dict[str, str], add: Add, size: int) -> None:
+    """Peak RSS and throughput of one local pair of `size` bytes uploaded by `dubrunner submit`
+    (the upload's own time from its attempt row), beside a bare httpx streamed upload (httpx's
+    own multipart encoder, files=) of the same files in the same run."""
+    from tests import mediafiles
+
+    folder = work / "upload"
+    audio = mediafiles.audio(folder / "a.wav", 1024 * 1024)
+    video = mediafiles.video(folder / "v.mp4", size - 1024 * 1024, sparse=True)
+    (folder / "m.yaml").write_text("batch: up\njobs:\n  - {video: v.mp4, audio: a.wav}\n")
+    emu = EmulatorProcess(work, "--complete-after", "3600")
+    db = work / "up.db"
+    env_up = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(db)}
+    try:
+        r = run(["submit", str(folder / "m.yaml"), "-q"], env_up, work)
+        assert r.code == 0, r.err
+        import sqlite3
+
+        with sqlite3.connect(db) as conn:
+            [(ms,)] = conn.execute("SELECT duration_ms FROM attempts WHERE kind = 'generate'")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BARE_UPLOAD, emu.base_url, str(video), str(audio)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        bare_s = float(proc.stdout.read().strip())
+        _, _, usage = os.wait4(proc.pid, 0)
+    finally:
+        emu.stop()
+    gib = size / 1024**3
+    add(
+        f"upload a {gib:g} GiB local pair (submit): peak RSS",
+        f"{r.rss_mb:.0f} MB",
+        "< 150 MB",
+        r.rss_mb < 150,
+    )
+    ours = size / 1e6 / (ms / 1000)
+    bare = size / 1e6 / bare_s
+    add("  upload throughput on loopback (the POST itself)", f"{ours:.0f} MB/s")
+    add("  bare httpx streamed upload (files=), same files", f"{bare:.0f} MB/s")
+    add("  dubrunner / bare upload", f"{ours / bare:.2f}")
+    add("  bare upload: peak RSS", f"{usage.ru_maxrss / 1024:.0f} MB")
+    add("  the whole submit (start-up, SHA-256 of the files, upload)", f"{r.wall:.1f} s")
+
+
+Add = Callable[..., None]
+
+
 STARTUP_RUNS = 9  # the median of these is shown
 
 
@@ -195,9 +258,6 @@ def startup(add: Callable[..., None], work: Path) -> None:
     ):
         wall = median_wall(argv, {**env, **extra})
         add(what, f"{wall * 1000:.0f} ms", f"< {target * 1000:.0f} ms", wall < target)
-
-
-Add = Callable[..., None]
 
 
 def requests_endpoint_calls(emu: EmulatorProcess) -> int:
@@ -257,6 +317,11 @@ def main() -> int:
         rows.append((what, value, target, verdict))
         print(f"{what:58} {value:>22}  {target:>14}  {verdict}", flush=True)
 
+    if "--uploads-only" in sys.argv:  # runnable alone: prints, leaves BENCHMARKS.md as it is
+        with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
+            env = clean_env(CHAMELAION_API_KEY=TOKEN)
+            bench_uploads(Path(tmp), env, add, 256 * 1024**2 if quick else 1024**3)
+        return 0
     if "--startup" in sys.argv:  # these rows alone, printed, BENCHMARKS.md left as it is
         with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
             startup(add, Path(tmp))
@@ -376,6 +441,9 @@ def main() -> int:
         refused = int(stats["rate_limited"])  # type: ignore[call-overload]
         add("--rate auto against a 20 req/s server: achieved / allowed", f"{found / 20:.3f}")
         add("  requests answered 429", f"{refused} ({refused / (refused + n_rate):.1%})")
+
+        # 5c. Uploading local files: memory and throughput.
+        bench_uploads(work, env, add, 256 * 1024**2 if quick else 1024**3)
 
         # 6. A whole large batch, for memory.
         if not quick:

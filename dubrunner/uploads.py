@@ -1,0 +1,145 @@
+"""Uploading a local job's two files: what to send (checked unchanged since they were loaded),
+and the multipart/form-data body, streamed from disk in chunks so that memory stays flat
+whatever the size of the files. No database and no HTTP here: the worker passes the digest cache
+in, and api.py sends the body."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from dubrunner.localmedia import Digests, LocalFile, content_type, path_of_uri
+from dubrunner.records import ClaimedJob
+
+CHUNK = 1024 * 1024
+# An upload may take the request timeout plus this many seconds per MiB of body (a floor of
+# 256 KiB/s on the link): a stalled link is cut by the write timeout sooner anyway.
+SECONDS_PER_MIB = 4.0
+
+
+class UploadInterrupted(httpx.WriteError):
+    """The body stopped partway (a file changed or vanished, the job's hold lapsed): the API
+    never saw its end, yet the job is looked up before it is sent again, like any cut POST."""
+
+
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    name: str  # the form field: video | audio
+    path: str
+    size: int
+    content_type: str
+
+    @property
+    def filename(self) -> str:
+        return os.path.basename(self.path)
+
+
+def upload_timeout(size: int, request_timeout: float) -> float:
+    """Seconds an upload of `size` bytes may take, from connect to the last byte of the answer."""
+    return request_timeout + SECONDS_PER_MIB * size / (1024 * 1024)
+
+
+def parts_of(job: ClaimedJob, digests: Digests) -> tuple[FilePart, FilePart] | str:
+    """A local job's two files, ready to send, or why they cannot be: each must still be the
+    file that was loaded (its size, and its SHA-256 when its mtime moved)."""
+    found: list[FilePart] = []
+    for which, uri, size, sha in (
+        ("video", job.video_url, job.video_size, job.video_sha256),
+        ("audio", job.audio_url, job.audio_size, job.audio_sha256),
+    ):
+        path = path_of_uri(uri)
+        try:
+            st = os.stat(path)
+            same = st.st_size == size
+            if not same or digests(LocalFile(path, st.st_size, st.st_mtime_ns)) != sha:
+                return (
+                    f"the {which} file {path} changed since it was loaded: load the manifest again"
+                )
+            found.append(FilePart(which, path, st.st_size, content_type(path, which)))
+        except OSError as exc:
+            return f"cannot read the {which} file {path}: {exc.strerror or exc}"
+    return found[0], found[1]
+
+
+def _quote(value: str) -> str:
+    """A form-data parameter value (a file name), quoted as browsers do (WHATWG)."""
+    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+class MultipartBody:
+    """A multipart/form-data body of text fields and files, produced chunk by chunk.
+
+    Its length is known before the first byte (the files' sizes), so it goes with a
+    Content-Length, not chunked. `check` is called before each chunk of a file (raising
+    UploadInterrupted stops the body); `sent` is told each chunk's size."""
+
+    def __init__(
+        self,
+        fields: list[tuple[str, str]],
+        files: list[FilePart],
+        *,
+        check: Callable[[], None] | None = None,
+        sent: Callable[[int], None] | None = None,
+        boundary: str | None = None,
+    ) -> None:
+        self.boundary = boundary or f"dubrunner-{secrets.token_hex(16)}"
+        self.fields = fields
+        self.files = files
+        self.check = check
+        self.sent = sent
+        self._heads = [self._field_head(name) + value.encode() + b"\r\n" for name, value in fields]
+        self._file_heads = [self._file_head(f) for f in files]
+        self._tail = f"--{self.boundary}--\r\n".encode()
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    @property
+    def length(self) -> int:
+        heads = sum(len(h) for h in self._heads) + sum(len(h) for h in self._file_heads)
+        return heads + sum(f.size + 2 for f in self.files) + len(self._tail)
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": self.content_type, "Content-Length": str(self.length)}
+
+    def _field_head(self, name: str) -> bytes:
+        return (
+            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        )
+
+    def _file_head(self, f: FilePart) -> bytes:
+        return (
+            f"--{self.boundary}\r\n"
+            f'Content-Disposition: form-data; name="{f.name}"; filename="{_quote(f.filename)}"\r\n'
+            f"Content-Type: {f.content_type}\r\n\r\n"
+        ).encode()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"".join(self._heads)
+        for head, f in zip(self._file_heads, self.files, strict=True):
+            yield head
+            yield from self._file(f)
+            yield b"\r\n"
+        yield self._tail
+
+    def _file(self, f: FilePart) -> Iterator[bytes]:
+        left = f.size
+        try:
+            with open(f.path, "rb") as stream:
+                while left > 0:
+                    if self.check is not None:
+                        self.check()
+                    chunk = stream.read(min(CHUNK, left))
+                    if not chunk:
+                        raise UploadInterrupted(f"the {f.name} file {f.path} became shorter")
+                    left -= len(chunk)
+                    if self.sent is not None:
+                        self.sent(len(chunk))
+                    yield chunk
+        except OSError as exc:
+            raise UploadInterrupted(f"cannot read the {f.name} file {f.path}: {exc}") from None
