@@ -8,7 +8,8 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from dubrunner.api import ApiClient, Credentials
 from dubrunner.emulator import Emulator, EmulatorConfig
+from dubrunner.manifest import Manifest
 from dubrunner.manifest import load as load_manifest
+from dubrunner.preflight import MediaProblem
+from dubrunner.sessions import Ending
 from dubrunner.store import Store
+from dubrunner.worker import WorkerOptions
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -242,3 +248,82 @@ def assert_exactly_once(emulator: Emulator, db: Database | Path, n: int) -> None
         assert state == "submitted", (ref, state)
         assert ledger.get(ref) == [request_id], ref
     assert len(ledger) == n
+
+
+# -- the library's sessions without a terminal or a subprocess ----------
+
+OPTIONS = WorkerOptions(concurrency=2, backoff_base=0.02, lookup_grace=0.3)
+
+
+@pytest.fixture
+def store(db: Database) -> Iterator[Store]:
+    store = Store(db.url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def api(emulator: Emulator) -> Iterator[ApiClient]:
+    api = ApiClient(Credentials(TOKEN, None), emulator.base_url)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+class FakeUi:
+    """Records every line, ending and progress it is given; asks for a stop as soon as the
+    progress labelled `stop_at` starts, as a Ctrl-C at that moment would."""
+
+    def __init__(self, stop_at: str | None = None) -> None:
+        self.stop_at = stop_at
+        self.said: list[str] = []
+        self.told: list[Ending] = []
+        self.shown: list[tuple[str, int | None]] = []
+        self.updates: list[tuple[int, str]] = []
+        self.problems: list[MediaProblem] = []
+
+    @contextmanager
+    def progress(self, label: str, total: int | None, stop: Callable[[], None]) -> Iterator[FakeUi]:
+        self.shown.append((label, total))
+        if label == self.stop_at:
+            stop()
+        yield self
+
+    def update(self, completed: int, detail: str, left: int | None = None) -> None:
+        self.updates.append((completed, detail))
+
+    def say(self, line: str) -> None:
+        self.said.append(line)
+
+    def tell(self, ending: Ending) -> None:
+        self.told.append(ending)
+
+    def media_problems(self, problems: Sequence[MediaProblem]) -> None:
+        self.problems.extend(problems)
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for label, _total in self.shown]
+
+
+def manifest_of(tmp_path: Path, n: int, failing: frozenset[int] = frozenset()) -> Manifest:
+    return load_manifest(write_manifest(tmp_path / "m.yaml", n, failing=failing))
+
+
+def media_manifest(path: Path, emulator: Emulator) -> Path:
+    media = emulator.root_url + "media/"
+    jobs = {
+        "good": (f"{media}video/e1.mp4", f"{media}audio/e1.wav?sig=s3cr3t"),
+        "nohead": (f"{media}nohead/e2.mp4", f"{media}audio/e2.wav"),
+        "missing-video": (f"{media}missing/e3.mp4", f"{media}audio/e3.wav"),
+        "html-audio": (f"{media}video/e4.mp4", f"{media}html/e4.wav"),
+        "unreachable": (f"{media}video/e5.mp4", "http://127.0.0.1:9/e5.wav"),
+    }
+    lines = ["batch: media", "jobs:"]
+    for ref, (video, audio) in jobs.items():
+        lines += [f"  - reference_id: {ref}", f"    video: '{video}'", f"    audio: '{audio}'"]
+    path.write_text("\n".join(lines) + "\n")
+    return path

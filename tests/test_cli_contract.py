@@ -13,8 +13,7 @@ from click.testing import CliRunner
 
 from dubrunner.cli import cli
 from dubrunner.emulator import Emulator
-from tests.conftest import Database, clean_env, load_jobs, write_manifest
-from tests.test_preflight import media_manifest
+from tests.conftest import Database, clean_env, load_jobs, media_manifest, write_manifest
 
 
 @pytest.fixture

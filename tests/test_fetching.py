@@ -7,36 +7,24 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dubrunner.api import ApiClient, Credentials
+from dubrunner.api import ApiClient
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
 from dubrunner.emulator import Emulator, output_content
 from dubrunner.sessions import fetch, submit
 from dubrunner.store import Store
-from tests.conftest import TOKEN, Database, db_rows, run_cli, write_manifest
-from tests.test_sessions import OPTIONS, FakeUi, manifest_of
-
-
-@pytest.fixture
-def store(db: Database) -> Iterator[Store]:
-    store = Store(db.url)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def api(emulator: Emulator) -> Iterator[ApiClient]:
-    api = ApiClient(Credentials(TOKEN, None), emulator.base_url)
-    try:
-        yield api
-    finally:
-        api.close()
+from tests.conftest import (
+    OPTIONS,
+    Database,
+    FakeUi,
+    db_rows,
+    manifest_of,
+    run_cli,
+    write_manifest,
+)
 
 
 def outputs(db: Database) -> dict[str, bytes]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,35 +23,19 @@ from dubrunner.store import Store
 from dubrunner.worker import WorkerOptions
 from tests.conftest import (
     BOTH_DATABASES,
+    OPTIONS,
     TOKEN,
     Database,
+    FakeUi,
     clean_env,
     db_rows,
+    manifest_of,
     run_cli,
     states,
     write_manifest,
 )
-from tests.test_sessions import OPTIONS, FakeUi, manifest_of
 
 FAST = Polling(interval=0.05, timeout=30)
-
-
-@pytest.fixture
-def store(db: Database) -> Iterator[Store]:
-    store = Store(db.url)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def api(emulator: Emulator) -> Iterator[ApiClient]:
-    api = ApiClient(Credentials(TOKEN, None), emulator.base_url)
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 def manifest_of_batch(tmp_path: Path, batch: str, n: int) -> Manifest:

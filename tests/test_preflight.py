@@ -8,23 +8,7 @@ import pytest
 
 from dubrunner.emulator import Emulator
 from dubrunner.preflight import judge
-from tests.conftest import TOKEN, db_rows, run_cli
-
-
-def media_manifest(path: Path, emulator: Emulator) -> Path:
-    media = emulator.root_url + "media/"
-    jobs = {
-        "good": (f"{media}video/e1.mp4", f"{media}audio/e1.wav?sig=s3cr3t"),
-        "nohead": (f"{media}nohead/e2.mp4", f"{media}audio/e2.wav"),
-        "missing-video": (f"{media}missing/e3.mp4", f"{media}audio/e3.wav"),
-        "html-audio": (f"{media}video/e4.mp4", f"{media}html/e4.wav"),
-        "unreachable": (f"{media}video/e5.mp4", "http://127.0.0.1:9/e5.wav"),
-    }
-    lines = ["batch: media", "jobs:"]
-    for ref, (video, audio) in jobs.items():
-        lines += [f"  - reference_id: {ref}", f"    video: '{video}'", f"    audio: '{audio}'"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from tests.conftest import TOKEN, db_rows, media_manifest, run_cli
 
 
 @pytest.mark.slow

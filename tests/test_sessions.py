@@ -4,22 +4,19 @@ Ui that records what it was told. Then the command line's side: how an ending is
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from dubrunner.api import ApiClient, Credentials
+from dubrunner.api import ApiClient
 from dubrunner.cli.common import COMMON_OPTIONS, end
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE
 from dubrunner.db import StoreError
 from dubrunner.emulator import Emulator
 from dubrunner.manifest import Manifest
-from dubrunner.manifest import load as load_manifest
-from dubrunner.preflight import MediaProblem, Pair
+from dubrunner.preflight import Pair
 from dubrunner.records import JobSpec
 from dubrunner.sessions import (
     Ending,
@@ -35,68 +32,9 @@ from dubrunner.sessions import (
 )
 from dubrunner.store import Store
 from dubrunner.worker import WorkerOptions
-from tests.conftest import TOKEN, Database, write_manifest
+from tests.conftest import OPTIONS, Database, FakeUi, manifest_of
 
-OPTIONS = WorkerOptions(concurrency=2, backoff_base=0.02, lookup_grace=0.3)
 FAST = Polling(interval=0.05)
-
-
-class FakeUi:
-    """Records every line, ending and progress it is given; asks for a stop as soon as the
-    progress labelled `stop_at` starts, as a Ctrl-C at that moment would."""
-
-    def __init__(self, stop_at: str | None = None) -> None:
-        self.stop_at = stop_at
-        self.said: list[str] = []
-        self.told: list[Ending] = []
-        self.shown: list[tuple[str, int | None]] = []
-        self.updates: list[tuple[int, str]] = []
-        self.problems: list[MediaProblem] = []
-
-    @contextmanager
-    def progress(self, label: str, total: int | None, stop: Callable[[], None]) -> Iterator[FakeUi]:
-        self.shown.append((label, total))
-        if label == self.stop_at:
-            stop()
-        yield self
-
-    def update(self, completed: int, detail: str, left: int | None = None) -> None:
-        self.updates.append((completed, detail))
-
-    def say(self, line: str) -> None:
-        self.said.append(line)
-
-    def tell(self, ending: Ending) -> None:
-        self.told.append(ending)
-
-    def media_problems(self, problems: Sequence[MediaProblem]) -> None:
-        self.problems.extend(problems)
-
-    @property
-    def labels(self) -> list[str]:
-        return [label for label, _total in self.shown]
-
-
-@pytest.fixture
-def store(db: Database) -> Iterator[Store]:
-    store = Store(db.url)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def api(emulator: Emulator) -> Iterator[ApiClient]:
-    api = ApiClient(Credentials(TOKEN, None), emulator.base_url)
-    try:
-        yield api
-    finally:
-        api.close()
-
-
-def manifest_of(tmp_path: Path, n: int, failing: frozenset[int] = frozenset()) -> Manifest:
-    return load_manifest(write_manifest(tmp_path / "m.yaml", n, failing=failing))
 
 
 # -- submit: the whole pipeline ----------

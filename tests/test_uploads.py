@@ -4,12 +4,11 @@ the same look-ups as for URLs, files checked unchanged, --upload-concurrency (fa
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dubrunner.api import ApiClient, Credentials
+from dubrunner.api import ApiClient
 from dubrunner.emulator import Emulator
 from dubrunner.holds import Holds
 from dubrunner.localmedia import Digests
@@ -20,28 +19,9 @@ from dubrunner.store import Store
 from dubrunner.uploads import FilePart, MultipartBody, UploadInterrupted
 from dubrunner.worker import WorkerOptions
 from tests import mediafiles
-from tests.conftest import TOKEN, Database, assert_exactly_once, db_rows
-from tests.test_sessions import FakeUi
+from tests.conftest import Database, FakeUi, assert_exactly_once, db_rows
 
 OPTIONS = WorkerOptions(concurrency=4, backoff_base=0.02, lookup_grace=0.3)
-
-
-@pytest.fixture
-def store(db: Database) -> Iterator[Store]:
-    store = Store(db.url)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def api(emulator: Emulator) -> Iterator[ApiClient]:
-    api = ApiClient(Credentials(TOKEN, None), emulator.base_url)
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 def _load(store: Store, folder: Path, n: int, size: int = 50_000) -> Path:
