@@ -191,6 +191,7 @@ class _Exchange:
         self.sockets: list[socket.socket] = []
         self.cut_at_deadline = False
         self.guard: Callable[[], None] | None = None
+        self.pace: Callable[[], None] | None = None
 
     def trace(self, event: str, info: Mapping[str, Any]) -> None:
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
@@ -199,9 +200,13 @@ class _Exchange:
             if isinstance(sock, socket.socket):
                 self.sockets = [s for s in self.sockets if s.fileno() != -1]
                 self.sockets.append(sock)
-        elif event.endswith(".send_request_headers.started") and self.guard is not None:
-            # The last moment before the first byte of the request leaves this machine.
-            self.guard()
+        elif event.endswith(".send_request_headers.started"):
+            # The last moment before the first byte of the request leaves this machine: the
+            # rate is kept here, where a new connection's set-up is behind us, then the guard.
+            if self.pace is not None:
+                self.pace()
+            if self.guard is not None:
+                self.guard()
 
     def cut(self) -> None:
         self.cut_at_deadline = True
@@ -253,6 +258,8 @@ class ApiClient:
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._lock = threading.Lock()
+        # Called right before every request's first byte leaves (Governor.leaving).
+        self.pace: Callable[[], None] | None = None
 
     def _thread_client(self) -> tuple[httpx.Client, _Exchange]:
         client: httpx.Client | None = getattr(self._local, "client", None)
@@ -295,6 +302,7 @@ class ApiClient:
         if guard is not None:
             guard()  # also checked again right before the first byte (see _Exchange.trace)
         exchange.guard = guard
+        exchange.pace = self.pace
         exchange.cut_at_deadline = False
         token = _WATCHDOG.watch(deadline, exchange.cut)
         try:

@@ -18,6 +18,7 @@ from typing import Protocol
 from dubrunner.api import ApiClient
 from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
+from dubrunner.governor import Governor
 from dubrunner.loading import LoadConflict
 from dubrunner.manifest import Manifest
 from dubrunner.poller import Poller
@@ -204,10 +205,11 @@ class Submission:
         api: ApiClient,
         batch: str | None,
         options: WorkerOptions,
+        governor: Governor | None = None,
     ) -> None:
         self.store = store
         self.batch = batch
-        self.governor = options.governor(store, api)
+        self.governor = governor or options.governor(store, api)
         self.worker = Worker(store, api, self.governor, options, batch)
 
     def request_stop(self) -> None:
@@ -220,13 +222,18 @@ class Submission:
 
 
 def submit_pending(
-    store: Store, api: ApiClient, batch: str | None, options: WorkerOptions, ui: Ui
+    store: Store,
+    api: ApiClient,
+    batch: str | None,
+    options: WorkerOptions,
+    ui: Ui,
+    governor: Governor | None = None,
 ) -> Ending:
     """Send every job of the batch (or of every batch) that is not yet at the API."""
     counts = store.counts(batch)
     total = sum(n for s, n in counts.items() if s != State.CANCELLED)
     done = sum(counts.get(s, 0) for s in AT_API)
-    submission = Submission(store, api, batch, options)
+    submission = Submission(store, api, batch, options, governor)
     report = submission.worker.report
     started = time.monotonic()
     with ui.progress("submitting", total, submission.request_stop) as progress:
@@ -306,11 +313,14 @@ def submit(
                 problem.reference_id, f"preflight: {problem.which}: {problem.problem}"
             )
         store.fail_unsent(manifest.batch, reasons)
-    sent = submit_pending(store, api, manifest.batch, options, ui)
+    governor = options.governor(store, api)  # one budget for the submits and the polls after
+    sent = submit_pending(store, api, manifest.batch, options, ui, governor)
     if sent.code != EXIT_OK or not (wait or fetch_into):
         return sent
     ui.tell(sent)
-    polled = poll(store, api, manifest.batch, options, ui, wait=True, polling=polling)
+    polled = poll(
+        store, api, manifest.batch, options, ui, wait=True, polling=polling, governor=governor
+    )
     if fetch_into is None or polled.code == EXIT_INTERRUPTED:
         return polled
     # Even when some jobs failed remotely (or the poll gave up), download those that completed.
@@ -347,10 +357,12 @@ def poll(
     *,
     wait: bool,
     polling: Polling = Polling(),
+    governor: Governor | None = None,
 ) -> Ending:
     """Ask the API about every submitted job: one round, or (`wait`) rounds until every job has
     ended. Waiting exits 1 when some jobs failed remotely or are still going."""
-    poller = Poller(store, api, options.governor(store, api), batch, options.concurrency)
+    governor = governor or options.governor(store, api)
+    poller = Poller(store, api, governor, batch, options.concurrency)
     total = poller.remaining()
     report = poller.report
     label = "polling" if wait else "polling once"
