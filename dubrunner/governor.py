@@ -13,8 +13,8 @@ were refused. Hence:
   narrows it by 0.02 %, so it settles where about one request in a hundred meets a 429: wide
   on a jittery path, narrow on a steady one;
 - the rate is kept at the moment a request's first byte leaves (`leaving`, called by the HTTP
-  client), so a new connection's set-up or a thread that woke late pushes the schedule back
-  instead of leaving the next request closer to it;
+  client), and a request whose head went out late (`left`) moves the schedule back: a new
+  connection's set-up or a thread that woke late does not leave the next request closer to it;
 - nothing is booked ahead, so there is no burst at the start or after a pause (unless --burst);
 - a 429's Retry-After pauses every request and the schedule starts again from its end;
 - submits, look-ups and polls share the one budget; a POST waiting for a turn goes before a
@@ -196,25 +196,39 @@ class Governor:
             self._tat = max(self._tat, now) + interval
             return 0.0, False
 
-    def leaving(self) -> None:
-        """Called right before a request's first byte leaves (ApiClient.pace). A request held up
-        after its turn (a new connection, a thread that woke late) left later than planned: the
-        next one waits here for the rest of its interval, and the schedule moves back with it."""
-        delay = self.departure()
-        if delay > 0:
-            time.sleep(delay)
+    def leaving(self) -> float:
+        """Called right before a request's first byte leaves (ApiClient.pacer). A request held
+        up after its turn (a new connection, a thread that woke late) leaves later than planned:
+        the next one waits here for the rest of its interval. Returns when it was due."""
+        due, wait = self.depart()
+        if wait > 0:
+            time.sleep(wait)
+        return due
 
-    def departure(self) -> float:
-        """Book the moment a request leaves; returns how long it must wait for it."""
+    def depart(self) -> tuple[float, float]:
+        """Book the moment a request leaves: (that moment, how long to wait for it)."""
         if self.rate is None or self._shared is not None:
-            return 0.0
+            return self._clock(), 0.0
         with self._lock:
             now = self._clock()
             interval = self.interval
             at = max(now, self._left_tat - (self.burst - 1) * interval)
             self._left_tat = max(self._left_tat, at) + interval
             self._tat = max(self._tat, self._left_tat)
-            return at - now
+            return at, at - now
+
+    def left(self, due: float) -> None:
+        """The request due to leave at `due` has sent its head (ApiClient.pacer). One that went
+        late (its thread woke late, or lost the CPU on the way out) moves the schedule back:
+        the next leaves at least 1/rate and half the margin after it; the other half of the
+        margin is for the way to the server."""
+        if self.rate is None or self._shared is not None:
+            return
+        with self._lock:
+            after = self._clock() + (1.0 + self.margin / 2) / self.rate
+            if after > self._left_tat:
+                self._left_tat = after
+                self._tat = max(self._tat, after)
 
     def _wait_booked(self, stop: threading.Event) -> None:
         """--rate-shared: wait for the next time booked in the database (and any pause)."""

@@ -90,7 +90,7 @@ class WorkerOptions:
         governor = Governor(
             self.rate, self.concurrency, self.burst, shared=shared, auto=self.rate_auto
         )
-        api.pace = governor.leaving
+        api.pacer = governor
         return governor
 
 

@@ -88,8 +88,8 @@ def simulate(
     than asked a sleeping thread wakes up."""
     rng = random.Random(seed)
     run = Run()
-    # (when, order, what, worker, value): value is "waited for the rate" for a turn, and the
-    # Retry-After of a 429 for an answer (0: let through).
+    # (when, order, what, worker, value): value is "waited for the rate" for a turn, when it
+    # was due for a departure, and the Retry-After of a 429 for an answer (0: let through).
     events: list[tuple[float, int, str, int, float]] = []
     order = 0
 
@@ -110,8 +110,10 @@ def simulate(
             if wait > 0:
                 at(when + wait + late_wake(rng), "turn", worker, float(value or for_rate))
             else:
-                at(when + governor.departure() + late_wake(rng), "leave", worker)
+                due, wait = governor.depart()
+                at(when + wait + late_wake(rng), "leave", worker, due)
         elif what == "leave":
+            governor.left(value)
             at(when + delay(rng), "arrive", worker)
         elif what == "arrive":
             refused_for = bucket.take(when)

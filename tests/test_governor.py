@@ -45,7 +45,9 @@ class FakeStop(threading.Event):
 def send(governor: Governor, stop: FakeStop, clock: FakeClock) -> float:
     """One request: its turn, then its departure (the HTTP client's `leaving`); when it left."""
     governor.wait_turn(stop)
-    clock.now += governor.departure()
+    due, wait = governor.depart()
+    clock.now += wait
+    governor.left(due)
     return round(clock.now - 1000.0, 6)
 
 
@@ -74,11 +76,20 @@ def test_a_request_that_leaves_late_moves_the_schedule_back() -> None:
     gap = 0.1 * (1 + MARGIN)
     governor.wait_turn(stop)  # its turn; then a new connection takes 30 ms
     clock.now += 0.03
-    assert governor.departure() == 0.0
+    due, wait = governor.depart()
+    assert wait == 0.0
     first = clock.now
+    governor.left(due)
     governor.wait_turn(stop)  # the next turn comes a little early, and waits for the rest
-    clock.now += governor.departure()
+    due, wait = governor.depart()
+    clock.now += wait
     assert clock.now == pytest.approx(first + gap)  # a full interval after the late one
+    clock.now += 0.004  # its thread loses the CPU for 4 ms before its head is out
+    governor.left(due)
+    second = clock.now
+    governor.wait_turn(stop)
+    clock.now += governor.depart()[1]
+    assert clock.now == pytest.approx(second + (1 + MARGIN / 2) * 0.1)
 
 
 def test_no_rate_means_no_wait() -> None:
