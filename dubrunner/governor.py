@@ -12,9 +12,11 @@ were refused. Hence:
   widens it by 2 % (at most once every half second, up to 15 %) and every answer let through
   narrows it by 0.02 %, so it settles where about one request in a hundred meets a 429: wide
   on a jittery path, narrow on a steady one;
-- the rate is kept at the moment a request's first byte leaves (`leaving`, called by the HTTP
-  client), and a request whose head went out late (`left`) moves the schedule back: a new
-  connection's set-up or a thread that woke late does not leave the next request closer to it;
+- a request waits in two places: for its turn before its exchange begins (the rate, a pause),
+  given up to an interval early, then at the door (`leaving`, called by the HTTP client right
+  before the first byte leaves) for the moment an interval after the last request left. So a
+  new connection's set-up costs no slot, and a request whose head went out late (`left`)
+  moves the schedule back instead of leaving the next one closer to it;
 - nothing is booked ahead, so there is no burst at the start or after a pause (unless --burst);
 - a 429's Retry-After pauses every request and the schedule starts again from its end;
 - submits, look-ups and polls share the one budget; a POST waiting for a turn goes before a
@@ -37,9 +39,8 @@ WIDEN = 0.02  # added to the margin by a 429
 NARROW = 0.0002  # taken off it by every answer let through
 MAX_MARGIN = 0.15
 GUARD = 0.5  # seconds: the 429s of requests already on their way count as one
-# A turn is taken this much (at most a quarter of an interval) before it is due, and `leaving`
-# waits out the rest: a thread that wakes a little late does not make its request late.
-EARLY = 0.002
+LEAD = 0.1  # the most a turn is given early (up to an interval); `leaving` waits out the rest
+HOLD = 1.0  # the longest pause a request at the door waits out (see pause)
 YIELD = 0.002  # how long a look-up or poll waits while a POST takes the turn it was offered
 
 
@@ -153,7 +154,10 @@ class Governor:
             if until > self._pause_until:
                 self._pause_until = until
                 self._tat = max(self._tat, until)
-                self._left_tat = max(self._left_tat, until)
+                # A request already at the door (given its turn, in `leaving`) waits out a short
+                # pause, such as a limiter's milliseconds until its next token, but not a long
+                # one inside its exchange, whose deadline runs.
+                self._left_tat = max(self._left_tat, min(until, self._clock() + HOLD))
 
     def observe(self, throttled: bool) -> None:
         """Learn from one answer: a 429 widens the margin (and with --rate auto cuts the rate),
@@ -187,7 +191,7 @@ class Governor:
             if self.rate is None:
                 return max(0.0, paused), False
             interval = self.interval
-            due = self._tat - (self.burst - 1) * interval - min(EARLY, interval / 4) - now
+            due = self._tat - (self.burst - 1) * interval - min(LEAD, interval) - now
             if paused > 0 or due > 0:
                 return max(paused, due), due > paused
             if not urgent and self._urgent_waiting:
@@ -197,25 +201,29 @@ class Governor:
             return 0.0, False
 
     def leaving(self) -> float:
-        """Called right before a request's first byte leaves (ApiClient.pacer). A request held
-        up after its turn (a new connection, a thread that woke late) leaves later than planned:
-        the next one waits here for the rest of its interval. Returns when it was due."""
-        due, wait = self.depart()
-        if wait > 0:
+        """Called right before a request's first byte leaves (ApiClient.pacer): wait for its
+        moment, an interval after the last request's. A request held up after its turn (a new
+        connection, a thread that woke late) leaves later than planned, and the next one waits
+        here for the rest of its interval. Returns the moment it was let go."""
+        while (wait := self.depart()) > 0:
             time.sleep(wait)
-        return due
+        return self._clock()
 
-    def depart(self) -> tuple[float, float]:
-        """Book the moment a request leaves: (that moment, how long to wait for it)."""
+    def depart(self) -> float:
+        """0.0 when a request may leave now (the next one is then due an interval later), else
+        how long to wait before asking again. A pause does not hold a request this far on its
+        way (it would wait inside its exchange): a turn is only given outside a pause."""
         if self.rate is None or self._shared is not None:
-            return self._clock(), 0.0
+            return 0.0
         with self._lock:
             now = self._clock()
             interval = self.interval
-            at = max(now, self._left_tat - (self.burst - 1) * interval)
-            self._left_tat = max(self._left_tat, at) + interval
+            wait = self._left_tat - (self.burst - 1) * interval - now
+            if wait > 0:
+                return wait
+            self._left_tat = max(self._left_tat, now) + interval
             self._tat = max(self._tat, self._left_tat)
-            return at, at - now
+            return 0.0
 
     def left(self, due: float) -> None:
         """The request due to leave at `due` has sent its head (ApiClient.pacer). One that went

@@ -81,15 +81,17 @@ def simulate(
     late_wake: Callable[[random.Random], float] = quiet,
     seed: int = 1,
     start: float = 0.0,
+    connect: float = 0.0,
 ) -> Run:
     """Run `workers` threads sending back to back through `governor` from `start` until
     `seconds` (on the fake clock: a run can go on from where another ended). `delay`
     draws how much later than it left a request reaches the limiter; `late_wake` how much later
-    than asked a sleeping thread wakes up."""
+    than asked a sleeping thread wakes up; `connect` how long each worker's first request takes
+    to open its connection, between its turn and its departure."""
     rng = random.Random(seed)
     run = Run()
     # (when, order, what, worker, value): value is "waited for the rate" for a turn, when it
-    # was due for a departure, and the Retry-After of a 429 for an answer (0: let through).
+    # was let go for a departure, and the Retry-After of a 429 for an answer (0: let through).
     events: list[tuple[float, int, str, int, float]] = []
     order = 0
 
@@ -98,6 +100,7 @@ def simulate(
         order += 1
         heapq.heappush(events, (when, order, what, worker, value))
 
+    connected: set[int] = set()
     for w in range(workers):
         at(start, "turn", w)
     while events:
@@ -109,9 +112,17 @@ def simulate(
             wait, for_rate = governor.try_turn(urgent=True, waited=bool(value))
             if wait > 0:
                 at(when + wait + late_wake(rng), "turn", worker, float(value or for_rate))
+            elif worker not in connected:
+                connected.add(worker)
+                at(when + connect, "depart", worker)
             else:
-                due, wait = governor.depart()
-                at(when + wait + late_wake(rng), "leave", worker, due)
+                at(when, "depart", worker)
+        elif what == "depart":
+            wait = governor.depart()
+            if wait > 0:
+                at(when + wait + late_wake(rng), "depart", worker)
+            else:  # let go: its head is out a little later
+                at(when + late_wake(rng), "leave", worker, when)
         elif what == "leave":
             governor.left(value)
             at(when + delay(rng), "arrive", worker)

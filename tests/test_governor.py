@@ -9,6 +9,7 @@ import time
 import pytest
 
 from dubrunner.governor import (
+    HOLD,
     MARGIN,
     MAX_MARGIN,
     NARROW,
@@ -45,9 +46,9 @@ class FakeStop(threading.Event):
 def send(governor: Governor, stop: FakeStop, clock: FakeClock) -> float:
     """One request: its turn, then its departure (the HTTP client's `leaving`); when it left."""
     governor.wait_turn(stop)
-    due, wait = governor.depart()
-    clock.now += wait
-    governor.left(due)
+    while (wait := governor.depart()) > 0:
+        clock.now += wait
+    governor.left(clock.now)
     return round(clock.now - 1000.0, 6)
 
 
@@ -76,20 +77,19 @@ def test_a_request_that_leaves_late_moves_the_schedule_back() -> None:
     gap = 0.1 * (1 + MARGIN)
     governor.wait_turn(stop)  # its turn; then a new connection takes 30 ms
     clock.now += 0.03
-    due, wait = governor.depart()
-    assert wait == 0.0
+    assert governor.depart() == 0.0
     first = clock.now
-    governor.left(due)
-    governor.wait_turn(stop)  # the next turn comes a little early, and waits for the rest
-    due, wait = governor.depart()
-    clock.now += wait
+    governor.left(first)
+    governor.wait_turn(stop)  # the next turn comes early, and waits for the rest
+    assert clock.now < first + gap
+    while (wait := governor.depart()) > 0:
+        clock.now += wait
     assert clock.now == pytest.approx(first + gap)  # a full interval after the late one
+    let_go = clock.now
     clock.now += 0.004  # its thread loses the CPU for 4 ms before its head is out
-    governor.left(due)
+    governor.left(let_go)
     second = clock.now
-    governor.wait_turn(stop)
-    clock.now += governor.depart()[1]
-    assert clock.now == pytest.approx(second + (1 + MARGIN / 2) * 0.1)
+    assert send(governor, stop, clock) == pytest.approx(second - 1000 + (1 + MARGIN / 2) * 0.1)
 
 
 def test_no_rate_means_no_wait() -> None:
@@ -116,6 +116,19 @@ def test_a_pause_holds_everyone_then_the_schedule_starts_from_its_end() -> None:
     assert governor.paused_for == pytest.approx(1.0)
 
 
+def test_a_request_at_the_door_waits_out_a_short_pause_only() -> None:
+    clock = FakeClock()
+    stop = FakeStop(clock)
+    governor = Governor(rate=10.0, clock=clock)
+    send(governor, stop, clock)
+    governor.wait_turn(stop)  # its turn is given; it is on its way out when a 429 comes back
+    governor.pause(0.3)  # the limiter's time until its next token: wait for it
+    assert governor.depart() == pytest.approx(0.3)
+    governor.pause(60.0)  # a long one is not waited out inside the request's exchange
+    assert governor.depart() == pytest.approx(HOLD)
+    assert governor.paused_for == pytest.approx(60.0)  # while no new turn is given
+
+
 def test_a_429_widens_the_margin_and_answers_narrow_it_back() -> None:
     clock = FakeClock()
     governor = Governor(rate=20.0, clock=clock)
@@ -139,10 +152,10 @@ def test_a_429_widens_the_margin_and_answers_narrow_it_back() -> None:
 
 
 def test_a_post_waiting_for_a_turn_goes_before_a_lookup() -> None:
-    governor = Governor(rate=20.0, concurrency=8)
+    governor = Governor(rate=5.0, concurrency=8)
     stop = threading.Event()
     order: list[str] = []
-    governor.wait_turn(stop)  # the next turn is ~50 ms away
+    governor.wait_turn(stop)  # the next turn is given ~100 ms from now
 
     def request(kind: str) -> None:
         governor.wait_turn(stop, urgent=kind == "post")

@@ -81,9 +81,9 @@ def test_paced_at_exactly_the_rate_jitter_is_refused(monkeypatch: pytest.MonkeyP
         m.setattr(governor_module, "WIDEN", 0.0)
         exact = paced(20.0, 20.0, delay=jittery, seed=3)
     ours = paced(20.0, 20.0, delay=jittery, seed=3)
-    assert exact.refused() > 0.1
+    assert exact.refused() > 0.05
     assert ours.refused() < 0.01
-    assert ours.achieved() / 20 >= 0.93
+    assert ours.achieved() / 20 >= 0.95
 
 
 def test_on_a_busy_path_the_margin_widens_until_429s_are_rare(
@@ -91,10 +91,31 @@ def test_on_a_busy_path_the_margin_widens_until_429s_are_rare(
 ) -> None:
     with monkeypatch.context() as m:
         m.setattr(governor_module, "WIDEN", 0.0)
-        fixed = paced(20.0, 20.0, delay=spiky, seed=5)
-    ours = paced(20.0, 20.0, delay=spiky, seed=5)
+        fixed = paced(20.0, 20.0, delay=spiky, seed=3)
+    ours = paced(20.0, 20.0, delay=spiky, seed=3)
     assert ours.refused() < 0.02 < fixed.refused()
     assert ours.achieved() / 20 >= 0.85
+
+
+def test_new_connections_at_the_start_do_not_cost_the_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each worker's first request opens its connection (40 ms here) after its turn: the turn
+    is given early enough that the connection is ready when the request is due."""
+
+    def first_two_seconds(seed: int) -> float:
+        clock = Clock()
+        governor = Governor(20.0, 8, clock=clock)
+        run = simulate(
+            governor, clock, Bucket(20.0), seconds=10, delay=jittery, connect=0.04, seed=seed
+        )
+        assert run.refused() < 0.02
+        return run.achieved(0, 2) / 20
+
+    for seed in (1, 2, 3):
+        assert first_two_seconds(seed) >= 0.9
+    monkeypatch.setattr(governor_module, "LEAD", 0.002)  # a turn given just before it is due
+    assert first_two_seconds(1) < 0.85
 
 
 def test_auto_finds_an_unknown_strict_limit_without_a_burst() -> None:
