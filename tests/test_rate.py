@@ -9,15 +9,17 @@ request reached it (the kernel's receive time) from its record of arrivals."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 import dubrunner.governor as governor_module
 from dubrunner.emulator import Emulator
 from dubrunner.governor import AutoRate, Governor
-from tests.conftest import Database, assert_exactly_once, run_cli, states, write_manifest
+from tests.conftest import TOKEN, Database, assert_exactly_once, run_cli, states, write_manifest
 from tests.ratesim import Bucket, Clock, Run, quiet, simulate
 
 
@@ -141,6 +143,28 @@ def test_auto_finds_a_lower_limit_and_a_higher_one() -> None:
     bucket.rate = 15.0  # and raised: found by the slow growth
     raised = simulate(governor, clock, bucket, seconds=200, delay=jittery, start=60)
     assert raised.achieved(160) / 15 >= 0.9
+
+
+# -- the emulator's limiter ----------
+
+
+def test_the_emulators_burst_1_is_a_strict_limiter(emulator: Emulator) -> None:
+    url = emulator.base_url + "v1/users/me"
+    with httpx.Client(headers={"x-api-key": TOKEN}) as client:
+        emulator.update(rate=10.0)  # a second's worth at once, as before
+        time.sleep(0.6)
+        assert [client.get(url).status_code for _ in range(4)] == [200] * 4
+        emulator.update(burst=1)
+        time.sleep(0.2)
+        first, second = client.get(url), client.get(url)
+        assert (first.status_code, second.status_code) == (200, 429)
+        assert 0 < float(second.headers["Retry-After"]) <= 0.1
+        time.sleep(0.11)
+        assert client.get(url).status_code == 200
+    # Every request met the bucket at its arrival, recorded with whether it went through.
+    arrivals = emulator.arrivals
+    assert [ok for _, ok in arrivals[-3:]] == [True, False, True]
+    assert all(abs(t - time.time()) < 5 for t, _ in arrivals)
 
 
 # -- the real command against the emulator ----------
