@@ -58,9 +58,10 @@ fuzz: $(STAMP)
 	    $(BIN)/pytest tests/test_model.py -p no:cacheprovider -p no:logging
 
 # Benchmarks against the emulator on loopback; prints a table and writes BENCHMARKS.md.
+# BENCH_ARGS="--only rate": the rate rows alone, printed (BENCHMARKS.md left as it is).
 bench: $(STAMP)
-	$(BIN)/python -m tests.benchmarks.bench
+	$(BIN)/python -m tests.benchmarks.bench $(BENCH_ARGS)
 
 # The start-up rows alone (python -c pass, --help, a TAB of completion, status), printed only.
 bench-startup: $(STAMP)
-	$(BIN)/python -m tests.benchmarks.bench --startup
+	$(BIN)/python -m tests.benchmarks.bench --only startup

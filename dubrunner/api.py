@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -185,6 +185,16 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
+class Pacer(Protocol):
+    """What keeps the rate where requests leave (the Governor)."""
+
+    def leaving(self) -> float:
+        """Right before a request's first byte: wait for its moment; returns that moment."""
+
+    def left(self, due: float) -> None:
+        """Its head has been sent; it was due to leave at `due`."""
+
+
 class _Exchange:
     """What one thread's client needs to bound its exchanges: the sockets it opened."""
 
@@ -192,6 +202,8 @@ class _Exchange:
         self.sockets: list[socket.socket] = []
         self.cut_at_deadline = False
         self.guard: Callable[[], None] | None = None
+        self.pacer: Pacer | None = None
+        self._due = 0.0
 
     def trace(self, event: str, info: Mapping[str, Any]) -> None:
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
@@ -200,9 +212,15 @@ class _Exchange:
             if isinstance(sock, socket.socket):
                 self.sockets = [s for s in self.sockets if s.fileno() != -1]
                 self.sockets.append(sock)
-        elif event.endswith(".send_request_headers.started") and self.guard is not None:
-            # The last moment before the first byte of the request leaves this machine.
-            self.guard()
+        elif event.endswith(".send_request_headers.started"):
+            # The last moment before the first byte of the request leaves this machine: the
+            # rate is kept here, where a new connection's set-up is behind us, then the guard.
+            if self.pacer is not None:
+                self._due = self.pacer.leaving()
+            if self.guard is not None:
+                self.guard()
+        elif event.endswith(".send_request_headers.complete") and self.pacer is not None:
+            self.pacer.left(self._due)
 
     def cut(self) -> None:
         self.cut_at_deadline = True
@@ -255,6 +273,8 @@ class ApiClient:
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._lock = threading.Lock()
+        # Told when every request leaves (the Governor: its rate is kept there).
+        self.pacer: Pacer | None = None
 
     def _thread_client(self) -> tuple[httpx.Client, _Exchange]:
         client: httpx.Client | None = getattr(self._local, "client", None)
@@ -300,6 +320,7 @@ class ApiClient:
         if guard is not None:
             guard()  # also checked again right before the first byte (see _Exchange.trace)
         exchange.guard = guard
+        exchange.pacer = self.pacer
         exchange.cut_at_deadline = False
         token = _WATCHDOG.watch(deadline, exchange.cut)
         try:

@@ -41,7 +41,7 @@ from dubrunner.errors import (
     classify_exception,
     classify_lookup,
 )
-from dubrunner.governor import Governor, Stopped
+from dubrunner.governor import Governor, Stopped, paced_interval
 from dubrunner.health import OUTAGE_ADVICE, OutageTooLong, ServerHealth
 from dubrunner.holds import Holds, Lost
 from dubrunner.localmedia import Digests
@@ -85,12 +85,17 @@ class WorkerOptions:
         return Policy(self.max_attempts, self.lookup_grace)
 
     def governor(self, store: Store, api: ApiClient) -> Governor:
-        """The process's one governor; with rate_shared, its rate is booked in the database."""
+        """The governor of every request `api` sends (submits, look-ups, polls): one budget;
+        with rate_shared, its rate is booked in the database."""
         shared = None
         if self.rate_shared and self.rate:
-            interval = 1.0 / self.rate
+            interval = paced_interval(self.rate)
             shared = functools.partial(store.reserve_rate_slots, api.base_url, interval)
-        return Governor(self.rate, self.concurrency, self.burst, shared=shared, auto=self.rate_auto)
+        governor = Governor(
+            self.rate, self.concurrency, self.burst, shared=shared, auto=self.rate_auto
+        )
+        api.pacer = governor
+        return governor
 
 
 @dataclass
@@ -327,9 +332,13 @@ class Worker(Run):
 
     # -- sending ----------
 
-    def _call(self, fn: Callable[[], Answer]) -> tuple[Answer | None, BaseException | None]:
+    def _call(
+        self, fn: Callable[[], Answer], urgent: bool = False
+    ) -> tuple[Answer | None, BaseException | None]:
+        """One request under the health gate and the governor; `urgent` (a POST) goes before
+        look-ups waiting for the same turn of the rate."""
         try:
-            with self.health.gate(self.stop), self.governor.slot(self.stop):
+            with self.health.gate(self.stop), self.governor.slot(self.stop, urgent):
                 self.add("requests")
                 return fn(), None
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
@@ -380,7 +389,8 @@ class Worker(Run):
                         job.disable_active_speaker_detection,
                         retry_count=run.posts,
                         guard=self.holds.send_window(run.job, self.fatal),
-                    )
+                    ),
+                    urgent=True,
                 )
             except SendWindowClosed:
                 continue  # nothing left: confirm the claim again
@@ -469,10 +479,10 @@ class Worker(Run):
         except Stopped:
             return Decision(Next.AGAIN, lookup_owed=True, lookup_after=run.lookup_after)
         error: Outcome | None = result.outcome
-        if error is not None:
-            self.governor.observe(error.throttled)
-            if error.retry_after:
-                self.governor.pause(error.retry_after)
+        if status is not None:  # the server answered: what it said teaches the governor
+            self.governor.observe(error is not None and error.throttled)
+        if error is not None and error.retry_after:
+            self.governor.pause(error.retry_after)
         verdict = self.health.observe(job.reference_id, error or _ANSWERED, "a look-up", send=False)
         now = time.time()
         if verdict.hand_back and verdict.halt:

@@ -67,12 +67,12 @@ class PausableGovernor(Governor):
         self.reached = threading.Event()
 
     @contextmanager
-    def slot(self, stop: threading.Event) -> Iterator[None]:
+    def slot(self, stop: threading.Event, urgent: bool = False) -> Iterator[None]:
         hold, self.hold = self.hold, None
         if hold is not None:
             self.reached.set()
             hold.wait(10)
-        with super().slot(stop):
+        with super().slot(stop, urgent):
             yield
 
 

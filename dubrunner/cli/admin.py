@@ -59,6 +59,12 @@ def db_upgrade() -> None:
     help="An accepted credential (repeatable).",
 )
 @click.option("--rate", type=float, help="Requests per second before 429.")
+@click.option(
+    "--burst",
+    type=click.IntRange(1),
+    help="Requests the rate limit lets through at once (its token bucket's capacity); "
+    "1 is a strict limiter [default: one second's worth].",
+)
 @click.option("--p500", type=click.FloatRange(0, 1), default=0.0, help="Chance of a 500.")
 @click.option("--latency-ms", type=click.FloatRange(0), default=0.0, help="Added to every answer.")
 @click.option(
@@ -137,6 +143,7 @@ def emulator(
     port_file: str | None,
     tokens: tuple[str, ...],
     rate: float | None,
+    burst: int | None,
     p500: float,
     latency_ms: float,
     token_limit: int | None,
@@ -159,6 +166,7 @@ def emulator(
     config = EmulatorConfig(
         tokens=tokens,
         rate=rate,
+        burst=burst,
         p500=p500,
         latency_ms=latency_ms,
         token_limit=token_limit,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hmac
 import json
@@ -68,15 +69,37 @@ class Server(ThreadingHTTPServer):
 
 _AUTH_EXEMPT = {"health"}
 MEDIA_ROUTE = "v1/lipsync/generate-with-media"
+_SO_TIMESTAMPNS = 35  # Linux: a received packet's kernel timestamp (not in the socket module)
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: Server
+    arrived: float | None = None
 
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # not Linux: arrival is when a thread reads it
+            self.connection.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+
+    def handle_one_request(self) -> None:
+        self.arrived = self._arrival() if self.server.emulator.config.rate else None
+        super().handle_one_request()
+
+    def _arrival(self) -> float | None:
+        """When the next request reached this machine (Unix seconds): the kernel's receive time
+        of its first bytes, so the rate limit judges the client's pacing, not how soon a thread
+        of this Python process got a CPU on a busy machine. Waits for those bytes."""
+        try:
+            _, ancillary, _, _ = self.connection.recvmsg(1, socket.CMSG_SPACE(16), socket.MSG_PEEK)
+        except OSError:
+            return None
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                return float(seconds + nanoseconds / 1e9)
+        return None
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
@@ -180,7 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
         if auth_problem:
             return self._error(401, auth_problem)
         with emu.lock:
-            wait = emu._take_token()
+            wait = emu._take_token(self.arrived)
             if wait is not None:
                 emu.stats.rate_limited += 1
         if wait is not None:
@@ -497,6 +520,10 @@ class _Handler(BaseHTTPRequestHandler):
             with emu.lock:
                 stats = asdict(emu.stats)
             return self._send(200, stats)
+        if path == "/_emulator/arrivals" and method == "GET":
+            with emu.lock:
+                arrivals = list(emu.arrivals)
+            return self._send(200, arrivals)
         if path == "/_emulator/config" and method == "POST":
             try:
                 emu.update(**json.loads(body or b"{}"))

@@ -24,7 +24,11 @@ from dubrunner.emulator.handler import Server
 @dataclass
 class EmulatorConfig:
     tokens: tuple[str, ...] = ("test-token",)
-    rate: float | None = None  # API requests per second before 429 (burst: one second's worth)
+    rate: float | None = None  # API requests per second before 429
+    # The token bucket's capacity: requests that may arrive at once after a quiet spell. None is
+    # one second's worth (a lenient limiter); 1 is the strictest: any request arriving less than
+    # 1/rate after the last one it let through is refused.
+    burst: int | None = None
     p500: float = 0.0  # chance that a generate answers 500 "internal error"
     latency_ms: float = 0.0  # added to every API answer
     token_limit: int | None = None  # accepted generates before "token limit reached"
@@ -161,6 +165,9 @@ class Emulator:
         self._random = random.Random(self.config.seed)
         self._bucket = 0.0
         self._bucket_at = time.monotonic()
+        # While a rate is set: when each API request met the bucket (Unix seconds) and whether
+        # it was let through, for tests and the bench to measure a client's pacing.
+        self.arrivals: list[tuple[float, bool]] = []
         self._server = Server((host, port))
         self._server.emulator = self
         self._thread: threading.Thread | None = None
@@ -236,16 +243,22 @@ class Emulator:
 
     # -- the server's logic ----------
 
-    def _take_token(self) -> float | None:
-        """None when the request may go; else seconds until it could."""
+    def _take_token(self, arrived: float | None = None) -> float | None:
+        """None when a request that arrived at `arrived` (Unix seconds; None: now) may go; else
+        the seconds until it could."""
         rate = self.config.rate
         if not rate:
             return None
-        now = time.monotonic()
-        capacity = max(1.0, rate)
+        wall = time.time()
+        arrived = min(wall, arrived or wall)
+        # The bucket's clock never runs back (two requests read out of order count as one time).
+        now = max(self._bucket_at, time.monotonic() - (wall - arrived))
+        capacity = float(self.config.burst) if self.config.burst else max(1.0, rate)
         self._bucket = min(capacity, self._bucket + (now - self._bucket_at) * rate)
         self._bucket_at = now
-        if self._bucket >= 1.0:
+        taken = self._bucket >= 1.0
+        self.arrivals.append((arrived, taken))
+        if taken:
             self._bucket -= 1.0
             return None
         return (1.0 - self._bucket) / rate

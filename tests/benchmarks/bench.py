@@ -91,6 +91,17 @@ class EmulatorProcess:
             data: dict[str, object] = json.load(resp)
             return data
 
+    def paced(self, skip: float = 0.0) -> tuple[float, int, int]:
+        """From when each request reached the rate limit, after the first `skip` seconds:
+        (requests let through a second, first to last; requests answered 429; requests)."""
+        with urllib.request.urlopen(self.root + "_emulator/arrivals") as resp:
+            arrivals = sorted(json.load(resp))
+        start = arrivals[0][0] + skip
+        seen = [(t, ok) for t, ok in arrivals if t >= start]
+        taken = [t for t, ok in seen if ok]
+        refused = len(seen) - len(taken)
+        return (len(taken) - 1) / (taken[-1] - taken[0]), refused, len(seen)
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
@@ -309,7 +320,13 @@ def poll_alone(quick: bool, add: Add) -> None:
 
 
 def main() -> int:
+    """`--quick`: smaller sizes. `--only rate|poll|uploads|startup`: those rows alone, printed
+    and not written to BENCHMARKS.md (which keeps every row of a whole run)."""
     quick = "--quick" in sys.argv
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv[:-1] else None
+    if only not in (None, "rate", "poll", "uploads", "startup"):
+        print(f"--only takes rate, poll, uploads or startup, not {only!r}", file=sys.stderr)
+        return 2
     rows: list[tuple[str, str, str, str]] = []  # what, measured, target, verdict
 
     def add(what: str, value: str, target: str = "", ok: bool | None = None) -> None:
@@ -317,22 +334,21 @@ def main() -> int:
         rows.append((what, value, target, verdict))
         print(f"{what:58} {value:>22}  {target:>14}  {verdict}", flush=True)
 
-    if "--uploads-only" in sys.argv:  # runnable alone: prints, leaves BENCHMARKS.md as it is
-        with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
-            env = clean_env(CHAMELAION_API_KEY=TOKEN)
-            bench_uploads(Path(tmp), env, add, 256 * 1024**2 if quick else 1024**3)
-        return 0
-    if "--startup" in sys.argv:  # these rows alone, printed, BENCHMARKS.md left as it is
-        with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
-            startup(add, Path(tmp))
-        return 0
-    if "--only" in sys.argv:
+    if only is not None:
         # One part alone, printed only: BENCHMARKS.md is written by the whole run, never a part.
-        part = sys.argv[sys.argv.index("--only") + 1 :][:1]
-        if part != ["poll"]:
-            print("usage: python -m tests.benchmarks.bench [--quick] [--startup | --only poll]")
-            return 2
-        poll_alone(quick, add)
+        with tempfile.TemporaryDirectory(prefix="dubrunner-bench-") as tmp:
+            work = Path(tmp)
+            if only == "rate":
+                env = clean_env(CHAMELAION_API_KEY=TOKEN, DUBRUNNER_DB=str(work / "bench.db"))
+                rate_rows(work, env, add, quick)
+            elif only == "uploads":
+                env = clean_env(CHAMELAION_API_KEY=TOKEN)
+                bench_uploads(work, env, add, 256 * 1024**2 if quick else 1024**3)
+            elif only == "startup":
+                startup(add, work)
+            else:
+                poll_alone(quick, add)
+        print("\n(--only: BENCHMARKS.md is not written)")
         return 0
 
     n_big = 20_000 if quick else 100_000
@@ -400,47 +416,7 @@ def main() -> int:
         poll_rows(emu, env_emu, work, n_submit, add)
         emu.stop()
 
-        # 5. Rate adherence: the server allows 20 req/s, the client is told 20.
-        emu = EmulatorProcess(work, "--rate", "20")
-        n_rate = 100 if quick else 300
-        env_rate = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(work / "r.db")}
-        run(["load", str(manifest(work / "r.yaml", n_rate, "r"))], env_rate, work)
-        started = time.monotonic()
-        r = run(["resume", "--rate", "20", "--concurrency", "8"], env_rate, work)
-        assert r.code == 0, r.err
-        stats = emu.stats()
-        span = float(stats["last_generate_at"]) - float(stats["first_generate_at"])  # type: ignore[arg-type]
-        achieved = (int(stats["generate"]) - 1) / span  # type: ignore[call-overload]
-        refused = int(stats["rate_limited"])  # type: ignore[call-overload]
-        requests = int(stats["requests"])  # type: ignore[call-overload]
-        emu.stop()
-        add(
-            "rate adherence: achieved / allowed (20 req/s), first to last request",
-            f"{achieved / 20:.3f}",
-            ">= 0.95",
-            achieved / 20 >= 0.95,
-        )
-        add("  the same over the whole command, start-up included", f"{n_rate / r.wall / 20:.3f}")
-        add(
-            "  requests answered 429",
-            f"{refused} of {requests} ({refused / requests:.1%})",
-            "< 1 %",
-            refused / requests < 0.01,
-        )
-
-        # 5b. --rate auto against the same limit: it has to find it.
-        emu = EmulatorProcess(work, "--rate", "20")
-        env_auto = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(work / "a.db")}
-        run(["load", str(manifest(work / "a.yaml", n_rate, "a"))], env_auto, work)
-        r = run(["resume", "--rate", "auto", "--concurrency", "8"], env_auto, work)
-        assert r.code == 0, r.err
-        stats = emu.stats()
-        emu.stop()
-        span = float(stats["last_generate_at"]) - float(stats["first_generate_at"])  # type: ignore[arg-type]
-        found = (int(stats["generate"]) - 1) / span  # type: ignore[call-overload]
-        refused = int(stats["rate_limited"])  # type: ignore[call-overload]
-        add("--rate auto against a 20 req/s server: achieved / allowed", f"{found / 20:.3f}")
-        add("  requests answered 429", f"{refused} ({refused / (refused + n_rate):.1%})")
+        rate_rows(work, env, add, quick)
 
         # 5c. Uploading local files: memory and throughput.
         bench_uploads(work, env, add, 256 * 1024**2 if quick else 1024**3)
@@ -470,6 +446,95 @@ def main() -> int:
 
     write_report(rows, quick)
     return 0
+
+
+def rate_rows(work: Path, env: dict[str, str], add: Add, quick: bool) -> None:
+    """Rate adherence: against a lenient limiter, against a strict one (a token bucket of
+    capacity 1: any request arriving less than 1/R after the last one it let through is
+    refused), and --rate auto against both."""
+    # 5. The server allows 20 req/s (and a second's worth at once), the client is told 20.
+    emu = EmulatorProcess(work, "--rate", "20")
+    n_rate = 100 if quick else 300
+    env_rate = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(work / "r.db")}
+    run(["load", str(manifest(work / "r.yaml", n_rate, "r"))], env_rate, work)
+    r = run(["resume", "--rate", "20", "--concurrency", "8"], env_rate, work)
+    assert r.code == 0, r.err
+    stats = emu.stats()
+    span = float(stats["last_generate_at"]) - float(stats["first_generate_at"])  # type: ignore[arg-type]
+    achieved = (int(stats["generate"]) - 1) / span  # type: ignore[call-overload]
+    refused = int(stats["rate_limited"])  # type: ignore[call-overload]
+    requests = int(stats["requests"])  # type: ignore[call-overload]
+    emu.stop()
+    add(
+        "lenient limiter (20 req/s, burst 20), --rate 20: achieved / allowed",
+        f"{achieved / 20:.3f}",
+        ">= 0.95",
+        achieved / 20 >= 0.95,
+    )
+    add("  the same over the whole command, start-up included", f"{n_rate / r.wall / 20:.3f}")
+    add(
+        "  requests answered 429",
+        f"{refused} of {requests} ({refused / requests:.1%})",
+        "< 1 %",
+        refused / requests < 0.01,
+    )
+
+    # 5b. --rate auto against the same limit: it has to find it.
+    emu = EmulatorProcess(work, "--rate", "20")
+    env_auto = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(work / "a.db")}
+    run(["load", str(manifest(work / "a.yaml", n_rate, "a"))], env_auto, work)
+    r = run(["resume", "--rate", "auto", "--concurrency", "8"], env_auto, work)
+    assert r.code == 0, r.err
+    stats = emu.stats()
+    emu.stop()
+    span = float(stats["last_generate_at"]) - float(stats["first_generate_at"])  # type: ignore[arg-type]
+    found = (int(stats["generate"]) - 1) / span  # type: ignore[call-overload]
+    refused = int(stats["rate_limited"])  # type: ignore[call-overload]
+    add("--rate auto, lenient limiter (20 req/s): achieved / allowed", f"{found / 20:.3f}")
+    add("  requests answered 429", f"{refused} ({refused / (refused + n_rate):.1%})")
+
+    # 5c. The same against a strict limiter: --burst 1, judged by when requests arrive.
+    emu = EmulatorProcess(work, "--rate", "20", "--burst", "1")
+    env_strict = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(work / "b.db")}
+    run(["load", str(manifest(work / "b.yaml", n_rate, "b"))], env_strict, work)
+    r = run(["resume", "--rate", "20", "--concurrency", "8"], env_strict, work)
+    assert r.code == 0, r.err
+    achieved, refused, total = emu.paced()
+    emu.stop()
+    add(
+        "strict limiter (20 req/s, burst 1), --rate 20: achieved / allowed",
+        f"{achieved / 20:.3f}",
+        ">= 0.95",
+        achieved / 20 >= 0.95,
+    )
+    add(
+        "  requests answered 429",
+        f"{refused} of {total} ({refused / total:.1%})",
+        "< 1 %",
+        refused / total < 0.01,
+    )
+
+    # 5d. --rate auto against a strict limit it is not told: measured after its first 10 s.
+    n_auto = 300 if quick else 500
+    emu = EmulatorProcess(work, "--rate", "20", "--burst", "1")
+    env_find = {**env, "CHAMELAION_BASE_URL": emu.base_url, "DUBRUNNER_DB": str(work / "f.db")}
+    run(["load", str(manifest(work / "f.yaml", n_auto, "f"))], env_find, work)
+    r = run(["resume", "--rate", "auto", "--concurrency", "8"], env_find, work)
+    assert r.code == 0, r.err
+    achieved, refused, total = emu.paced(skip=10.0)
+    emu.stop()
+    add(
+        "--rate auto, strict limiter (20 req/s, burst 1): achieved / allowed after 10 s",
+        f"{achieved / 20:.3f}",
+        ">= 0.9",
+        achieved / 20 >= 0.9,
+    )
+    add(
+        "  requests answered 429 after the first 10 s",
+        f"{refused} of {total} ({refused / total:.1%})",
+        "< 2 %",
+        refused / total < 0.02,
+    )
 
 
 def write_report(rows: list[tuple[str, str, str, str]], quick: bool) -> None:
