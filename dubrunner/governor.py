@@ -243,6 +243,12 @@ class Governor:
         assert self._shared is not None and self.rate is not None
         while True:
             with self._lock:
+                # A booked time that passed unused (this process was busy, or starting up) is
+                # dropped: sent now, right after another worker's on-time slot, it would make
+                # two requests arrive closer than the rate allows.
+                late = time.time() - 1.0 / self.rate
+                while self._booked and self._booked[0] < late:
+                    self._booked.popleft()
                 if not self._booked:
                     self._booked.extend(self._shared(max(1, int(self.rate / 5))))
                 slot = self._booked.popleft()

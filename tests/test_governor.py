@@ -226,6 +226,26 @@ def test_shared_rate_books_blocks_and_waits_for_each_slot(monkeypatch: pytest.Mo
     assert clock.now == pytest.approx(1000.3)  # the fourth slot, 0.3 s after the first
 
 
+def test_shared_slots_that_passed_unused_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker busy (or starting up) past its booked times must not send them all at once,
+    # right beside the slots other workers booked after them (seen as 10.7 req/s under 10).
+    clock = FakeClock()
+    stop = FakeStop(clock)
+    wall = [5000.0]
+    monkeypatch.setattr("dubrunner.governor.time.time", lambda: wall[0] + (clock.now - 1000.0))
+    blocks = [[5000.0, 5000.1], [5001.5, 5001.6]]
+
+    def book(n: int) -> list[float]:
+        return blocks.pop(0)
+
+    governor = Governor(rate=10.0, clock=clock, shared=book)
+    governor.wait_turn(stop)
+    assert clock.now == pytest.approx(1000.0)
+    clock.now += 1.0  # busy for a second: the second booked time (5000.1) has passed
+    governor.wait_turn(stop)
+    assert clock.now == pytest.approx(1001.5)  # a fresh booking, not the stale one at once
+
+
 def test_auto_rate_starts_slowly_doubles_then_cuts_to_what_got_through() -> None:
     clock = FakeClock()
     governor = Governor(rate=None, clock=clock, auto=True)
