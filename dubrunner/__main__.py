@@ -7,12 +7,9 @@ word instead of a traceback.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import signal
 import sys
-import threading
 from types import FrameType
 
 EXIT_INTERRUPTED = 130
@@ -67,6 +64,10 @@ def _end(code: int) -> None:
     daemons, flush the logs and the streams), then exit without it: its last steps put back the
     default SIGINT handler and may turn a Ctrl-C that came while the command ended into death by
     the signal (exit -2, seen in about 1 run in 30 of Ctrl-C twice at random moments)."""
+    import contextlib
+    import logging
+    import threading
+
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()

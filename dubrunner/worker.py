@@ -449,8 +449,8 @@ class Worker(Run):
     # -- looking up ----------
 
     def _ask(self, run: _Claim, ended: frozenset[str]) -> tuple[LookupResult, int | None]:
-        """One look-up by reference_id (and the direct GET when the list cannot answer it); the
-        result and the HTTP status it came with."""
+        """One look-up by reference_id: the list filtered by it, then, unless the list found the
+        request, GET requests/{reference_id}; the result and the HTTP status it came with."""
         ref = run.job.reference_id
         answer, exc = self._call(lambda: self.api.find_by_reference(ref))
         if answer is not None:
@@ -458,7 +458,11 @@ class Worker(Run):
             # The list ignoring its filter, or not there at all (a 404 or 405 for the list
             # route): the request itself can still be asked for by reference_id.
             missing = result.kind is Lookup.ERROR and answer.status in (404, 405)
-            if result.kind is not Lookup.FILTER_IGNORED and not missing:
+            # "Not found" in the list is not proof: a list served from a lagging index may not
+            # show a request yet that GET requests/{reference_id} already returns (found by an
+            # outside attack: 3 jobs paid twice). Absence is proven only when both say so.
+            unseen = result.kind is Lookup.NOT_FOUND
+            if result.kind is not Lookup.FILTER_IGNORED and not missing and not unseen:
                 return result, answer.status
             answer, exc = self._call(lambda: self.api.get_request(ref))
             if answer is not None:

@@ -59,6 +59,7 @@ class FakeApi:
     modes: deque[str] = field(default_factory=deque)
     filter_ignored: bool = False
     list_missing: bool = False  # the list route answers the API's own JSON 404
+    list_blind: bool = False  # the filtered list shows nothing (a lagging index); GET does
     lock: threading.Lock = field(default_factory=threading.Lock)
     hold_after_create: threading.Event | None = None  # a paused worker's POST: created, held
     reached: threading.Event = field(default_factory=threading.Event)
@@ -98,7 +99,7 @@ class FakeApi:
                     shown = [self._view(r) for r in self.requests if r.visible_at <= now][::-1]
                 page = shown[offset : offset + min(limit, 100)]
                 return httpx.Response(200, json={"data": page, "pagination": {"total": len(shown)}})
-            items = [self._view(r) for r in self._visible(ref)]
+            items = [] if self.list_blind else [self._view(r) for r in self._visible(ref)]
             if self.filter_ignored:
                 items.append({"id": str(uuid.uuid4()), "reference_id": "someone-else"})
             return httpx.Response(200, json={"data": items, "pagination": {"total": len(items)}})

@@ -45,6 +45,10 @@ class _Handler(socketserver.BaseRequestHandler):
             )
             while len(body) < length:
                 body += conn.recv(65536)
+            if method == "GET" and path.startswith("/api/v1/lipsync/requests/"):
+                self.server.lookups += 1  # GET requests/{reference_id}: the API's own 404
+                conn.sendall(_response(404, json.dumps({"error": "not found"}).encode()))
+                return
             if method == "GET" and path.startswith("/api/v1/lipsync/requests"):
                 self.server.lookups += 1
                 payload = json.dumps({"data": [], "pagination": {"total": 0}}).encode()

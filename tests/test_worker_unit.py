@@ -89,6 +89,15 @@ def test_without_a_list_route_the_request_is_asked_for_by_reference_id(store: St
     assert_once(store, fake)
 
 
+def test_a_list_that_does_not_show_the_request_yet_is_not_proof_of_absence(store: Store) -> None:
+    # Found by an outside attack: the filtered list lagged behind (a search index) while GET
+    # requests/{reference_id} already returned the request; the job was sent again (paid twice).
+    fake = FakeApi(list_blind=True)
+    report = work(store, fake, "lost")
+    assert report.found_by_lookup == 1
+    assert_once(store, fake)
+
+
 def test_a_late_request_is_looked_up_again_after_the_grace(store: Store) -> None:
     fake = FakeApi()
     report = work(store, fake, "504_late")
