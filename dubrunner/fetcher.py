@@ -309,6 +309,10 @@ class Fetcher(Run):
                 if status not in (200, 206):
                     raise DownloadFailed(f"HTTP {status} for the output URL")
                 content_type = resp.headers.get("content-type")
+                if _is_a_page(content_type):
+                    # A login or error page served with 200 (an expired or refused URL behind a
+                    # portal): never kept as the output (found by an outside attack).
+                    raise _Expired(f"the output URL served {_bare(content_type)}, not the video")
                 if status == 206:
                     total: int | None = _continued_total(resp, have, info)
                     if have:
@@ -343,9 +347,14 @@ class Fetcher(Run):
                         resp.headers.get("last-modified"),
                     ).save(side)
                 # Each piece is written as it arrives: a cut keeps every byte received.
+                first = have == 0
                 for chunk in resp.iter_bytes():
                     if self.stop.is_set():
                         raise DownloadFailed("interrupted")
+                    if first and chunk:
+                        first = False
+                        if _starts_like_text(chunk):
+                            raise _Expired("the output URL served a page or JSON, not the video")
                     write_all(f, chunk)
                     self.add("bytes", len(chunk))
                 os.fsync(f.fileno())
@@ -440,6 +449,25 @@ def _final_names(target: FetchTarget, dest: Path) -> list[Path]:
         return [dest]
     stem = safe_name(target.reference_id)
     return [dest.with_name(stem + ext) for ext in sorted({".mp4", *_TYPES.values()})]
+
+
+_PAGE_TYPES = ("text/", "application/json", "application/xml", "application/xhtml+xml")
+
+
+def _bare(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def _is_a_page(content_type: str | None) -> bool:
+    """A content type no video is served with: a web page, text, JSON or XML."""
+    return _bare(content_type).startswith(_PAGE_TYPES)
+
+
+def _starts_like_text(head: bytes) -> bool:
+    """The first bytes of an HTML page, an XML error document or JSON, whatever the headers
+    said: no video container starts so."""
+    start = head[:64].lstrip().lower()
+    return start.startswith((b"<!doctype", b"<html", b"<?xml", b"<error", b"{", b"["))
 
 
 def _length(value: str | None) -> int | None:

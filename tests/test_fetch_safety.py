@@ -408,3 +408,66 @@ def test_a_partial_file_of_unknown_origin_is_not_continued(
     assert emulator.stats.range_requests == 0
     _assert_each_row_has_its_own_output(db, size)
     assert _files(tmp_path / "out") == [part.with_name("b-ep00000.mp4")]
+
+
+class _PageServer(ThreadingHTTPServer):
+    """Storage behind a portal: answers 200 with a login page (or JSON) instead of the video."""
+
+    daemon_threads = True
+
+    def __init__(self, behaviour: str) -> None:
+        super().__init__(("127.0.0.1", 0), _PageHandler)
+        self.behaviour = behaviour
+        self.hits = 0
+
+
+class _PageHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _PageServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.hits += 1
+        b = self.server.behaviour
+        if b == "html":
+            body, ctype = b"<!DOCTYPE html><html><body>Please sign in</body></html>", "text/html"
+        elif b == "json_as_video":  # the headers lie; the body says what it is
+            body, ctype = b'{"error": "signature expired"}', "video/mp4"
+        else:
+            raise AssertionError(b)
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("behaviour", ["html", "json_as_video"])
+def test_a_page_served_instead_of_the_video_is_never_kept(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path, behaviour: str
+) -> None:
+    # Found by an outside attack: a login page (or a JSON error) answered with 200 was kept as
+    # the .mp4, recorded downloaded with its own SHA-256, exit 0. It is taken as a refused URL:
+    # the API is asked for a fresh one, whose video is what ends on disk.
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    server = _PageServer(behaviour)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/out/b-ep00000.mp4"
+        db_rows(db, "UPDATE jobs SET output_url = ?", url)
+        out = tmp_path / "out"
+        r = run_cli(["fetch", "--out", str(out)], env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.code == 0, r.err
+    assert server.hits == 1
+    [final] = _files(out)
+    assert final.read_bytes()[4:8] == b"ftyp"  # the emulator's video, from the fresh URL
+    [(sha,)] = db_rows(db, "SELECT sha256 FROM jobs")
+    assert sha == hashlib.sha256(final.read_bytes()).hexdigest()
