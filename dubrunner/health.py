@@ -38,7 +38,7 @@ _ANSWERED = frozenset({Fault.NONE, Fault.JOB, Fault.THROTTLE, Fault.ACCOUNT})
 _NOT_THE_API = frozenset({Fault.UNREACHABLE, Fault.GARBAGE})
 
 
-OUTAGE_ADVICE = "run `dubrunner resume` once the API answers again"
+OUTAGE_ADVICE = "wait until the API answers again"
 
 
 class OutageTooLong(Exception):
@@ -107,6 +107,16 @@ class ServerHealth:
         outage, or the batch would send each job again and again until --max-attempts."""
         fault = outcome.fault
         with self._lock:
+            wait = outcome.retry_after
+            if wait and self.outage_timeout is not None and wait > self.outage_timeout:
+                # Waiting it out would outlast --outage-timeout (found by an outside attack: a
+                # Retry-After of a day kept the batch asleep past --outage-timeout 10).
+                return Verdict(
+                    free=True,
+                    halt=f"the API asks to wait {wait:.0f} s before the next request ("
+                    f"{_describe(outcome)}, Retry-After), longer than --outage-timeout",
+                    advice="wait that long",
+                )
             if fault is Fault.THROTTLE:
                 return self._throttled(outcome)
             if fault in _ANSWERED:

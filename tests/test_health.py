@@ -202,3 +202,20 @@ def test_a_server_that_only_ever_throttles_halts_after_the_timeout(clock: Clock)
     verdict = h.observe("r4", throttle)
     assert verdict.halt is not None and "nothing but 'slow down'" in verdict.halt
     assert verdict.advice is not None and "--rate" in verdict.advice
+
+
+def test_a_retry_after_longer_than_the_outage_timeout_halts_at_once(clock: Clock) -> None:
+    h = health(clock, timeout=10.0)
+    long = classify_answer(
+        429, httpx.Headers({"content-type": "application/json", "retry-after": "86400"}),
+        b'{"error": "rate limit exceeded"}',
+    )  # fmt: skip
+    verdict = h.observe("r1", long)
+    assert verdict.halt is not None and "the API asks to wait" in verdict.halt
+    assert "longer than --outage-timeout" in verdict.halt
+    short = classify_answer(
+        429, httpx.Headers({"content-type": "application/json", "retry-after": "5"}),
+        b'{"error": "rate limit exceeded"}',
+    )  # fmt: skip
+    assert health(clock, timeout=10.0).observe("r1", short).halt is None
+    assert health(clock, timeout=None).observe("r1", long).halt is None  # 0: wait for ever
