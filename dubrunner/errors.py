@@ -451,13 +451,15 @@ def classify_lookup(
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):
         return _error("look-up answer without a 'data' list", status)
-    mine: list[Mapping[str, Any]] = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        if item.get("reference_id") != reference_id:
-            return LookupResult(Lookup.FILTER_IGNORED)
-        mine.append(item)
+    mine: list[Mapping[str, Any]] = [
+        i for i in items if isinstance(i, dict) and i.get("reference_id") == reference_id
+    ]
+    others = any(isinstance(i, dict) and i.get("reference_id") != reference_id for i in items)
+    if others and not mine:
+        # The filter was not applied (or only loosely): this list proves nothing either way.
+        return LookupResult(Lookup.FILTER_IGNORED)
+    # A loose filter (a prefix match, found by an outside attack) still shows our own requests:
+    # those with exactly our reference_id are evidence, whatever else came with them.
     return choose_request(mine, reference_id, ended)
 
 

@@ -227,6 +227,11 @@ def test_lookup_found_not_found_and_errors() -> None:
     # Other jobs' requests: the filter is ignored, a value (not an exception) says so.
     result = classify_lookup(200, H, page({"id": RID, "reference_id": "other"}), "r")
     assert result.kind is Lookup.FILTER_IGNORED
+    # A loose filter (prefix matching, found by an outside attack: the job failed unsent): our
+    # own request among others is found.
+    loose = page({"id": OLD, "reference_id": "r10"}, {"id": RID, "reference_id": "r"})
+    result = classify_lookup(200, H, loose, "r")
+    assert (result.kind, result.request_id) == (Lookup.FOUND, RID)
 
 
 OLD = "00000000-0000-4000-8000-000000000001"
