@@ -148,10 +148,13 @@ class Fetcher(Run):
         ext = extension_for(target.output_url, content_type)
         return self.out_dir / safe_name(target.batch) / f"{safe_name(target.reference_id)}{ext}"
 
+    def _folder(self, target: FetchTarget) -> Path:
+        return self.out_dir / safe_name(target.batch)
+
     def _fetch_one(self, target: FetchTarget) -> None:
         if self.stop.is_set():
             return
-        if _vouched(target, self.verify):
+        if _vouched(target, self._folder(target), self.verify):
             self.add("skipped")
             return
         if not is_http_url(target.output_url):
@@ -228,7 +231,7 @@ class Fetcher(Run):
                     held.enter_context(found)
                     present.append(final)
             fresh = self._reread(target)
-            if fresh is None or _vouched(fresh, self.verify):
+            if fresh is None or _vouched(fresh, self._folder(target), self.verify):
                 return None
             return self._download(target, dest, part, f, present)
 
@@ -498,14 +501,17 @@ def _mtime_ns(path: Path) -> int | None:
         return None
 
 
-def _vouched(target: FetchTarget, verify: bool = False) -> bool:
-    """The row says this job's output was downloaded to a file that is there, named for this job
-    alone, of the size and SHA-256 the row recorded. The file is hashed again when it changed
-    since it was recorded (its modification time), or always with `verify`."""
+def _vouched(target: FetchTarget, folder: Path, verify: bool = False) -> bool:
+    """The row says this job's output was downloaded to a file that is there, in `folder` (the
+    --out asked for now: a fetch into another folder downloads again), named for this job alone,
+    of the size and SHA-256 the row recorded. The file is hashed again when it changed since it
+    was recorded (its modification time), or always with `verify`."""
     if target.download_state != "downloaded" or not target.local_path or not target.sha256:
         return False
     local = Path(target.local_path)
     try:
+        if local.resolve().parent != folder.resolve():
+            return False
         stat = local.stat()
         if not (_named_for(target, local) and stat.st_size == target.size_bytes):
             return False

@@ -471,3 +471,23 @@ def test_a_page_served_instead_of_the_video_is_never_kept(
     assert final.read_bytes()[4:8] == b"ftyp"  # the emulator's video, from the fresh URL
     [(sha,)] = db_rows(db, "SELECT sha256 FROM jobs")
     assert sha == hashlib.sha256(final.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_fetch_into_another_folder_downloads_there(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    # Found by an outside attack: `fetch --out B` after `fetch --out A` said "3 already there
+    # ... into B" with exit 0, and B did not exist.
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert run_cli(["fetch", "--out", str(a)], env).code == 0
+    again = run_cli(["fetch", "--out", str(a)], env)
+    assert again.code == 0 and "3 already there" in again.err
+    other = run_cli(["fetch", "--out", str(b)], env)
+    assert other.code == 0 and "3 downloaded" in other.err, other.err
+    assert sorted(p.name for p in _files(b)) == sorted(p.name for p in _files(a))
+    for p in _files(b):
+        assert p.read_bytes() == (a / "b" / p.name).read_bytes()
