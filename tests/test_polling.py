@@ -286,9 +286,11 @@ def test_a_poll_that_reaches_no_api_halts_after_its_first_round(
     ending = poll(store, nowhere, None, OPTIONS, FakeUi(), wait=True, polling=FAST)
     nowhere.close()
     assert ending.code == EXIT_INCOMPLETE
+    # The same sentence as submit's (health.py), after the list's three tries.
     assert ending.sentence.startswith(
-        "cannot reach the API at http://127.0.0.1:9/api/: check CHAMELAION_BASE_URL;"
+        "cannot connect to CHAMELAION_BASE_URL=http://127.0.0.1:9/api/: ConnectError"
     )
+    assert ending.sentence.endswith("check CHAMELAION_BASE_URL (and the network), then poll again")
 
 
 @pytest.mark.slow
