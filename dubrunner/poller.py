@@ -63,6 +63,7 @@ GONE_AFTER = 3  # rounds of "not found" before a job ends failed
 GONE_MIN_AGE = timedelta(minutes=1)
 OUTPUT_GRACE = 300.0  # seconds a finished request may go without an output_url
 _GET_ONE = "GET v1/lipsync/requests/{id}"
+_LIST = "GET v1/lipsync/requests"
 POLL_AGAIN = "run `dubrunner poll --wait` once the API answers again"
 
 
@@ -202,7 +203,8 @@ class Poller(Run):
         self._down, self._answered = False, 0
         seen: set[int] = set()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="poll") as pool:
-            if self.use_list and targets:
+            # During an outage a GET is the probe: a list that fails for good is done without.
+            if self.use_list and targets and self.health.condition is not Condition.OUTAGE:
                 self._walk(targets, seen, pool)
             rest = [t for t in targets if t.id not in seen]
             if rest and self.health.condition is Condition.OUTAGE:
@@ -278,7 +280,7 @@ class Poller(Run):
         for _ in range(PAGE_TRIES):
             self.add("list_requests")
             ask = functools.partial(self.api.list_requests, LIST_PAGE, offset)
-            answer, outcome, ms = self._ask(ask, "GET v1/lipsync/requests")
+            answer, outcome, ms = self._ask(ask, _LIST, _LIST)
             if answer is not None or outcome is None or outcome.action is not Action.RETRY:
                 return answer, ms
             if self._down:
@@ -289,12 +291,14 @@ class Poller(Run):
     # -- one request ----------
 
     def _ask(
-        self, call: Callable[[], Answer], what: str
+        self, call: Callable[[], Answer], what: str, witness: str | None = None
     ) -> tuple[Answer | None, Outcome | None, int]:
         """One GET (`what`, for a sentence) under the health gate and the governor: (answer,
         outcome, ms). The answer is None when it is not the API's JSON (the outcome says why,
         and the round keeps its fault); both are None when the run was stopped first, or the
-        round is down."""
+        round is down. Each GET of one job is a witness of its own to the server's health (a
+        round may ask for one job only); the list's pages are one witness (`witness`): a list
+        that fails while the GETs answer is no outage."""
         if self._down:
             return None, None, 0
         started = time.monotonic()
@@ -306,7 +310,7 @@ class Poller(Run):
                     self.add("requests")
                     with self._lock:
                         self._asked += 1
-                        witness = f"poll request {self._asked}"
+                        key = witness or f"poll request {self._asked}"
                     answer = call()
             outcome = classify_answer(answer.status, answer.headers, answer.body, idempotent=True)
             self.governor.observe(outcome.throttled)
@@ -324,10 +328,9 @@ class Poller(Run):
         usable = answer is not None and (
             outcome.action is Action.ACCEPTED or is_not_found(answer.status, answer.body)
         )
-        # Each request is a witness of its own (a round may ask for one job only), and a GET
-        # answered (the API's own "not found" too) counts as a POST's answer does for a worker:
-        # here it is what proves the API does what this run needs.
-        verdict = self.health.observe(witness, outcome, what, send=True)
+        # A GET answered (the API's own "not found" too) counts as a POST's answer does for a
+        # worker: here it is what proves the API does what this run needs.
+        verdict = self.health.observe(key, outcome, what, send=True)
         if verdict.halt:
             advice = verdict.advice
             self.halt(scrub(verdict.halt), f"{advice}, then poll again" if advice else POLL_AGAIN)
