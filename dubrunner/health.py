@@ -77,11 +77,15 @@ class ServerHealth:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        announce: bool = True,
     ) -> None:
+        """`announce`: say (a warning) when an outage begins and ends; a run that does not wait
+        for the API (one round of polling) leaves that to its ending."""
         self.base_url = redact_url(base_url)
         self.outage_timeout = outage_timeout or None  # 0: wait for ever
         self._clock = clock
         self._wall = wall
+        self._say = log.warning if announce else log.info
         self._lock = threading.Lock()
         self._probe = threading.Lock()  # held by the one request allowed during an outage
         self.condition = Condition.HEALTHY
@@ -138,7 +142,7 @@ class ServerHealth:
                 self.since = self._wall()
                 self._interval = self.PROBE_FIRST
                 self._next_probe = self._clock() + self._interval
-                log.warning("the API is failing (%s): pausing, probing it", self.last_error)
+                self._say("the API is failing (%s): pausing, probing it", self.last_error)
             if self.condition is Condition.OUTAGE:
                 if outcome.retry_after:
                     self._next_probe = max(self._next_probe, self._clock() + outcome.retry_after)
@@ -147,7 +151,7 @@ class ServerHealth:
 
     def _answered(self) -> None:
         if self.condition is Condition.OUTAGE:
-            log.warning("the API answers again: carrying on")
+            self._say("the API answers again: carrying on")
         self.answered = True
         self.condition = Condition.HEALTHY
         self.last_success = self._wall()
@@ -208,7 +212,9 @@ class ServerHealth:
             return None
         if self._wall() - self.since < self.outage_timeout:
             return None
-        last = f"last success at {_hms(self.last_success)}" if self.last_success else "none yet"
+        last = "nothing answered before"
+        if self.last_success:
+            last = f"last success at {_hms(self.last_success)}"
         return (
             f"the API has failed every request since {_hms(self.since)} ({last}; the last "
             f"error: {self.last_error}), longer than --outage-timeout"

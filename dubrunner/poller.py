@@ -8,7 +8,11 @@ jobs not seen there are asked for one by one (`v1/lipsync/requests/{id}`).
 A request the API answers "not found" for is counted, round after round; after `gone_after`
 rounds (and a minute after it was submitted) the job ends failed: the API no longer knows it.
 When the API knows none of the jobs polled, nor any request of ours that ended, it is the wrong
-address: the poll halts at once."""
+address: the poll halts at once.
+
+Every answer is also the server's health's (health.py): an API failing as a whole is one event,
+never an error of each job. During an outage a round asks one request at a time on the probing
+schedule and ends at its first failure; after --outage-timeout the poll halts, jobs untouched."""
 
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from dubrunner.errors import (
     parse_json,
 )
 from dubrunner.governor import Governor, Stopped
+from dubrunner.health import Condition, OutageTooLong, ServerHealth
 from dubrunner.records import AttemptRecord, PollTarget, RemoteView, utcnow
 from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
@@ -57,7 +62,9 @@ GONE_AFTER = 3  # rounds of "not found" before a job ends failed
 # readable everywhere yet, and a job ended as gone may be sent (and paid) again by `retry`.
 GONE_MIN_AGE = timedelta(minutes=1)
 OUTPUT_GRACE = 300.0  # seconds a finished request may go without an output_url
-_UNREACHED = frozenset({Fault.UNREACHABLE, Fault.ADDRESS})
+_GET_ONE = "GET v1/lipsync/requests/{id}"
+_LIST = "GET v1/lipsync/requests"
+POLL_AGAIN = "run `dubrunner poll --wait` once the API answers again"
 
 
 @dataclass
@@ -70,6 +77,7 @@ class PollReport(Report):
     gone: int = 0  # ended because the API no longer knows the request
     missing: int = 0  # answered "not found" in the last round
     errors: int = 0  # polls that got no usable answer (tried again next round)
+    unanswered: str | None = None  # the last round got no answer at all: the last error
     timed_out: bool = False
 
 
@@ -134,6 +142,7 @@ class Poller(Run):
         gone_after: int = GONE_AFTER,
         output_grace: float = OUTPUT_GRACE,
         use_list: bool = True,
+        health: ServerHealth | None = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -144,11 +153,15 @@ class Poller(Run):
         self.gone_after = gone_after
         self.output_grace = output_grace
         self.use_list = use_list
+        self.health = health or ServerHealth(api.base_url)
         self.report = PollReport()
         self._known_elsewhere = False  # the API answered for a request of ours that ended
         self._round_seen = 0
         self._missing: list[tuple[PollTarget, AttemptRecord]] = []
         self._faults: set[Fault] = set()
+        self._down = False  # this round met the outage: it asks nothing more
+        self._answered = 0  # answers of the API this round
+        self._asked = 0  # requests made, each a witness of its own to the server's health
 
     def remaining(self) -> int:
         return self.store.count_in_states(self.batch, [State.SUBMITTED, State.PROCESSING])
@@ -175,6 +188,8 @@ class Poller(Run):
             if deadline is not None and time.monotonic() + interval > deadline:
                 self.report.timed_out = True
                 return
+            if self._down:
+                continue  # the next round's first request waits for its turn to probe
             self.stop.wait(interval)
             interval = min(interval * 1.5, max(interval, MAX_INTERVAL))
 
@@ -185,11 +200,15 @@ class Poller(Run):
             after = page[-1].id
             targets += page
         self._round_seen, self._missing, self._faults = 0, [], set()
+        self._down, self._answered = False, 0
         seen: set[int] = set()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="poll") as pool:
-            if self.use_list and targets:
+            # During an outage a GET is the probe: a list that fails for good is done without.
+            if self.use_list and targets and self.health.condition is not Condition.OUTAGE:
                 self._walk(targets, seen, pool)
             rest = [t for t in targets if t.id not in seen]
+            if rest and self.health.condition is Condition.OUTAGE:
+                self._poll_one(rest.pop(0))  # a probe: the others only once it was answered
             list(pool.map(self._poll_one, rest))
         self._settle(len(targets))
 
@@ -261,26 +280,44 @@ class Poller(Run):
         for _ in range(PAGE_TRIES):
             self.add("list_requests")
             ask = functools.partial(self.api.list_requests, LIST_PAGE, offset)
-            answer, outcome, ms = self._ask(ask)
+            answer, outcome, ms = self._ask(ask, _LIST, _LIST)
             if answer is not None or outcome is None or outcome.action is not Action.RETRY:
                 return answer, ms
+            if self._down:
+                return None, 0
             self.stop.wait(0.2)  # a pause the server asked for is the governor's
         return None, 0
 
     # -- one request ----------
 
-    def _ask(self, call: Callable[[], Answer]) -> tuple[Answer | None, Outcome | None, int]:
-        """One GET under the governor: (answer, outcome, ms). The answer is None when it is not
-        the API's JSON (the outcome says why, and the round keeps its fault); both are None when
-        the run was stopped first."""
+    def _ask(
+        self, call: Callable[[], Answer], what: str, witness: str | None = None
+    ) -> tuple[Answer | None, Outcome | None, int]:
+        """One GET (`what`, for a sentence) under the health gate and the governor: (answer,
+        outcome, ms). The answer is None when it is not the API's JSON (the outcome says why,
+        and the round keeps its fault); both are None when the run was stopped first, or the
+        round is down. Each GET of one job is a witness of its own to the server's health (a
+        round may ask for one job only); the list's pages are one witness (`witness`): a list
+        that fails while the GETs answer is no outage."""
+        if self._down:
+            return None, None, 0
         started = time.monotonic()
-        self.add("requests")
         try:
-            with self.governor.slot(self.stop):
-                answer = call()
+            with self.health.gate(self.stop):
+                if self._down:  # the outage goes on: this round asks nothing more
+                    return None, None, 0
+                with self.governor.slot(self.stop):
+                    self.add("requests")
+                    with self._lock:
+                        self._asked += 1
+                        key = witness or f"poll request {self._asked}"
+                    answer = call()
             outcome = classify_answer(answer.status, answer.headers, answer.body, idempotent=True)
             self.governor.observe(outcome.throttled)
         except Stopped:
+            return None, None, 0
+        except OutageTooLong as exc:
+            self.halt(scrub(str(exc)), POLL_AGAIN)
             return None, None, 0
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
             outcome = classify_exception(exc, idempotent=True)
@@ -288,12 +325,22 @@ class Poller(Run):
         ms = int((time.monotonic() - started) * 1000)
         if outcome.retry_after:
             self.governor.pause(outcome.retry_after)
-        if answer is not None and (
+        usable = answer is not None and (
             outcome.action is Action.ACCEPTED or is_not_found(answer.status, answer.body)
-        ):
+        )
+        # A GET answered (the API's own "not found" too) counts as a POST's answer does for a
+        # worker: here it is what proves the API does what this run needs.
+        verdict = self.health.observe(key, outcome, what, send=True)
+        if verdict.halt:
+            advice = verdict.advice
+            self.halt(scrub(verdict.halt), f"{advice}, then poll again" if advice else POLL_AGAIN)
+        if usable:
+            with self._lock:
+                self._answered += 1
             return answer, outcome, ms
         with self._lock:
             self._faults.add(outcome.fault)
+            self._down = self._down or self.health.condition is Condition.OUTAGE
         self.add("errors")
         log.debug("poll → %s %s", outcome.status or "-", scrub(outcome.message))
         if outcome.action is Action.HALT_BATCH:
@@ -303,9 +350,9 @@ class Poller(Run):
     def _poll_one(self, target: PollTarget) -> None:
         if self.stop.is_set():
             return
-        answer, outcome, ms = self._ask(lambda: self.api.get_request(target.request_id))
-        if outcome is None:
-            return
+        answer, outcome, ms = self._ask(lambda: self.api.get_request(target.request_id), _GET_ONE)
+        if outcome is None or (answer is None and self._down):
+            return  # stopped, or the API is down: nothing to keep of this job
         if answer is None:
             message = scrub(outcome.message)
             attempt = AttemptRecord("poll", outcome.action.value, outcome.status, message, ms)
@@ -350,6 +397,9 @@ class Poller(Run):
         """Count the "not found" answers, or halt when the API is not the one that has them."""
         missing = self._missing
         self.report.missing = len(missing)
+        self.report.unanswered = None
+        if polled and not self._answered and self._faults:
+            self.report.unanswered = self.health.last_error or "no answer"
         where = self.api.base_url
         if missing and not self._round_seen and not self._knows_our_requests():
             for target, attempt in missing:  # shown, never counted towards the end
@@ -358,10 +408,6 @@ class Poller(Run):
                 f"the API at {where} knows none of the {polled} job(s) polled ('not found' for "
                 f"each): check CHAMELAION_BASE_URL"
             )
-            return
-        first = self.report.rounds == 0 and polled and not self._round_seen and not missing
-        if first and self._faults and self._faults <= _UNREACHED:
-            self.halt(f"cannot reach the API at {where}: check CHAMELAION_BASE_URL")
             return
         young = utcnow() - GONE_MIN_AGE
         for target, attempt in missing:
@@ -381,6 +427,6 @@ class Poller(Run):
         if not self._known_elsewhere:
             known = self.store.known_request_id()
             if known is not None:
-                answer, _outcome, _ms = self._ask(lambda: self.api.get_request(known))
+                answer, _outcome, _ms = self._ask(lambda: self.api.get_request(known), _GET_ONE)
                 self._known_elsewhere = answer is not None and answer.status == 200
         return self._known_elsewhere

@@ -20,6 +20,7 @@ from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT
 from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
 from dubrunner.governor import Governor
+from dubrunner.health import ServerHealth
 from dubrunner.loading import LoadConflict
 from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, file_problem
 from dubrunner.manifest import Manifest
@@ -202,11 +203,12 @@ class Submission:
         batch: str | None,
         options: WorkerOptions,
         governor: Governor | None = None,
+        health: ServerHealth | None = None,
     ) -> None:
         self.store = store
         self.batch = batch
         self.governor = governor or options.governor(store, api)
-        self.worker = Worker(store, api, self.governor, options, batch)
+        self.worker = Worker(store, api, self.governor, options, batch, health)
 
     def request_stop(self) -> None:
         self.worker.request_stop()
@@ -224,12 +226,13 @@ def submit_pending(
     options: WorkerOptions,
     ui: Ui,
     governor: Governor | None = None,
+    health: ServerHealth | None = None,
 ) -> Ending:
     """Send every job of the batch (or of every batch) that is not yet at the API."""
     counts = store.counts(batch)
     total = sum(n for s, n in counts.items() if s != State.CANCELLED)
     done = sum(counts.get(s, 0) for s in AT_API)
-    submission = Submission(store, api, batch, options, governor)
+    submission = Submission(store, api, batch, options, governor, health)
     report = submission.worker.report
     started = time.monotonic()
     with ui.progress("submitting", total, submission.request_stop) as progress:
@@ -326,14 +329,24 @@ def submit(
                 problem.reference_id, f"preflight: {problem.which}: {problem.problem}"
             )
         store.fail_unsent(manifest.batch, reasons)
-    # One rate budget for the whole command: its submits, then its polls and fresh output URLs.
+    # One rate budget for the whole command: its submits, then its polls and fresh output URLs;
+    # one view of the API's health: the poll knows the API answered the POSTs.
     governor = options.governor(store, api)
-    sent = submit_pending(store, api, manifest.batch, options, ui, governor)
+    health = ServerHealth(api.base_url, options.outage_timeout)
+    sent = submit_pending(store, api, manifest.batch, options, ui, governor, health)
     if sent.code != EXIT_OK or not (wait or fetch_into):
         return sent
     ui.tell(sent)
     polled = poll(
-        store, api, manifest.batch, options, ui, wait=True, polling=polling, governor=governor
+        store,
+        api,
+        manifest.batch,
+        options,
+        ui,
+        wait=True,
+        polling=polling,
+        governor=governor,
+        health=health,
     )
     if fetch_into is None or polled.code == EXIT_INTERRUPTED:
         return polled
@@ -371,9 +384,12 @@ def poll(
     wait: bool,
     polling: Polling = Polling(),
     governor: Governor | None = None,
+    health: ServerHealth | None = None,
 ) -> Ending:
     """Ask the API about every submitted job: one round, or (`wait`) rounds until every job has
-    ended. Waiting exits 1 when some jobs failed remotely, are gone or are still going."""
+    ended. Waiting exits 1 when some jobs failed remotely, are gone or are still going, or
+    when the API failed as a whole for longer than --outage-timeout; one round exits 1 when
+    none of its requests was answered."""
     poller = Poller(
         store,
         api,
@@ -382,6 +398,7 @@ def poll(
         options.concurrency,
         gone_after=polling.gone_after,
         output_grace=polling.output_grace,
+        health=health or ServerHealth(api.base_url, options.outage_timeout, announce=wait),
     )
     total = poller.remaining()
     report = poller.report
@@ -391,10 +408,12 @@ def poll(
         def tick() -> None:
             # No round number or request count: a piped line is printed when this changes.
             missing = f" · not found {report.missing}" if report.missing else ""
+            trouble = poller.health.describe()
             progress.update(
                 report.completed + report.failed,
                 f"completed {report.completed} · failed {report.failed}{missing} · still going "
-                f"{max(total - report.completed - report.failed, 0)}",
+                f"{max(total - report.completed - report.failed, 0)}"
+                + (f" · {trouble}" if trouble else ""),
             )
 
         poller.run(wait, polling.interval, polling.timeout, tick)
@@ -418,9 +437,15 @@ def poll(
     )
     failure = None
     if report.halt_message:
-        failure = f"{report.halt_message}; {summary} — fix it, then poll again"
+        advice = report.halt_advice or "fix it, then poll again"
+        failure = f"{report.halt_message}; {summary} — {advice}"
     elif report.timed_out:
         failure = f"timed out waiting; {summary}"
+    elif report.unanswered and not wait:
+        failure = (
+            f"the API at {api.base_url} answered none of this poll's requests (the last: "
+            f"{report.unanswered}); {summary} — poll again once it answers"
+        )
     ending = dataclasses.replace(_closing(summary, failure, report), details=details)
     if ending.code == EXIT_OK and wait and (still or failed_remote or gone):
         return dataclasses.replace(ending, code=EXIT_INCOMPLETE)

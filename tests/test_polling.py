@@ -4,6 +4,7 @@ and a round that walks the list instead of asking for each job."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -286,9 +287,11 @@ def test_a_poll_that_reaches_no_api_halts_after_its_first_round(
     ending = poll(store, nowhere, None, OPTIONS, FakeUi(), wait=True, polling=FAST)
     nowhere.close()
     assert ending.code == EXIT_INCOMPLETE
+    # The same sentence as submit's (health.py), after the list's three tries.
     assert ending.sentence.startswith(
-        "cannot reach the API at http://127.0.0.1:9/api/: check CHAMELAION_BASE_URL;"
+        "cannot connect to CHAMELAION_BASE_URL=http://127.0.0.1:9/api/: ConnectError"
     )
+    assert ending.sentence.endswith("check CHAMELAION_BASE_URL (and the network), then poll again")
 
 
 @pytest.mark.slow
@@ -343,3 +346,35 @@ def test_poll_wait_ends_a_forgotten_request_on_either_database(
     assert (
         jobs["b-ep00002"]["error"] == "the API no longer knows this request (not found in 2 polls)"
     )
+
+
+def test_a_list_that_always_fails_while_the_gets_answer_is_no_outage(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=3600)
+    assert submit(store, api, manifest_of(tmp_path, 5), OPTIONS, FakeUi()).code == EXIT_OK
+    emulator.update(list_failures=1000, complete_after=0.0)
+    ui = FakeUi()
+    assert poll(store, api, "b", OPTIONS, ui, wait=True, polling=FAST).code == EXIT_OK
+    assert states(db) == {"completed": 5}
+    assert not any("API failing" in detail for _, detail in ui.updates)
+
+
+def test_a_single_job_polled_through_an_outage_halts_after_the_outage_timeout(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # One job: a round is few requests, yet three failures in a row are an outage all the same.
+    emulator.update(complete_after=3600)
+    assert submit(store, api, manifest_of(tmp_path, 1), OPTIONS, FakeUi()).code == EXIT_OK
+    emulator.update(outage_from=time.time(), outage_until=time.time() + 3600)
+    options = dataclasses.replace(OPTIONS, outage_timeout=2.0)
+    started = time.monotonic()
+    ui = FakeUi()
+    ending = poll(store, api, "b", options, ui, wait=True, polling=FAST)
+    assert time.monotonic() - started < 20
+    assert ending.code == EXIT_INCOMPLETE and ending.is_error
+    assert ending.sentence.startswith("the API has failed every request since ")
+    assert "longer than --outage-timeout" in ending.sentence
+    assert any("API failing since" in detail for _, detail in ui.updates)
+    assert states(db) == {"submitted": 1}
+    assert emulator.stats.outage_answers <= 12, emulator.stats.outage_answers  # probed, politely

@@ -403,8 +403,8 @@ WORKER_OPTIONS = OptionGroup(
         default=600.0,
         show_default=True,
         envvar="DUBRUNNER_OUTAGE_TIMEOUT",
-        help="When the API fails as a whole, how long to keep probing it before the batch "
-        "halts with its jobs pending (0: for ever).",
+        help="When the API fails as a whole, how long to keep probing it before halting, "
+        "jobs left as they were: pending ones pending (0: for ever).",
     ),
     click.option(
         "--upload-concurrency",
