@@ -160,12 +160,17 @@ class ServerHealth:
         self._interval = self.PROBE_FIRST
 
     def _looked_up(self) -> None:
-        """A look-up answered: the API is there (so the next POST is a probe worth making now),
-        but whether it takes jobs only a POST's answer says."""
+        """A look-up answered: the server as a whole is up (a streak of faults is broken, an
+        outage over), but whether the address takes jobs only a POST's answer says: before one,
+        garbage and refusals still add up to a wrong address (a look-up answering between
+        garbled POSTs once kept 30 jobs sent until --max-attempts: 254 POSTs)."""
+        if self.condition is Condition.OUTAGE:
+            log.warning("the API answers again: carrying on")
+            self.condition = Condition.HEALTHY
         self.looked_up = True
         self.last_success = self._wall()
-        if self.condition is Condition.OUTAGE:
-            self._next_probe = min(self._next_probe, self._clock())
+        self._streak.clear()
+        self._interval = self.PROBE_FIRST
 
     def _throttled(self, outcome: Outcome) -> Verdict:
         """ "Slow down" is an answer (the API is there), but one that never ends is a halt too:
