@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from dubrunner.api import ApiClient
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
@@ -22,61 +20,27 @@ from dubrunner.fetcher import Fetcher
 from dubrunner.governor import Governor
 from dubrunner.health import ServerHealth
 from dubrunner.loading import LoadConflict
-from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, file_problem
 from dubrunner.manifest import Manifest
+
+# A session's whole vocabulary, for the command line and the tests: these live in mediacheck and
+# session_ui (so that this module holds the sessions alone) and are taken from here.
+from dubrunner.mediacheck import MAX_SHOWN, run_check
+from dubrunner.mediacheck import MediaCheck as MediaCheck
+from dubrunner.mediacheck import MediaJob as MediaJob
+from dubrunner.mediacheck import check_local_files as check_local_files
+from dubrunner.mediacheck import check_media as check_media
 from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller
-from dubrunner.preflight import MediaProblem, Pair, Preflight, PreflightReport
 from dubrunner.records import LoadPlan
 from dubrunner.results import NOT_FOUND
 from dubrunner.running import Report
+from dubrunner.session_ui import Ending as Ending
+from dubrunner.session_ui import Progress as Progress
+from dubrunner.session_ui import Ui as Ui
 from dubrunner.states import AT_API, State, is_known_remote
 from dubrunner.store import Store
 from dubrunner.worker import RunReport, Worker, WorkerOptions
 
-MAX_CONFLICTS_SHOWN = 50
 MAX_FETCH_CONCURRENCY = 8  # downloads at once after a submit: its --concurrency, up to this
-
-
-@dataclass(frozen=True)
-class Ending:
-    """How a session ended: one sentence and the process's exit code.
-
-    An error is shown as "error: ...". A routine summary is left out under -q, whatever the code
-    (`poll --wait` that saw jobs fail remotely exits 1 with its ordinary summary); any other ending
-    is always shown. `details` come before the sentence, one line each, shown the same way."""
-
-    sentence: str
-    code: int = EXIT_OK
-    is_error: bool = False
-    routine: bool = False
-    details: tuple[str, ...] = ()
-
-
-class Progress(Protocol):
-    def update(self, completed: int, detail: str, left: int | None = None) -> None:
-        """`completed` of the session's total so far (never counting failures), a short line
-        about how it goes, and (`left`) what remains to be done, when not the total less
-        `completed`."""
-
-
-class Ui(Protocol):
-    """What a session needs from whoever watches it."""
-
-    def progress(
-        self, label: str, total: int | None, stop: Callable[[], None]
-    ) -> AbstractContextManager[Progress]:
-        """Show progress while the block runs; a stop asked for meanwhile (Ctrl-C, SIGTERM) calls
-        `stop`, which only sets a flag: the session then ends on its own, soon and safely."""
-        ...
-
-    def say(self, line: str) -> None:
-        """A routine line (-q leaves it out)."""
-
-    def tell(self, ending: Ending) -> None:
-        """How one step of a longer session ended, shown as a session's own ending is."""
-
-    def media_problems(self, problems: Sequence[MediaProblem]) -> None:
-        """The table of media URLs that failed the check."""
 
 
 # -- loading ----------
@@ -113,7 +77,7 @@ def load(
             f"{len(exc.problems)} job(s) conflict with the database; nothing was loaded",
             EXIT_USAGE,
             is_error=True,
-            details=tuple(exc.problems[:MAX_CONFLICTS_SHOWN]),
+            details=tuple(exc.problems[:MAX_SHOWN]),
         )
     return Loaded(manifest.batch, plan)
 
@@ -277,15 +241,6 @@ def _uploading(report: RunReport, started: float) -> str:
 
 
 @dataclass(frozen=True)
-class MediaCheck:
-    """How hard to check media URLs: at once overall, and at once on any one host."""
-
-    concurrency: int = 8
-    per_host: int = 2
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # local files larger are a problem
-
-
-@dataclass(frozen=True)
 class Polling:
     """The first interval between rounds of polling (it grows), when to give up waiting, after
     how many rounds of "not found" a job ends, and how long a request may say it finished
@@ -319,7 +274,7 @@ def submit(
         return loaded
     ui.say(loaded.summary)
     if media is not None:
-        report, checked = _check(store.unsent(manifest.batch), media, ui)
+        report, checked = run_check(store.unsent(manifest.batch), media, ui)
         if checked.code == EXIT_INTERRUPTED:
             return checked
         ui.tell(checked)
@@ -495,75 +450,3 @@ def fetch(
             "— run fetch again once it has ended"
         )
     return _closing(summary, failure, report)
-
-
-# -- checking media ----------
-
-
-class MediaJob(Protocol):
-    """A job as the media check sees it: a manifest's, or one in the table."""
-
-    @property
-    def reference_id(self) -> str: ...
-    @property
-    def video_url(self) -> str: ...
-    @property
-    def audio_url(self) -> str: ...
-
-
-def check_local_files(manifest: Manifest, media: MediaCheck) -> Ending | None:
-    """A manifest's local files, checked before its URLs: a file that cannot be uploaded, or
-    whose first bytes are not of its kind (a video given as the audio), is bad input like a
-    missing one: exit 2, every problem with its file:line."""
-    problems = []
-    for job in manifest.jobs:
-        if not job.is_local:
-            continue
-        for which, uri in (("video", job.video_url), ("audio", job.audio_url)):
-            problem = file_problem(uri, which, media.max_upload_bytes)
-            if problem:
-                problems.append(
-                    f"{manifest.path}:{job.line}: {job.reference_id}: {which}: {problem}"
-                )
-    if not problems:
-        return None
-    return Ending(
-        f"{len(problems)} problem(s) with local files in {manifest.path}",
-        EXIT_USAGE,
-        is_error=True,
-        details=tuple(problems[:MAX_CONFLICTS_SHOWN]),
-    )
-
-
-def check_media(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> Ending:
-    """Check every media URL of these jobs; exit 1 when any job has a problem."""
-    return _check(jobs, media, ui)[1]
-
-
-def _check(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> tuple[PreflightReport, Ending]:
-    pairs = [Pair(j.reference_id, j.video_url, j.audio_url) for j in jobs]
-    preflight = Preflight(
-        media.concurrency, media.per_host, max_upload_bytes=media.max_upload_bytes
-    )
-    try:
-        with ui.progress("checking media", None, preflight.stop.set) as progress:
-            report = preflight.run(
-                pairs, lambda done, total: progress.update(done, f"{done} of {total} URLs")
-            )
-    finally:
-        preflight.close()
-    if report.problems:
-        ui.media_problems(report.problems)
-    bad = len(report.bad_references)
-    if report.interrupted:
-        return report, Ending(
-            f"interrupted: checked {report.checked} of {report.urls} media URL(s) of "
-            f"{report.jobs} job(s) before the stop: {bad} job(s) with a problem so far",
-            EXIT_INTERRUPTED,
-        )
-    return report, Ending(
-        f"checked {report.checked} media URL(s) of {report.jobs} job(s): "
-        f"{bad} job(s) with a problem",
-        EXIT_INCOMPLETE if report.problems else EXIT_OK,
-        routine=True,
-    )

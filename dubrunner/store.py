@@ -322,8 +322,6 @@ class Store(Results, Queries):
         values = {**back_to_pending(), **_lookup(lookup_owed, lookup_after)}
         return self._update(Guard.OWNED, job_id, owner, attempt, values)
 
-    # -- results ----------
-
     # -- the one guarded update ----------
 
     def _update(
