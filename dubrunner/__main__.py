@@ -17,16 +17,41 @@ EXIT_INTERRUPTED = 130
 
 class QuietInterrupt:
     """The SIGINT handler whenever no command has its own: the first Ctrl-C raises
-    KeyboardInterrupt (main says "interrupted" and exits 130), a second one exits at once."""
+    KeyboardInterrupt (main says "interrupted" and exits 130), a second one exits at once.
+
+    An exception raised inside a weakref callback or a `__del__` is printed as "Exception ignored
+    in ..." and dropped, and the import system runs such a callback as it releases a module lock:
+    a Ctrl-C landing there would be lost and leave a stack dump. There the raise waits a few
+    milliseconds (SIGALRM) until the code has left that frame."""
 
     def __init__(self) -> None:
         self.count = 0
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
-        if self.count == 1:
+        if self.count > 1:
+            _exit_interrupted(signum, frame)
+        self._raise_when_safe(signum, frame)
+
+    def _raise_when_safe(self, signum: int, frame: FrameType | None) -> None:
+        if _swallows_exceptions(frame) and hasattr(signal, "setitimer"):
+            signal.signal(signal.SIGALRM, lambda _s, f: self._raise_when_safe(signum, f))
+            signal.setitimer(signal.ITIMER_REAL, 0.005)
+            return
+        handler = signal.getsignal(signal.SIGINT)
+        if handler is self or not callable(handler):
             raise KeyboardInterrupt
-        _exit_interrupted(signum, frame)
+        handler(signum, frame)  # a command took over Ctrl-C meanwhile: its way of stopping
+
+
+def _swallows_exceptions(frame: FrameType | None) -> bool:
+    """Whether an exception raised in `frame` would be dropped by a callback or finaliser above."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_name == "cb" and "importlib" in code.co_filename):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
