@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from dubrunner import __version__
+from dubrunner.constants import CREDENTIAL_VARIABLES
 from dubrunner.errors import ResponseTooLarge
 from dubrunner.redact import register_secret
 from dubrunner.uploads import FilePart, MultipartBody, upload_timeout
@@ -41,8 +42,7 @@ class Credentials:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Credentials:
         env = os.environ if env is None else env
-        key = env.get("CHAMELAION_API_KEY", "").strip() or None
-        token = env.get("CHAMELAION_BEARER_TOKEN", "").strip() or None
+        key, token = (env.get(name, "").strip() or None for name in CREDENTIAL_VARIABLES)
         return cls(key, token)
 
     def __bool__(self) -> bool:

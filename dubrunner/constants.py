@@ -11,6 +11,9 @@ EXIT_INCOMPLETE = 1  # some jobs failed or halted
 EXIT_USAGE = 2  # bad input or usage: nothing was written
 EXIT_INTERRUPTED = 130
 
+# The API's credentials: read from these variables only, and kept from any command dubrunner runs.
+CREDENTIAL_VARIABLES = ("CHAMELAION_API_KEY", "CHAMELAION_BEARER_TOKEN")
+
 DEFAULT_DB = "sqlite:///./dubrunner.db"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # of a manifest
 DEFAULT_MAX_JOBS = 1_000_000  # in a manifest

@@ -29,6 +29,15 @@ def in_batch(stmt: S, batch: str | None) -> S:
     return stmt if batch is None else stmt.where(Job.batch == batch)
 
 
+SUMMARY_FIELDS = ("batch", "state", "jobs")
+
+
+def summary_item(batch: str, state: str, jobs: int) -> dict[str, Any]:
+    """One row of `summary` as scripts see it (`status --summary --format json`, an on-done
+    hook's input)."""
+    return dict(zip(SUMMARY_FIELDS, (batch, state, jobs), strict=True))
+
+
 def back_to_pending() -> dict[str, Any]:
     """A job handed back for sending: no owner, no lease (a look-up owed is kept as it is)."""
     return {

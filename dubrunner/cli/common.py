@@ -22,6 +22,8 @@ from dubrunner.__main__ import QuietInterrupt
 from dubrunner.cli.guide import SectionedCommand as SectionedCommand  # for the commands
 from dubrunner.cli.guide import SectionedGroup, complete_batch
 from dubrunner.cli.guide import complete_reference_id as complete_reference_id
+from dubrunner.cli.ondone import ON_DONE as ON_DONE
+from dubrunner.cli.ondone import hook_for as hook_for
 from dubrunner.cli.params import HOUR as HOUR  # for the commands
 from dubrunner.cli.params import OptionGroup, RateType
 from dubrunner.cli.params import Seconds as Seconds
@@ -94,9 +96,13 @@ def show_ending(ending: Ending) -> None:
         click.echo(prefix + shown(line), err=True)
 
 
-def end(ending: Ending) -> NoReturn:
-    """Show the ending and exit with its code."""
+def end(ending: Ending, after: Callable[[Ending], list[str]] | None = None) -> NoReturn:
+    """Show the ending and exit with its code; in between, `after` (an on-done hook), whose
+    lines are shown and which changes nothing else."""
     show_ending(ending)
+    if after is not None:
+        for line in after(ending):
+            click.echo(line, err=True)
     sys.stderr.flush()
     raise click.exceptions.Exit(ending.code)
 

@@ -94,11 +94,12 @@ def status(
 
 def _summary(store: Store, batch: str | None, states: tuple[str, ...], format: str) -> None:
     from dubrunner.output import print_status_table, table_console, write_dicts
+    from dubrunner.queries import SUMMARY_FIELDS, summary_item
 
     counts = [(b, s, n) for b, s, n in store.summary(batch) if not states or s in states]
     if format in MACHINE_FORMATS:
-        items = ({"batch": b, "state": s, "jobs": n} for b, s, n in counts)
-        write_dicts(items, ("batch", "state", "jobs"), format, sys.stdout)
+        items = (summary_item(*row) for row in counts)
+        write_dicts(items, SUMMARY_FIELDS, format, sys.stdout)
     else:
         print_status_table(counts, [], 0, table_console())
 

@@ -12,6 +12,7 @@ from dubrunner.cli.common import (
     COMMON_OPTIONS,
     LOCAL_OPTIONS,
     MACHINE_FORMATS,
+    ON_DONE,
     POLL_OPTIONS,
     WORKER_OPTIONS,
     SectionedCommand,
@@ -20,12 +21,14 @@ from dubrunner.cli.common import (
     check_batch,
     cli,
     end,
+    hook_for,
     make_api,
     open_store,
     say,
 )
 
 if TYPE_CHECKING:
+    from dubrunner.hooks import OnDone
     from dubrunner.sessions import Polling
     from dubrunner.worker import WorkerOptions
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 @click.option("--wait", is_flag=True, help="Poll in rounds until every job has ended.")
 @POLL_OPTIONS
 @WORKER_OPTIONS
+@ON_DONE
 @COMMON_OPTIONS
 def poll(
     batch: str | None,
@@ -42,6 +46,7 @@ def poll(
     polling: Polling,
     options: WorkerOptions,
     allow_insecure_http: bool,
+    on_done: OnDone | None,
 ) -> None:
     """Ask the API how every submitted job is doing: a round reads the list of requests, a page
     of 100 at a time, and asks for the few jobs not seen there one by one."""
@@ -50,7 +55,8 @@ def poll(
     api = make_api(options, allow_insecure_http)
     store = open_store(must_exist=True)
     check_batch(store, batch)
-    end(sessions.poll(store, api, batch, options, TerminalUi(), wait=wait, polling=polling))
+    ending = sessions.poll(store, api, batch, options, TerminalUi(), wait=wait, polling=polling)
+    end(ending, hook_for(on_done, store, batch))
 
 
 @cli.command()

@@ -15,6 +15,7 @@ from dubrunner.cli.common import (
     LOCAL_OPTIONS,
     MANIFEST_LIMITS,
     OFFLINE_OPTIONS,
+    ON_DONE,
     POLL_OPTIONS,
     PREFLIGHT_OPTIONS,
     WORKER_OPTIONS,
@@ -26,12 +27,14 @@ from dubrunner.cli.common import (
     check_batch,
     cli,
     end,
+    hook_for,
     make_api,
     open_store,
     say,
 )
 
 if TYPE_CHECKING:
+    from dubrunner.hooks import OnDone
     from dubrunner.manifest import Manifest
     from dubrunner.sessions import Loaded, MediaCheck, Polling
     from dubrunner.worker import WorkerOptions
@@ -76,6 +79,7 @@ def validate(manifest: str, limits: ManifestLimits) -> None:
 @SAME_MEDIA
 @PREFLIGHT_OPTIONS
 @POLL_OPTIONS
+@ON_DONE
 @COMMON_OPTIONS
 def submit(
     manifest: str,
@@ -89,6 +93,7 @@ def submit(
     media: MediaCheck,
     polling: Polling,
     allow_same_media: bool,
+    on_done: OnDone | None,
 ) -> None:
     """Load MANIFEST into the job table and submit every job not yet at the API."""
     m = limits.read(manifest, cached_digests())
@@ -99,8 +104,9 @@ def submit(
     from dubrunner import sessions
 
     api = make_api(options, allow_insecure_http)  # before the store: no credentials, no file
+    store = open_store()
     ending = sessions.submit(
-        open_store(),
+        store,
         api,
         m,
         options,
@@ -111,7 +117,7 @@ def submit(
         fetch_into=fetch_dir,
         allow_same_media=allow_same_media,
     )
-    end(ending)
+    end(ending, hook_for(on_done, store, m.batch))
 
 
 @cli.command()
@@ -164,6 +170,7 @@ def resume(batch: str | None, options: WorkerOptions, allow_insecure_http: bool)
     help="With --follow: seconds between looks for new jobs when idle.",
 )
 @WORKER_OPTIONS
+@ON_DONE
 @COMMON_OPTIONS
 def work(
     batch: str | None,
@@ -171,16 +178,21 @@ def work(
     idle_poll: float,
     options: WorkerOptions,
     allow_insecure_http: bool,
+    on_done: OnDone | None,
 ) -> None:
     """A worker for jobs loaded by `dubrunner load` (here or on another host)."""
     if follow:
         options = dataclasses.replace(options, follow=idle_poll)
     # A follower may start before its batch is loaded.
-    _submit_pending(batch, options, allow_insecure_http, require_batch=not follow)
+    _submit_pending(batch, options, allow_insecure_http, require_batch=not follow, on_done=on_done)
 
 
 def _submit_pending(
-    batch: str | None, options: WorkerOptions, allow_insecure_http: bool, require_batch: bool
+    batch: str | None,
+    options: WorkerOptions,
+    allow_insecure_http: bool,
+    require_batch: bool,
+    on_done: OnDone | None = None,
 ) -> NoReturn:
     from dubrunner import sessions
 
@@ -188,4 +200,5 @@ def _submit_pending(
     store = open_store(must_exist=require_batch)  # a follower may wait for the first load
     if require_batch:
         check_batch(store, batch)
-    end(sessions.submit_pending(store, api, batch, options, TerminalUi()))
+    ending = sessions.submit_pending(store, api, batch, options, TerminalUi())
+    end(ending, hook_for(on_done, store, batch))
