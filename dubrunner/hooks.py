@@ -132,28 +132,22 @@ def run(hook: OnDone, data: Mapping[str, Any], env: Mapping[str, str]) -> str | 
         return f"on-done hook could not be started: {exc.strerror or exc}"
     text = (json.dumps(dict(data)) + "\n").encode("utf-8")
     try:
-        # communicate writes stdin from a thread: a hook that never reads it cannot block us.
-        code = _communicate(proc, text, hook.timeout)
+        # communicate writes stdin as the hook reads it, and takes a hook that stops reading (or
+        # never starts) as its business: neither blocks us beyond the timeout.
+        proc.communicate(text, timeout=hook.timeout)
     except subprocess.TimeoutExpired:
         _kill(proc)
         return f"on-done hook took longer than {hook.timeout:g} s and was killed"
     except BaseException:  # Ctrl-C, SIGTERM: the hook goes with us, at once
         _kill(proc)
         raise
+    code = proc.returncode
     if code == 0:
         return None
     if code < 0:
         return f"on-done hook was killed by {_signal_name(-code)}"
     meaning = _SHELL_CODES.get(code)
     return f"on-done hook exited {code}" + (f" ({meaning})" if meaning else "")
-
-
-def _communicate(proc: subprocess.Popen[bytes], text: bytes, timeout: float) -> int:
-    try:
-        proc.communicate(text, timeout=timeout)
-    except BrokenPipeError:  # it ended without reading all of its stdin: that is its business
-        proc.wait(timeout=timeout)
-    return proc.returncode
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from dubrunner import hooks
 from dubrunner.cli import cli
 from dubrunner.emulator import Emulator
+from dubrunner.sessions import Ending
 from tests.conftest import TOKEN, Database, load_jobs, start, states, write_manifest
 
 # Writes what it was given (stdin, environment) to argv[1] as JSON, says a word on stdout, and
@@ -111,6 +112,23 @@ def test_a_hook_that_reads_nothing_does_not_block(tmp_path: Path) -> None:
     started = time.monotonic()
     assert hooks.run(hooks.OnDone("exit 0", 30), data, {}) is None
     assert time.monotonic() - started < 10
+
+
+def test_a_database_that_fails_still_runs_the_hook(tmp_path: Path, db: Database) -> None:
+    store = load_jobs(db, write_manifest(tmp_path / "m.yaml", 2))
+    try:
+        db.rows("DROP TABLE jobs")
+        command, seen = hook_command(tmp_path)
+        lines = hooks.after_run(hooks.OnDone(command, 30), store, "poll", "b", Ending("x", 1))
+    finally:
+        store.close()
+    assert lines == [
+        "on-done hook: the summary could not be read (database error: no such table: jobs); "
+        "it gets null"
+    ]
+    got, env = received(seen)
+    assert got == {"command": "poll", "batch": "b", "exit": 1, "sentence": "x", "summary": None}
+    assert env["DUBRUNNER_BATCH"] == "b" and env["DUBRUNNER_EXIT"] == "1"
 
 
 @pytest.mark.slow

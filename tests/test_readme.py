@@ -5,6 +5,7 @@ being written."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -135,3 +136,7 @@ def test_every_readme_command_runs(emulator: Emulator, tmp_path: Path) -> None:
     assert set(emulator.accepted()) >= {f"season1-ja-e{i:02d}" for i in range(1, 51)}
     assert emulator.duplicates() == {}
     assert (tmp_path / "season1-ja.csv").read_text().count("\n") == 51
+    # `--on-done 'cat > last-run.json'` got the summary on its stdin.
+    last_run = json.loads((tmp_path / "last-run.json").read_text())
+    assert last_run["command"] == "poll" and last_run["exit"] == 0
+    assert {"batch": "season1-ja", "state": "completed", "jobs": 50} in last_run["summary"]

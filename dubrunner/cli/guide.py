@@ -41,7 +41,7 @@ OPTION_SECTIONS = {
     ),
     "Pacing": ("concurrency", "rate", "burst", "rate_shared", "request_timeout"),
     "Retries": ("max_attempts", "retry_wait", "lookup_grace", "outage_timeout"),
-    "Results": ("wait", "fetch_dir", "interval", "timeout"),
+    "Results": ("wait", "fetch_dir", "interval", "timeout", "on_done", "on_done_timeout"),
 }  # fmt: skip
 
 

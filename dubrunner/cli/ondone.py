@@ -32,10 +32,10 @@ ON_DONE = OptionGroup(
     click.option(
         "--on-done",
         metavar="CMD",
-        help="When the run has ended (a halt and a stop included), run CMD with /bin/sh -c: the "
-        "summary as JSON on its stdin, DUBRUNNER_BATCH and DUBRUNNER_EXIT in its environment, "
-        "never the API's credentials. Its output goes to stderr; its failure is said in one "
-        "line and never changes the exit code.",
+        help="Run CMD (by /bin/sh -c) once the run has ended, a halt or a stop included: the "
+        "summary as JSON on its stdin, DUBRUNNER_BATCH and DUBRUNNER_EXIT set, the API's "
+        "credentials not. Its output goes to stderr; its failure is said in one line, and the "
+        "exit code stays the run's.",
     ),
     click.option(
         "--on-done-timeout",
