@@ -118,6 +118,8 @@ def run(hook: OnDone, data: Mapping[str, Any], env: Mapping[str, str]) -> str | 
     that says what went wrong. A KeyboardInterrupt meanwhile kills it and is raised again."""
     sys.stderr.flush()  # what was said before comes before what the hook says
     out = _stderr_fd()
+    text = (json.dumps(dict(data)) + "\n").encode("utf-8")
+    proc: subprocess.Popen[bytes] | None = None
     try:
         proc = subprocess.Popen(
             [SHELL, "-c", hook.command],
@@ -128,18 +130,20 @@ def run(hook: OnDone, data: Mapping[str, Any], env: Mapping[str, str]) -> str | 
             start_new_session=True,  # a process group of its own, killed as a whole
             close_fds=True,
         )
-    except OSError as exc:
-        return f"on-done hook could not be started: {exc.strerror or exc}"
-    text = (json.dumps(dict(data)) + "\n").encode("utf-8")
-    try:
         # communicate writes stdin as the hook reads it, and takes a hook that stops reading (or
         # never starts) as its business: neither blocks us beyond the timeout.
         proc.communicate(text, timeout=hook.timeout)
+    except OSError as exc:  # no shell to start it with, out of processes
+        if proc is not None:
+            _kill(proc)
+        return f"on-done hook could not be run: {exc.strerror or exc}"
     except subprocess.TimeoutExpired:
+        assert proc is not None
         _kill(proc)
         return f"on-done hook took longer than {hook.timeout:g} s and was killed"
     except BaseException:  # Ctrl-C, SIGTERM: the hook goes with us, at once
-        _kill(proc)
+        if proc is not None:
+            _kill(proc)
         raise
     code = proc.returncode
     if code == 0:

@@ -101,9 +101,15 @@ def test_a_hook_gets_its_input_and_its_exit_code_is_said(tmp_path: Path) -> None
     assert received(seen)[0] == data
 
 
-def test_a_hook_that_cannot_be_run_is_said() -> None:
+def test_a_hook_that_cannot_be_run_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
     missing = hooks.run(hooks.OnDone("no-such-command-4711", 30), {}, {"PATH": os.defpath})
     assert missing == "on-done hook exited 127 (command not found)"
+    killed = hooks.run(hooks.OnDone("kill -9 $$", 30), {}, {"PATH": os.defpath})
+    assert killed == "on-done hook was killed by SIGKILL"
+    monkeypatch.setattr(hooks, "SHELL", "/no/such/sh")
+    assert hooks.run(hooks.OnDone("true", 30), {}, {}) == (
+        "on-done hook could not be run: No such file or directory"
+    )
 
 
 def test_a_hook_that_reads_nothing_does_not_block(tmp_path: Path) -> None:
