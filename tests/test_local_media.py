@@ -187,9 +187,36 @@ def test_digests_are_computed_once_and_cached_by_path_size_and_mtime(
     third = Digests(store.cached_digest, store.save_digest)
     load_manifest(manifest, digests=third)
     assert third.computed == 1
-    assert LocalFile(str(target), 2048, 1) and (
-        store.cached_digest(str(target), 2048, 1) == mediafiles.sha256(target)
-    )
+    stamp = LocalFile.of(str(target), target.stat()).stamp
+    assert store.cached_digest(str(target), 2048, stamp) == mediafiles.sha256(target)
+    store.close()
+
+
+def test_the_cache_is_not_fooled_by_a_file_swapped_under_the_same_size_and_mtime(
+    db: Database, tmp_path: Path
+) -> None:
+    """A symlink pointed at another file of the same size and mtime (another inode), or a file
+    rewritten with its mtime put back (another ctime), is hashed again."""
+    store = Store(db.url)
+    first = mediafiles.video(tmp_path / "first.mp4", 8192)
+    second = mediafiles.video(tmp_path / "second.mp4", 8192, seed="second")
+    link = tmp_path / "v.mp4"
+    link.symlink_to(first.name)
+    digests = Digests(store.cached_digest, store.save_digest)
+    assert digests(LocalFile.of(str(link), link.stat())) == mediafiles.sha256(first)
+    digests(LocalFile.of(str(first), first.stat()))
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))
+    link.unlink()
+    link.symlink_to(second.name)
+    again = Digests(store.cached_digest, store.save_digest)
+    assert again(LocalFile.of(str(link), link.stat())) == mediafiles.sha256(second)
+    assert again.computed == 1
+    before = first.stat()
+    first.write_bytes(second.read_bytes())
+    os.utime(first, ns=(before.st_atime_ns, before.st_mtime_ns))
+    third = Digests(store.cached_digest, store.save_digest)
+    assert third(LocalFile.of(str(first), first.stat())) == mediafiles.sha256(second)
+    assert third.computed == 1
     store.close()
 
 
