@@ -170,7 +170,9 @@ class MultipartBody:
                     if held:
                         yield self._sending(held)
                     chunk = reading.result()
-                    if not chunk:
+                    if not chunk:  # shorter than loaded: changed, if its digest was known
+                        if f.sha256:
+                            raise FileChanged(changed(f.name, f.path))
                         raise UploadInterrupted(f"the {f.name} file {f.path} became shorter")
                     left -= len(chunk)
                     held = chunk

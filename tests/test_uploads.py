@@ -243,6 +243,9 @@ def test_a_body_stops_when_its_file_shrinks_or_its_hold_lapses(tmp_path: Path) -
     part = FilePart("video", str(video), 4 * 1024 * 1024, "video/mp4")  # bigger than it is
     with pytest.raises(UploadInterrupted, match="became shorter"):
         list(MultipartBody([], [part]))
+    known = FilePart("video", str(video), 4 * 1024 * 1024, "video/mp4", "0" * 64)
+    with pytest.raises(FileChanged, match="changed since it was loaded"):
+        list(MultipartBody([], [known]))
 
     def lapsed() -> None:
         raise UploadInterrupted("the hold lapsed")
