@@ -11,12 +11,11 @@ import secrets
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import httpx
 
 from dubrunner.localmedia import Digests, LocalFile, content_type, path_of_uri
-from dubrunner.records import ClaimedJob
 
 CHUNK = 1024 * 1024
 # An upload may take the request timeout plus this many seconds per MiB of body (a floor of
@@ -58,24 +57,49 @@ def upload_timeout(size: int, request_timeout: float) -> float:
     return request_timeout + SECONDS_PER_MIB * size / (1024 * 1024)
 
 
-def parts_of(job: ClaimedJob, digests: Digests) -> tuple[FilePart, FilePart] | str:
-    """A local job's two files, ready to send, or why they cannot be: each must still be the
-    file that was loaded (its size, and its SHA-256 when its stamp moved: mtime, ctime, inode).
-    The body checks each file's SHA-256 again as it reads it (MultipartBody)."""
-    found: list[FilePart] = []
-    for which, uri, size, sha in (
-        ("video", job.video_url, job.video_size, job.video_sha256),
-        ("audio", job.audio_url, job.audio_size, job.audio_sha256),
-    ):
-        path = path_of_uri(uri)
-        try:
-            st = os.stat(path)
-            if st.st_size != size or digests(LocalFile.of(path, st)) != sha:
-                return changed(which, path)
-            found.append(FilePart(which, path, st.st_size, content_type(path, which), sha))
-        except OSError as exc:
-            return f"cannot read the {which} file {path}: {exc.strerror or exc}"
-    return found[0], found[1]
+class LoadedJob(Protocol):
+    """A local job as loaded: its two files' URLs, sizes and SHA-256s (a claim, or a row)."""
+
+    @property
+    def video_url(self) -> str: ...
+    @property
+    def audio_url(self) -> str: ...
+    @property
+    def video_size(self) -> int | None: ...
+    @property
+    def audio_size(self) -> int | None: ...
+    @property
+    def video_sha256(self) -> str | None: ...
+    @property
+    def audio_sha256(self) -> str | None: ...
+
+
+def loaded_file(
+    which: str, uri: str, size: int | None, sha: str | None, digests: Digests
+) -> FilePart | str:
+    """One of a local job's files, ready to send, or why it cannot be: it must still be the file
+    that was loaded (its size, and its SHA-256: from `digests`, which hashes it again when its
+    stamp moved, or always when it has no cache: `check`)."""
+    path = path_of_uri(uri)
+    try:
+        st = os.stat(path)
+        if st.st_size != size or digests(LocalFile.of(path, st)) != sha:
+            return changed(which, path)
+        return FilePart(which, path, st.st_size, content_type(path, which), sha)
+    except OSError as exc:
+        return f"cannot read the {which} file {path}: {exc.strerror or exc}"
+
+
+def parts_of(job: LoadedJob, digests: Digests) -> tuple[FilePart, FilePart] | str:
+    """A local job's two files, ready to send, or why they cannot be (loaded_file). The body
+    checks each file's SHA-256 again as it reads it (MultipartBody)."""
+    video = loaded_file("video", job.video_url, job.video_size, job.video_sha256, digests)
+    if isinstance(video, str):
+        return video
+    audio = loaded_file("audio", job.audio_url, job.audio_size, job.audio_sha256, digests)
+    if isinstance(audio, str):
+        return audio
+    return video, audio
 
 
 def _quote(value: str) -> str:

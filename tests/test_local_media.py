@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -388,3 +389,31 @@ def test_the_bundled_local_example_is_valid_small_and_of_the_right_kinds() -> No
     assert all(j.is_local for j in m.jobs)
     assert check_local_files(m, MediaCheck()) is None
     assert sum(f.stat().st_size for f in (root / "media").iterdir()) < 300_000
+
+
+def test_check_hashes_local_files_again_whatever_the_cache_holds(tmp_path: Path) -> None:
+    """The digest cache trusts a file's size and stamp; `check` does not: a batch's files must
+    hash to what its jobs were loaded with, and a manifest's are hashed again, the cache
+    refreshed (a stale row, as a file system that keeps no true ctime could leave, is mended)."""
+    manifest = mediafiles.local_manifest(tmp_path, 2, size=8192)
+    db = tmp_path / "jobs.db"
+    runner = CliRunner()
+    loaded = runner.invoke(cli, ["load", str(manifest), "--db", str(db)])
+    assert loaded.exit_code == 0, loaded.output
+    target = tmp_path / "media" / "e001.mp4"
+    true_sha = mediafiles.sha256(target)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE file_digests SET sha256 = ? WHERE path = ?", ("0" * 64, str(target)))
+    result = runner.invoke(cli, ["check", str(manifest), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert db_rows(db, "SELECT sha256 FROM file_digests WHERE path = ?", str(target)) == [
+        (true_sha,)
+    ]
+    before = target.stat()
+    mediafiles.video(target, 8192, seed="rewritten after loading")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = runner.invoke(cli, ["check", "local", "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    assert "changed since it was loaded" in " ".join(result.output.split())
+    assert "checked 4 media URL(s) of 2 job(s): 1 job(s) with a problem" in result.output
+    assert db_rows(db, "SELECT count(*) FROM attempts") == [(0,)]
