@@ -206,7 +206,8 @@ class MultipartBody:
             raise FileChanged(changed(f.name, f.path))
         if self.check is not None:
             self.check()
-        yield self._sending(held)
+        if held:
+            yield self._sending(held)
 
     def _sending(self, chunk: bytes) -> bytes:
         if self.sent is not None:
