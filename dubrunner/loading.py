@@ -343,23 +343,28 @@ def _same_media(conn: Connection, plan: LoadPlan, source: str) -> list[str]:
 # -- the cache of local files' SHA-256 ----------
 
 
-def cached_digest(db: Database, path: str, size: int, mtime_ns: int) -> str | None:
-    """A file's SHA-256 as computed before, if it still has that size and mtime."""
+def cached_digest(db: Database, path: str, size: int, stamp: int) -> str | None:
+    """A file's SHA-256 as computed before, if it still has that size and stamp (LocalFile)."""
     with db.read() as conn:
         return conn.execute(
             select(FileDigest.sha256).where(
-                FileDigest.path == path, FileDigest.size == size, FileDigest.mtime_ns == mtime_ns
+                FileDigest.path == path, FileDigest.size == size, FileDigest.stamp == stamp
             )
         ).scalar_one_or_none()
 
 
-def save_digest(db: Database, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+def save_digest(db: Database, path: str, size: int, stamp: int, sha256: str) -> None:
     """Remember a file's SHA-256 (a cache: losing a race to another writer loses nothing)."""
-    row = {"size": size, "mtime_ns": mtime_ns, "sha256": sha256, "hashed_at": utcnow()}
+    row = {
+        FileDigest.size: size,
+        FileDigest.stamp: stamp,
+        FileDigest.sha256: sha256,
+        FileDigest.hashed_at: utcnow(),
+    }
     try:
         with db.write() as conn:
-            moved = conn.execute(update(FileDigest).where(FileDigest.path == path).values(**row))
+            moved = conn.execute(update(FileDigest).where(FileDigest.path == path).values(row))
             if moved.rowcount == 0:
-                conn.execute(insert(FileDigest).values(path=path, **row))
+                conn.execute(insert(FileDigest).values({FileDigest.path: path, **row}))
     except sa.exc.IntegrityError:
         pass

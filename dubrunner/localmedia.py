@@ -1,6 +1,7 @@
 """Local media files: telling a path from a URL, the checks a file must pass before it is
 uploaded, what its first bytes say it is, and its SHA-256 (streamed, cached by path, size and
-mtime). No HTTP; the cache's table is reached through the callables a caller passes in."""
+stamp: mtime, ctime and inode). No HTTP; the cache's table is reached through the callables a
+caller passes in."""
 
 from __future__ import annotations
 
@@ -25,11 +26,27 @@ AUDIO_TYPES["flac"] = "audio/flac"
 
 @dataclass(frozen=True, slots=True)
 class LocalFile:
-    """A file as it was when checked: its absolute path, size and modification time."""
+    """A file as it was when checked: its absolute path, size, modification time, and what else
+    tells a file rewritten or replaced under the same name and mtime: the inode (a symlink
+    pointed elsewhere, a file moved over it) and the ctime (set by every write and by a
+    restored mtime; no one can set it back)."""
 
     path: str
     size: int
     mtime_ns: int
+    inode: tuple[int, int] = (0, 0)  # (device, inode)
+    ctime_ns: int = 0
+
+    @classmethod
+    def of(cls, path: str, st: os.stat_result) -> LocalFile:
+        return cls(path, st.st_size, st.st_mtime_ns, (st.st_dev, st.st_ino), st.st_ctime_ns)
+
+    @property
+    def stamp(self) -> int:
+        """mtime, ctime and inode folded into one signed 64-bit number: the digest cache's
+        key beside the path and size (a cached SHA-256 is used only while all of them stay)."""
+        key = f"{self.mtime_ns}:{self.ctime_ns}:{self.inode[0]}:{self.inode[1]}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)
 
     @property
     def uri(self) -> str:
@@ -92,7 +109,7 @@ def check_file(path: str, max_bytes: int) -> tuple[LocalFile | None, str | None]
             f.read(1)
     except OSError as exc:
         return None, f"cannot read {path}: {exc.strerror}"
-    return LocalFile(path, st.st_size, st.st_mtime_ns), None
+    return LocalFile.of(path, st), None
 
 
 def local_pair(
@@ -209,13 +226,14 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-Lookup = Callable[[str, int, int], str | None]
+Lookup = Callable[[str, int, int], str | None]  # (path, size, stamp) → the SHA-256 cached
 Save = Callable[[str, int, int, str], None]
 
 
 class Digests:
     """SHA-256s of local files, each computed once: remembered for this run, and (with
-    `lookup`/`save`, the database's cache) across runs while the path, size and mtime stay."""
+    `lookup`/`save`, the database's cache) across runs while the path, size and stamp (mtime,
+    ctime, inode) stay. `lookup=None` hashes every file again (check), saving what it finds."""
 
     def __init__(self, lookup: Lookup | None = None, save: Save | None = None) -> None:
         self._lookup = lookup
@@ -226,11 +244,11 @@ class Digests:
     def __call__(self, f: LocalFile) -> str:
         found = self._memo.get(f)
         if found is None and self._lookup is not None:
-            found = self._lookup(f.path, f.size, f.mtime_ns)
+            found = self._lookup(f.path, f.size, f.stamp)
         if found is None:
             found = sha256_file(f.path)
             self.computed += 1
             if self._save is not None:
-                self._save(f.path, f.size, f.mtime_ns, found)
+                self._save(f.path, f.size, f.stamp, found)
         self._memo[f] = found
         return found

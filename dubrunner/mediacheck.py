@@ -7,10 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from dubrunner import uploads
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, file_problem
+from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, Digests, file_problem
 from dubrunner.manifest import Manifest
-from dubrunner.preflight import Pair, Preflight, PreflightReport
+from dubrunner.preflight import MediaProblem, Pair, Preflight, PreflightReport
+from dubrunner.redact import redact_url
 from dubrunner.session_ui import Ending, Ui
 
 MAX_SHOWN = 50  # problems (or conflicts) listed one a line before the sentence
@@ -34,6 +36,22 @@ class MediaJob(Protocol):
     def video_url(self) -> str: ...
     @property
     def audio_url(self) -> str: ...
+
+
+class LoadedJob(uploads.LoadedJob, Protocol):
+    """A local job's files as loaded, by its reference_id."""
+
+    @property
+    def reference_id(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Rehash:
+    """Local files to hash again (`digests` without a cache), each to be the file its job was
+    loaded with (check of a loaded batch)."""
+
+    jobs: Iterable[LoadedJob]
+    digests: Digests
 
 
 def check_local_files(manifest: Manifest, media: MediaCheck) -> Ending | None:
@@ -60,13 +78,36 @@ def check_local_files(manifest: Manifest, media: MediaCheck) -> Ending | None:
     )
 
 
-def check_media(jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui) -> Ending:
-    """Check every media URL of these jobs; exit 1 when any job has a problem."""
-    return run_check(jobs, media, ui)[1]
+def check_media(
+    jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui, rehash: Rehash | None = None
+) -> Ending:
+    """Check every media URL of these jobs; exit 1 when any job has a problem. With `rehash`,
+    the files of the local jobs among them are also hashed again: each must still be the file
+    its job was loaded with."""
+    return run_check(jobs, media, ui, rehash)[1]
+
+
+def changed_files(rehash: Rehash, only: set[str], skip: set[tuple[str, str]]) -> list[MediaProblem]:
+    """The local files of the jobs in `only` that are not those loaded (uploads.loaded_file),
+    but for those in `skip` (already found unreadable or of the wrong kind)."""
+    problems = []
+    for j in rehash.jobs:
+        if j.reference_id not in only:
+            continue
+        for which, uri, size, sha in (
+            ("video", j.video_url, j.video_size, j.video_sha256),
+            ("audio", j.audio_url, j.audio_size, j.audio_sha256),
+        ):
+            if sha is None or (j.reference_id, which) in skip:
+                continue
+            found = uploads.loaded_file(which, uri, size, sha, rehash.digests)
+            if isinstance(found, str):
+                problems.append(MediaProblem(j.reference_id, which, redact_url(uri), found))
+    return problems
 
 
 def run_check(
-    jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui
+    jobs: Iterable[MediaJob], media: MediaCheck, ui: Ui, rehash: Rehash | None = None
 ) -> tuple[PreflightReport, Ending]:
     pairs = [Pair(j.reference_id, j.video_url, j.audio_url) for j in jobs]
     preflight = Preflight(
@@ -79,6 +120,11 @@ def run_check(
             )
     finally:
         preflight.close()
+    if rehash is not None and not report.interrupted:
+        skip = {(p.reference_id, p.which) for p in report.problems}
+        only = {p.reference_id for p in pairs}
+        report.problems += changed_files(rehash, only, skip)
+        report.problems.sort(key=lambda p: (p.reference_id, p.which))
     if report.problems:
         ui.media_problems(report.problems)
     bad = len(report.bad_references)

@@ -153,12 +153,14 @@ class ApiHealth(Base):
 
 
 class FileDigest(Base):
-    """The SHA-256 of a local file, computed once: valid while its size and mtime stay."""
+    """The SHA-256 of a local file, computed once: valid while its size and stamp stay."""
 
     __tablename__ = "file_digests"
 
     path: Mapped[str] = mapped_column(Text, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    # localmedia.LocalFile.stamp: mtime, ctime and inode folded together (the column keeps the
+    # name it was made with, when it held the mtime alone; an old row no longer matches).
+    stamp: Mapped[int] = mapped_column("mtime_ns", BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     hashed_at: Mapped[datetime] = mapped_column(DateTime)

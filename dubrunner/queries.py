@@ -81,6 +81,28 @@ class JobRow:
     sha256: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedFiles:
+    """A local job's two files as they were loaded."""
+
+    reference_id: str
+    video_url: str
+    audio_url: str
+    video_size: int | None
+    audio_size: int | None
+    video_sha256: str | None
+    audio_sha256: str | None
+
+
+_FILE_COLUMNS = (
+    Job.video_url,
+    Job.audio_url,
+    Job.video_size,
+    Job.audio_size,
+    Job.video_sha256,
+    Job.audio_sha256,
+)
+
 _ROW_COLUMNS = (
     Job.batch,
     Job.reference_id,
@@ -212,6 +234,15 @@ class Queries:
             for r in self.iter_rows(batch)
             if r.state in unsent and not r.request_id and not r.lookup_owed
         ]
+
+    def loaded_files(self, batch: str) -> Iterator[LoadedFiles]:
+        """The batch's local jobs' files as loaded: their sizes and SHA-256s (check)."""
+        columns = (Job.id, Job.reference_id, *_FILE_COLUMNS)
+        after = 0
+        while rows := self.page(columns, (Job.video_sha256.is_not(None),), batch, after, 1000):
+            after = rows[-1][0]
+            for row in rows:
+                yield LoadedFiles(*row[1:])
 
     def attempts_of(self, reference_id: str) -> list[dict[str, Any]]:
         stmt = (

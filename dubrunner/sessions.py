@@ -27,6 +27,7 @@ from dubrunner.manifest import Manifest
 from dubrunner.mediacheck import MAX_SHOWN, run_check
 from dubrunner.mediacheck import MediaCheck as MediaCheck
 from dubrunner.mediacheck import MediaJob as MediaJob
+from dubrunner.mediacheck import Rehash as Rehash
 from dubrunner.mediacheck import check_local_files as check_local_files
 from dubrunner.mediacheck import check_media as check_media
 from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller

@@ -88,11 +88,11 @@ class Store(Results, Queries):
         """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none."""
         return load_jobs(self.db, batch, specs, source, dry_run, allow_same_media)
 
-    def cached_digest(self, path: str, size: int, mtime_ns: int) -> str | None:
-        return cached_digest(self.db, path, size, mtime_ns)
+    def cached_digest(self, path: str, size: int, stamp: int) -> str | None:
+        return cached_digest(self.db, path, size, stamp)
 
-    def save_digest(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-        save_digest(self.db, path, size, mtime_ns, sha256)
+    def save_digest(self, path: str, size: int, stamp: int, sha256: str) -> None:
+        save_digest(self.db, path, size, stamp, sha256)
 
     # -- claims and leases ----------
 

@@ -50,7 +50,7 @@ from dubrunner.redact import scrub
 from dubrunner.running import Report, Run
 from dubrunner.states import State
 from dubrunner.store import Store
-from dubrunner.uploads import FilePart, parts_of
+from dubrunner.uploads import FileChanged, FilePart, parts_of
 
 log = logging.getLogger("dubrunner")
 _ANSWERED = Outcome(Action.ACCEPTED, "answered")  # a look-up the API answered
@@ -407,6 +407,10 @@ class Worker(Run):
             answer, exc = self._upload(run, files) if files else self._post(run)
         except Stopped:
             return Decision(Next.AGAIN, lookup_owed=run.lookup_owed)  # nothing was sent
+        except FileChanged as changed:  # the body stopped short of its end: nothing to look up
+            decision = files_unusable(str(changed), run.progress)
+            self._apply(run, decision, None)
+            return decision
         run.posts += 1
         if answer is not None:
             outcome = classify_answer(answer.status, answer.headers, answer.body)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -122,3 +125,63 @@ def test_uploads_can_be_read_slowly(emulator: Emulator) -> None:
     got = _post(emulator, files=files, data={"reference_id": "slow"})
     assert got.status_code == 200
     assert time.monotonic() - started >= 0.4  # half a second's worth at 1 MB/s, at least
+
+
+def test_the_upload_fault_flags_reach_the_emulator(tmp_path: Path) -> None:
+    """`dubrunner emulator --upload-read-rate B --p-upload-reset P`, run as the demo runs it:
+    the knobs are set, and they act (a reset cuts an upload; a whole one is read slowly)."""
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dubrunner",
+            "emulator",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--token",
+            TOKEN,
+            "--seed",
+            "3",
+            "--upload-read-rate",
+            "400000",
+            "--p-upload-reset",
+            "0.5",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (port_file.exists() and port_file.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "it did not start"
+            time.sleep(0.05)
+        root = f"http://127.0.0.1:{port_file.read_text()}/"
+        config = httpx.post(root + "_emulator/config", json={}).json()
+        assert (config["upload_read_rate"], config["p_upload_reset"]) == (400000.0, 0.5)
+        files = {"video": ("v.mp4", b"v" * 200_000), "audio": ("a.wav", b"a" * 100)}
+        outcomes = []
+        for i in range(12):
+            started = time.monotonic()
+            try:
+                got = httpx.post(
+                    root + "api/" + ROUTE,
+                    headers=AUTH,
+                    files=files,
+                    data={"reference_id": f"flag-{i}"},
+                    timeout=10,
+                )
+                assert got.status_code == 200, got.text
+                assert time.monotonic() - started >= 0.4  # 200 kB at 400 kB/s
+                outcomes.append("read")
+            except httpx.TransportError:
+                outcomes.append("reset")
+            if {"read", "reset"} <= set(outcomes):
+                break
+        assert {"read", "reset"} <= set(outcomes), outcomes
+        stats = httpx.get(root + "_emulator/stats").json()
+        assert stats["upload_resets"] == outcomes.count("reset")
+    finally:
+        proc.terminate()
+        proc.wait(10)

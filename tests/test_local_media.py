@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -187,9 +188,36 @@ def test_digests_are_computed_once_and_cached_by_path_size_and_mtime(
     third = Digests(store.cached_digest, store.save_digest)
     load_manifest(manifest, digests=third)
     assert third.computed == 1
-    assert LocalFile(str(target), 2048, 1) and (
-        store.cached_digest(str(target), 2048, 1) == mediafiles.sha256(target)
-    )
+    stamp = LocalFile.of(str(target), target.stat()).stamp
+    assert store.cached_digest(str(target), 2048, stamp) == mediafiles.sha256(target)
+    store.close()
+
+
+def test_the_cache_is_not_fooled_by_a_file_swapped_under_the_same_size_and_mtime(
+    db: Database, tmp_path: Path
+) -> None:
+    """A symlink pointed at another file of the same size and mtime (another inode), or a file
+    rewritten with its mtime put back (another ctime), is hashed again."""
+    store = Store(db.url)
+    first = mediafiles.video(tmp_path / "first.mp4", 8192)
+    second = mediafiles.video(tmp_path / "second.mp4", 8192, seed="second")
+    link = tmp_path / "v.mp4"
+    link.symlink_to(first.name)
+    digests = Digests(store.cached_digest, store.save_digest)
+    assert digests(LocalFile.of(str(link), link.stat())) == mediafiles.sha256(first)
+    digests(LocalFile.of(str(first), first.stat()))
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))
+    link.unlink()
+    link.symlink_to(second.name)
+    again = Digests(store.cached_digest, store.save_digest)
+    assert again(LocalFile.of(str(link), link.stat())) == mediafiles.sha256(second)
+    assert again.computed == 1
+    before = first.stat()
+    first.write_bytes(second.read_bytes())
+    os.utime(first, ns=(before.st_atime_ns, before.st_mtime_ns))
+    third = Digests(store.cached_digest, store.save_digest)
+    assert third(LocalFile.of(str(first), first.stat())) == mediafiles.sha256(second)
+    assert third.computed == 1
     store.close()
 
 
@@ -361,3 +389,31 @@ def test_the_bundled_local_example_is_valid_small_and_of_the_right_kinds() -> No
     assert all(j.is_local for j in m.jobs)
     assert check_local_files(m, MediaCheck()) is None
     assert sum(f.stat().st_size for f in (root / "media").iterdir()) < 300_000
+
+
+def test_check_hashes_local_files_again_whatever_the_cache_holds(tmp_path: Path) -> None:
+    """The digest cache trusts a file's size and stamp; `check` does not: a batch's files must
+    hash to what its jobs were loaded with, and a manifest's are hashed again, the cache
+    refreshed (a stale row, as a file system that keeps no true ctime could leave, is mended)."""
+    manifest = mediafiles.local_manifest(tmp_path, 2, size=8192)
+    db = tmp_path / "jobs.db"
+    runner = CliRunner()
+    loaded = runner.invoke(cli, ["load", str(manifest), "--db", str(db)])
+    assert loaded.exit_code == 0, loaded.output
+    target = tmp_path / "media" / "e001.mp4"
+    true_sha = mediafiles.sha256(target)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE file_digests SET sha256 = ? WHERE path = ?", ("0" * 64, str(target)))
+    result = runner.invoke(cli, ["check", str(manifest), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert db_rows(db, "SELECT sha256 FROM file_digests WHERE path = ?", str(target)) == [
+        (true_sha,)
+    ]
+    before = target.stat()
+    mediafiles.video(target, 8192, seed="rewritten after loading")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = runner.invoke(cli, ["check", "local", "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    assert "changed since it was loaded" in " ".join(result.output.split())
+    assert "checked 4 media URL(s) of 2 job(s): 1 job(s) with a problem" in result.output
+    assert db_rows(db, "SELECT count(*) FROM attempts") == [(0,)]

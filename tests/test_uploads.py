@@ -3,6 +3,7 @@ the same look-ups as for URLs, files checked unchanged, --upload-concurrency (fa
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from dubrunner.manifest import load as load_manifest
 from dubrunner.records import ClaimedJob, Lease
 from dubrunner.sessions import submit_pending
 from dubrunner.store import Store
-from dubrunner.uploads import FilePart, MultipartBody, UploadInterrupted
+from dubrunner.uploads import FileChanged, FilePart, MultipartBody, UploadInterrupted
 from dubrunner.worker import WorkerOptions
 from tests import mediafiles
 from tests.conftest import Database, FakeUi, assert_exactly_once, db_rows
@@ -70,6 +71,143 @@ def test_a_file_changed_after_loading_fails_its_job_unsent(
     assert db_rows(db, "SELECT attempts FROM jobs WHERE state = 'failed'") == [(0,)]
 
 
+def _rewrite_in_place(path: Path, seed: str) -> None:
+    """Other bytes of the same size in the same file (same inode), its mtime put back."""
+    before = path.stat()
+    data = path.read_bytes()
+    replacement = mediafiles.make_file(path.with_suffix(".new"), data[:64], len(data), seed)
+    with open(path, "r+b") as f:
+        f.write(replacement.read_bytes())
+    replacement.unlink()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_a_file_swapped_under_the_same_name_size_and_mtime_is_not_uploaded(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    """Found by an outside attack: a symlink pointed at another file of the same size and
+    mtime, or a file rewritten in place with its mtime put back, was uploaded (and paid for)
+    though its bytes were not those the job is identified by."""
+    manifest = mediafiles.local_manifest(tmp_path, 3, size=300_000)
+    media = tmp_path / "media"
+    real = media / "e000.real.mp4"
+    (media / "e000.mp4").rename(real)
+    (media / "e000.mp4").symlink_to(real.name)
+    other = mediafiles.video(media / "other.mp4", 300_000, seed="another file")
+    m = load_manifest(manifest, digests=Digests(store.cached_digest, store.save_digest))
+    store.load(m.batch, m.jobs, str(manifest))
+    os.utime(other, ns=(real.stat().st_atime_ns, real.stat().st_mtime_ns))
+    (media / "e000.mp4").unlink()
+    (media / "e000.mp4").symlink_to(other.name)
+    _rewrite_in_place(media / "e001-ja.wav", "rewritten in place")
+    ending = submit_pending(store, api, None, OPTIONS, FakeUi())
+    assert ending.code == 1
+    rows = db_rows(
+        db, "SELECT reference_id, state, last_error, lookup_needed FROM jobs ORDER BY id"
+    )
+    assert [r[1:] for r in rows] == [
+        (
+            "failed",
+            f"the video file {media / 'e000.mp4'} changed since it was loaded: "
+            "load the manifest again",
+            False,
+        ),
+        (
+            "failed",
+            f"the audio file {media / 'e001-ja.wav'} changed since it was loaded: "
+            "load the manifest again",
+            False,
+        ),
+        ("submitted", None, False),
+    ]
+    assert list(emulator.accepted()) == [rows[2][0]]
+    _assert_files_arrived_for(emulator, db, rows[2][0])
+
+
+def _assert_files_arrived_for(emulator: Emulator, db: Database, ref: str) -> None:
+    [(video_size, video_sha, audio_sha)] = db_rows(
+        db, "SELECT video_size, video_sha256, audio_sha256 FROM jobs WHERE reference_id = ?", ref
+    )
+    [parts] = emulator.uploads()[ref]
+    assert parts["video"] == (video_size, video_sha)
+    assert parts["audio"][1] == audio_sha
+
+
+def test_a_file_changed_during_its_upload_stops_the_body_before_its_end(
+    emulator: Emulator,
+    store: Store,
+    api: ApiClient,
+    db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bytes are hashed as they are read: a file rewritten while it is being sent stops
+    the body before its last chunk, so the API never has a whole request; the job fails
+    unsent, with nothing to look up (no look-up loop, nothing paid)."""
+    _load(store, tmp_path, 2, size=3 * 1024 * 1024 + 100)
+    target = tmp_path / "media" / "e000.mp4"
+    reads = 0
+
+    def rewrite_mid_body(self: Holds, job: ClaimedJob) -> object:
+        def guard() -> None:
+            nonlocal reads
+            reads += 1
+            if job.video_url == target.as_uri() and reads == 2:  # after its first chunk
+                _rewrite_in_place(target, "rewritten mid-upload")
+
+        return guard
+
+    monkeypatch.setattr(Holds, "body_guard", rewrite_mid_body)
+    options = WorkerOptions(concurrency=1, backoff_base=0.02, lookup_grace=0.3)
+    ending = submit_pending(store, api, None, options, FakeUi())
+    assert ending.code == 1
+    rows = db_rows(
+        db, "SELECT reference_id, state, last_error, lookup_needed FROM jobs ORDER BY id"
+    )
+    assert [r[1:] for r in rows] == [
+        (
+            "failed",
+            f"the video file {target} changed since it was loaded: load the manifest again",
+            False,
+        ),
+        ("submitted", None, False),
+    ]
+    assert list(emulator.accepted()) == [rows[1][0]]
+    assert emulator.stats.uploads == 1  # the cut body was never read to its end
+    lookups = db_rows(db, "SELECT count(*) FROM attempts WHERE kind = 'lookup'")[0][0]
+    assert lookups == 0
+
+
+def test_a_body_whose_bytes_do_not_hash_right_stops_before_its_last_chunk(
+    tmp_path: Path,
+) -> None:
+    video = mediafiles.video(tmp_path / "v.mp4", 3 * 1024 * 1024 + 5)
+    audio = mediafiles.audio(tmp_path / "a.wav", 2 * 1024 * 1024)
+    size_v, size_a = video.stat().st_size, audio.stat().st_size
+
+    def parts(video_sha: str, audio_sha: str) -> list[FilePart]:
+        return [
+            FilePart("video", str(video), size_v, "video/mp4", video_sha),
+            FilePart("audio", str(audio), size_a, "audio/wav", audio_sha),
+        ]
+
+    good_v, good_a = mediafiles.sha256(video), mediafiles.sha256(audio)
+    whole = b"".join(MultipartBody([("reference_id", "r")], parts(good_v, good_a), boundary="B"))
+    assert whole == b"".join(MultipartBody([("reference_id", "r")], parts("", ""), boundary="B"))
+    # Where each file's bytes end in the whole body:
+    ends = {"video": whole.index(b'\r\n--B\r\nContent-Disposition: form-data; name="audio"')}
+    ends["audio"] = len(whole) - len(b"\r\n--B--\r\n")
+    for bad_v, bad_a, which in ((good_v, "0" * 64, "audio"), ("0" * 64, good_a, "video")):
+        body = MultipartBody([("reference_id", "r")], parts(bad_v, bad_a), boundary="B")
+        sent: list[bytes] = []
+        with pytest.raises(FileChanged, match=f"the {which} file .* changed since it was loaded"):
+            for chunk in body:
+                sent.append(chunk)
+        data = b"".join(sent)
+        assert len(data) < ends[which]  # its last bytes held back: the body is never whole
+        assert whole.startswith(data)
+
+
 def test_upload_concurrency_bounds_the_uploads_at_once(
     emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
 ) -> None:
@@ -105,6 +243,9 @@ def test_a_body_stops_when_its_file_shrinks_or_its_hold_lapses(tmp_path: Path) -
     part = FilePart("video", str(video), 4 * 1024 * 1024, "video/mp4")  # bigger than it is
     with pytest.raises(UploadInterrupted, match="became shorter"):
         list(MultipartBody([], [part]))
+    known = FilePart("video", str(video), 4 * 1024 * 1024, "video/mp4", "0" * 64)
+    with pytest.raises(FileChanged, match="changed since it was loaded"):
+        list(MultipartBody([], [known]))
 
     def lapsed() -> None:
         raise UploadInterrupted("the hold lapsed")

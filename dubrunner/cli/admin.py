@@ -123,6 +123,18 @@ def db_upgrade() -> None:
     help="500: the API's 'internal error'; 503: a proxy's HTML page.",
 )
 @click.option(
+    "--upload-read-rate",
+    type=click.FloatRange(1),
+    help="Read an upload (a generate-with-media body) at most this many bytes per second "
+    "[default: at once].",
+)
+@click.option(
+    "--p-upload-reset",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Chance of resetting the connection halfway through an upload (nothing is created).",
+)
+@click.option(
     "--garbage", is_flag=True, help="Answer every generate with a 200 that is not the API's JSON."
 )
 @click.option(
@@ -155,6 +167,8 @@ def emulator(
     outage_after: float | None,
     outage_for: float,
     outage_status: str,
+    upload_read_rate: float | None,
+    p_upload_reset: float,
     garbage: bool,
     upper_case_statuses: bool,
     output_ttl: float | None,
@@ -177,6 +191,8 @@ def emulator(
         complete_after=complete_after,
         outage_until=0.0,
         outage_status=int(outage_status),
+        upload_read_rate=upload_read_rate,
+        p_upload_reset=p_upload_reset,
         garbage=garbage,
         upper_case=upper_case_statuses,
         output_ttl=output_ttl,

@@ -34,13 +34,18 @@ if TYPE_CHECKING:
 @PREFLIGHT_OPTIONS
 @COMMON_OPTIONS
 def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
-    """Check the media URLs of a manifest file or a batch before paying for anything."""
+    """Check the media URLs of a manifest file or a batch before paying for anything.
+
+    Local files are hashed again, whatever the digest cache holds (and the cache is refreshed):
+    a batch's must still be the files its jobs were loaded with."""
     from dubrunner import sessions
 
     jobs: Sequence[MediaJob]
     media = dataclasses.replace(media, max_upload_bytes=limits.max_upload_bytes)
+    rehash = cached_digests(fresh=True)
+    loaded = None
     if Path(target).is_file():
-        manifest = limits.read(target, cached_digests())
+        manifest = limits.read(target, rehash)
         bad_files = sessions.check_local_files(manifest, media)
         if bad_files is not None:
             end(bad_files)
@@ -51,7 +56,8 @@ def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
         if store is None or target not in store.batches():
             raise UserError(f"{target!r} is neither a manifest file nor a batch in the database")
         jobs = store.unsent(target)
-    end(sessions.check_media(jobs, media, TerminalUi()))
+        loaded = sessions.Rehash(store.loaded_files(target), rehash)
+    end(sessions.check_media(jobs, media, TerminalUi(), loaded))
 
 
 @cli.command()

@@ -204,12 +204,13 @@ def open_store(*, must_exist: bool = False) -> Store:
     return store
 
 
-def cached_digests() -> Digests:
-    """Local files' SHA-256s, cached in the database (opened at the first local file only)."""
+def cached_digests(fresh: bool = False) -> Digests:
+    """Local files' SHA-256s, cached in the database (opened at the first local file only);
+    `fresh`: every file hashed again, whatever the cache holds, and the cache refreshed."""
     from dubrunner.localmedia import Digests
 
     return Digests(
-        lambda *key: open_store().cached_digest(*key),
+        None if fresh else lambda *key: open_store().cached_digest(*key),
         lambda *row: open_store().save_digest(*row),
     )
 
