@@ -232,3 +232,17 @@ def test_status_with_jobs_or_other_questions_takes_the_full_path(tmp_path: Path)
     env = clean_env(DUBRUNNER_DB=str(empty))
     assert invoke(["status", "--batch", "b"], env)[2] == "error: no batch 'b' in the database\n"
     assert invoke(["status", "--format", "json"], env)[:2] == (0, "[]\n")
+
+
+def test_doctor_looks_without_creating_or_changing(folder: Path) -> None:
+    from dubrunner.doctor import _database_finding
+
+    (folder / "empty.db").touch()
+    foreign_with_jobs(folder / "app.db")
+    before = files(folder)
+    # Failed before: doctor created ./dubrunner.db, and switched the empty file to WAL.
+    assert _database_finding(None).detail == "sqlite, none yet: its tables are made on first use"
+    assert _database_finding("empty.db").detail == "sqlite, empty: its tables are made on first use"
+    foreign = _database_finding("app.db")
+    assert not foreign.ok and "is not a dubrunner database (its tables: jobs)" in foreign.detail
+    assert files(folder) == before
