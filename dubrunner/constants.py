@@ -29,10 +29,16 @@ def database_url(value: str | None) -> str:
     return "sqlite:///" + str(Path(value).expanduser().absolute())
 
 
-def database_exists(value: str | None) -> bool:
-    """False for a SQLite file that is not there (a server's database is taken as there)."""
+def sqlite_path(value: str | None) -> str | None:
+    """The file of a SQLite `--db` (None: a server's database, or SQLite in memory)."""
     url = database_url(value)
     if not url.startswith("sqlite:///"):
-        return True  # a server's database: opening it creates no file
+        return None
     path = url.removeprefix("sqlite:///").partition("?")[0]
-    return not path or path == ":memory:" or Path(path).exists()
+    return None if not path or path == ":memory:" else path
+
+
+def database_exists(value: str | None) -> bool:
+    """False for a SQLite file that is not there (a server's database is taken as there)."""
+    path = sqlite_path(value)
+    return path is None or Path(path).exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import queue
-import sqlite3
 import sys
 import threading
 import time
@@ -23,11 +22,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from dubrunner.constants import database_url
-from dubrunner.models import Attempt, Job
+from dubrunner.dbfile import SCHEMA_HEAD, SqliteFile, refusal
+from dubrunner.models import Attempt
 
-# The newest migration. Checked against Alembic by a test; it lets an up-to-date database skip
-# loading Alembic and its scripts on every start.
-SCHEMA_HEAD = "0009"
 T = TypeVar("T")
 INSERT_ATTEMPT = insert(Attempt)
 
@@ -166,13 +163,17 @@ class _GroupCommitter:
 class Database:
     """One engine and the ways to write and read through it."""
 
-    def __init__(self, url: str | None = None, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str | None = None, *, pool_size: int = 5, create: bool = True) -> None:
+        """`create`: a database with none of dubrunner's tables (a new file, a 0-byte file, an
+        empty server database) may become one; without it, it is refused and left as it is."""
         self.url = database_url(url)
+        self.create = create
         try:
             parsed = sa.engine.make_url(self.url)
         except sa.exc.ArgumentError as exc:
             raise StoreError(f"not a database URL or path: {exc}") from None
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.shown_url = parsed.render_as_string(hide_password=True)
         # No SQL parameters in any exception text: they hold media URLs and their credentials.
         kwargs: dict[str, Any] = {
             "pool_size": pool_size,
@@ -184,29 +185,12 @@ class Database:
             if database in ("", ":memory:"):
                 raise StoreError("an in-memory SQLite database cannot hold a batch; give a file")
             path = Path(database)
-            _create_private_file(path)
             # Looked at before any connection of ours, which would switch the file to WAL: a
-            # file of another program is refused and left exactly as it was.
-            try:
-                raw = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=60)
-                try:
-                    tables = [
-                        name
-                        for (name,) in raw.execute(
-                            "SELECT name FROM sqlite_master WHERE type = 'table' "
-                            "AND name NOT LIKE 'sqlite%' ORDER BY name"
-                        )
-                    ]
-                finally:
-                    raw.close()
-            except sqlite3.Error:
-                tables = []  # not a database at all, or unreadable: said on first use
-            if tables and Job.__tablename__ not in tables:
-                shown = ", ".join(tables[:3]) + (", …" if len(tables) > 3 else "")
-                raise StoreError(
-                    f"{path} is not a dubrunner database (it holds other tables: {shown}); "
-                    "give another --db"
-                )
+            # file of another program, or one that must not become a database, is left as it was.
+            problem = SqliteFile.peek(path).refusal(str(path), create=create)
+            if problem is not None:
+                raise StoreError(problem)
+            _create_private_file(path)
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         try:
             self.engine: Engine = sa.create_engine(self.url, **kwargs)
@@ -282,6 +266,12 @@ class Database:
             raise StoreError(db_message(exc)) from None
         if current == SCHEMA_HEAD:
             return current, current
+        if current is None:  # a server's database is looked at here (a SQLite file on opening)
+            with self.read() as conn:
+                tables = sa.inspect(conn).get_table_names()
+            problem = refusal(self.shown_url, tables, create=self.create, own_file=self.is_sqlite)
+            if problem is not None:
+                raise StoreError(problem)
         if current is not None and current not in known_revisions():
             raise StoreError(
                 f"this database was written by a newer dubrunner (revision {current}); "

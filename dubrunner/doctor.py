@@ -7,12 +7,15 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from dubrunner.api import Answer, ApiClient, ConfigError, Credentials, base_url_from_env
+from dubrunner.constants import sqlite_path
 from dubrunner.db import known_revisions, migration_head
+from dubrunner.dbfile import SqliteFile
 from dubrunner.errors import ResponseTooLarge, error_message
 from dubrunner.store import Store
 
@@ -139,8 +142,13 @@ def _clock_finding(server_date: str | None) -> Finding:
 
 
 def _database_finding(db: str | None) -> Finding:
+    path = sqlite_path(db)
+    file = SqliteFile.peek(Path(path)) if path is not None else None
+    if file is not None and (not file.exists or file.tables == ()):  # not created, not changed
+        state = "empty" if file.exists else "none yet"
+        return Finding("database", True, f"sqlite, {state}: its tables are made on first use")
     try:
-        store = Store(db, migrate=False)
+        store = Store(db, migrate=False, create=False)
         try:
             current = store.current_revision()
         finally:

@@ -53,8 +53,16 @@ _CLAIM_COLUMNS = (
 
 
 class Store(Results, Queries):
-    def __init__(self, url: str | None = None, *, pool_size: int = 5, migrate: bool = True) -> None:
-        self.db = Database(url, pool_size=pool_size)
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        pool_size: int = 5,
+        migrate: bool = True,
+        create: bool = True,
+    ) -> None:
+        """`create`: see Database (False: only a database that already holds dubrunner's tables)."""
+        self.db = Database(url, pool_size=pool_size, create=create)
         self.url = self.db.url
         self.is_sqlite = self.db.is_sqlite
         self.engine = self.db.engine

@@ -146,7 +146,9 @@ def test_no_sql_parameters_in_an_internal_error(
         (multi_line, "ValueError: first line"),
     ):
         monkeypatch.setattr(Store, "summary", failure)
-        monkeypatch.setattr(sys, "argv", ["dubrunner", "status", "--db", str(tmp_path / "j.db")])
+        # --summary: an empty database's plain `status` answers without the store.
+        argv = ["dubrunner", "status", "--summary", "--db", str(tmp_path / "j.db")]
+        monkeypatch.setattr(sys, "argv", argv)
         monkeypatch.delenv("DUBRUNNER_DEBUG", raising=False)
         with pytest.raises(SystemExit) as exited:
             main()

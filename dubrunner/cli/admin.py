@@ -13,6 +13,7 @@ from dubrunner.cli.common import (
     Seconds,
     UserError,
     cli,
+    database_file,
     say,
 )
 
@@ -29,6 +30,7 @@ def db_upgrade() -> None:
     from dubrunner.store import Store, StoreError
 
     ctx = click.get_current_context()
+    database_file(create=True)
     try:
         store = Store(ctx.meta.get("db"), migrate=False)
         before, after = store.upgrade()

@@ -52,7 +52,7 @@ def check(target: str, limits: ManifestLimits, media: MediaCheck) -> None:
         jobs = manifest.jobs
     else:
         there = database_exists(click.get_current_context().meta.get("db"))
-        store = open_store() if there else None
+        store = open_store(must_exist=True) if there else None
         if store is None or target not in store.batches():
             raise UserError(f"{target!r} is neither a manifest file nor a batch in the database")
         jobs = store.unsent(target)

@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -33,13 +34,14 @@ from dubrunner.constants import (
     DEFAULT_MAX_UPLOAD_BYTES,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
-    database_exists,
+    sqlite_path,
 )
 from dubrunner.logs import setup_logging
 from dubrunner.redact import shown
 
 if TYPE_CHECKING:
     from dubrunner.api import ApiClient
+    from dubrunner.dbfile import SqliteFile
     from dubrunner.localmedia import Digests
     from dubrunner.manifest import Manifest
     from dubrunner.preflight import MediaProblem
@@ -185,23 +187,39 @@ class TerminalUi:
 
 def open_store(*, must_exist: bool = False) -> Store:
     """The job table. `must_exist`: a command that only acts on jobs already loaded, which must
-    not leave an empty database file behind where none was (a typo'd --db, the wrong folder)."""
+    not create a database where none was (a typo'd --db, the wrong folder), nor make one of an
+    empty file."""
     from dubrunner.store import Store, StoreError
 
     ctx = click.get_current_context()
     opened: Store | None = ctx.meta.get("dubrunner.store")
     if opened is not None:  # opened once, closed with the command
         return opened
-    db = ctx.meta.get("db")
-    if must_exist and not database_exists(db):
-        raise UserError(f"no database at {shown(db or './dubrunner.db')} — load a manifest first")
+    database_file(create=not must_exist)
     try:
-        store = Store(db)
+        store = Store(ctx.meta.get("db"), create=not must_exist)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     ctx.call_on_close(store.close)
     ctx.meta["dubrunner.store"] = store
     return store
+
+
+def database_file(*, create: bool) -> SqliteFile | None:
+    """The --db's SQLite file as the standard library sees it (None: a server's database, which
+    Store looks at). Another program's file, and unless `create` no file or an empty one, is
+    refused here in one line (in the user's words), untouched and before SQLAlchemy is imported."""
+    from dubrunner.dbfile import SqliteFile
+
+    db = click.get_current_context().meta.get("db")
+    path = sqlite_path(db)
+    if path is None:
+        return None
+    file = SqliteFile.peek(Path(path))
+    problem = file.refusal(shown(db or "./dubrunner.db"), create=create)
+    if problem is not None:
+        raise UserError(problem)
+    return file
 
 
 def cached_digests(fresh: bool = False) -> Digests:

@@ -107,7 +107,7 @@ def _ask(ctx: click.Context, question: Callable[[Store], list[str]]) -> list[str
     try:
         from dubrunner.store import Store
 
-        store = Store(db, migrate=False)
+        store = Store(db, migrate=False, create=False)
         try:
             return question(store)
         finally:

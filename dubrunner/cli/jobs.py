@@ -17,6 +17,7 @@ from dubrunner.cli.common import (
     check_batch,
     cli,
     complete_reference_id,
+    database_file,
     is_quiet,
     open_store,
     say,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 # A worker's word on the API counts for `status` this long (it refreshes it while in trouble).
 API_HEALTH_FRESH = 120.0
 TABLE_ROWS = 50  # the table's default length
+NO_JOBS = "no jobs yet: `dubrunner submit MANIFEST` loads some"
 
 
 @cli.command()
@@ -75,6 +77,12 @@ def status(
     summary: bool,
 ) -> None:
     """Where is every job? A summary per batch and state, then the rows; or one job in full."""
+    file = database_file(create=False)
+    the_table = not (summary or reference_id or batch or format in MACHINE_FORMATS)
+    if the_table and file is not None and file.no_jobs_yet:
+        # All _table says of it, said without importing SQLAlchemy (~0.1 s instead of ~0.4 s).
+        click.echo(NO_JOBS, err=True)
+        return
     store = open_store(must_exist=True)
     check_batch(store, batch)
     if summary:
@@ -121,9 +129,8 @@ def _table(
 ) -> None:
     per_state = store.summary(batch)
     if not per_state:
-        click.echo("no jobs yet: `dubrunner submit MANIFEST` loads some", err=True)
+        click.echo(NO_JOBS, err=True)
         return
-    from dubrunner.health import describe_view
     from dubrunner.output import print_status_table, table_console
 
     shown_rows = TABLE_ROWS if limit is None else limit
@@ -133,6 +140,8 @@ def _table(
     if len(rows) < matching and not is_quiet():
         click.echo(f"{len(rows):,} of {matching:,} shown — `--limit 0` for all", err=True)
     for view in store.api_health(time.time() - API_HEALTH_FRESH):
+        from dubrunner.health import describe_view  # only then: it imports httpx (~0.1 s)
+
         trouble = describe_view(view)
         if trouble:
             click.echo(f"note: {shown(trouble)}", err=True)

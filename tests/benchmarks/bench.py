@@ -252,7 +252,7 @@ def startup(add: Callable[..., None], work: Path) -> None:
     bare = median_wall([sys.executable, "-c", "pass"], env)
     add("start-up: `python -c pass` (the floor)", f"{bare * 1000:.0f} ms")
     orm = median_wall([sys.executable, "-c", "import sqlalchemy.orm"], env)
-    add("start-up: `python -c 'import sqlalchemy.orm'` (status's floor)", f"{orm * 1000:.0f} ms")
+    add("start-up: `python -c 'import sqlalchemy.orm'`", f"{orm * 1000:.0f} ms")
     for what, argv, extra, target in (
         ("start-up: `dubrunner --help`", [*dubrunner, "--help"], {}, 0.15),
         (
@@ -269,6 +269,17 @@ def startup(add: Callable[..., None], work: Path) -> None:
     ):
         wall = median_wall(argv, {**env, **extra})
         add(what, f"{wall * 1000:.0f} ms", f"< {target * 1000:.0f} ms", wall < target)
+    # Beside it, `status` where there are jobs: through SQLAlchemy (see dbfile.SqliteFile).
+    one = clean_env(DUBRUNNER_DB=str(work / "one.db"))
+    subprocess.run(
+        [*dubrunner, "load", str(manifest(work / "one.yaml", 1, "one"))],
+        env=one,
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
+    wall = median_wall([*dubrunner, "status"], one)
+    add("start-up: `dubrunner status`, one job", f"{wall * 1000:.0f} ms")
 
 
 def requests_endpoint_calls(emu: EmulatorProcess) -> int:
