@@ -43,7 +43,7 @@ from dubrunner.errors import (
     parse_json,
 )
 from dubrunner.governor import Governor, Stopped
-from dubrunner.health import Condition, OutageTooLong, ServerHealth
+from dubrunner.health import Condition, HealthTeller, OutageTooLong, ServerHealth
 from dubrunner.records import AttemptRecord, PollTarget, RemoteView, utcnow
 from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
@@ -154,6 +154,8 @@ class Poller(Run):
         self.output_grace = output_grace
         self.use_list = use_list
         self.health = health or ServerHealth(api.base_url)
+        # Each round's end leaves the API's health for `status`, as a worker's heartbeat does.
+        self._teller = HealthTeller(self.health, store.record_health, self.owner)
         self.report = PollReport()
         self._known_elsewhere = False  # the API answered for a request of ours that ended
         self._round_seen = 0
@@ -183,6 +185,7 @@ class Poller(Run):
         while not self.stop.is_set():
             self._round()
             self.report.rounds += 1
+            self._teller.tell()
             if not wait or self.stop.is_set() or self.remaining() == 0:
                 return
             if deadline is not None and time.monotonic() + interval > deadline:

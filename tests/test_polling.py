@@ -15,6 +15,7 @@ from dubrunner.api import ApiClient, Credentials
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
 from dubrunner.emulator import Emulator, EmulatorConfig
 from dubrunner.governor import Governor
+from dubrunner.health import describe_view
 from dubrunner.manifest import Manifest
 from dubrunner.manifest import load as load_manifest
 from dubrunner.poller import interpret
@@ -378,3 +379,22 @@ def test_a_single_job_polled_through_an_outage_halts_after_the_outage_timeout(
     assert any("API failing since" in detail for _, detail in ui.updates)
     assert states(db) == {"submitted": 1}
     assert emulator.stats.outage_answers <= 12, emulator.stats.outage_answers  # probed, politely
+
+
+def test_a_poll_round_against_a_failing_api_leaves_word_of_it_for_status(
+    emulator: Emulator, store: Store, api: ApiClient, tmp_path: Path
+) -> None:
+    # Failed before: only workers kept the API's health; `status` after such a poll said nothing.
+    emulator.update(complete_after=3600)
+    assert submit(store, api, manifest_of(tmp_path, 6), OPTIONS, FakeUi()).code == EXIT_OK
+    emulator.update(outage_from=time.time(), outage_until=time.time() + 3600)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_INCOMPLETE
+    views = store.api_health(time.time() - 60)
+    assert [view.condition for view in views] == ["outage"]
+    said = describe_view(views[0])
+    assert said is not None
+    assert said.startswith(f"the API at {api.base_url} has been failing since "), said
+    assert "HTTP 500 internal error" in said
+    emulator.update(outage_until=0.0)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
+    assert [view.condition for view in store.api_health(time.time() - 60)] == ["healthy"]
