@@ -158,7 +158,6 @@ class Poller(Run):
         self._teller = HealthTeller(self.health, store.record_health, self.owner)
         self.report = PollReport()
         self._known_elsewhere = False  # the API answered for a request of ours that ended
-        self._round_seen = 0
         self._missing: list[tuple[PollTarget, AttemptRecord]] = []
         self._faults: set[Fault] = set()
         self._down = False  # this round met the outage: it asks nothing more
@@ -202,7 +201,7 @@ class Poller(Run):
         while page := self.store.poll_targets(self.batch, after, PAGE):
             after = page[-1].id
             targets += page
-        self._round_seen, self._missing, self._faults = 0, [], set()
+        self._missing, self._faults = [], set()
         self._down, self._answered = False, 0
         seen: set[int] = set()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="poll") as pool:
@@ -372,8 +371,6 @@ class Poller(Run):
         self, target: PollTarget, item: dict[str, Any], status: int | None, ms: int
     ) -> None:
         """Keep what the API said of one job's request."""
-        with self._lock:
-            self._round_seen += 1
         view = interpret(item, target.done_at, self.output_grace)
         if (view.state, view.status, view.done_at, 0) == (
             State.PROCESSING,
@@ -404,7 +401,10 @@ class Poller(Run):
         if polled and not self._answered and self._faults:
             self.report.unanswered = self.health.last_error or "no answer"
         where = self.api.base_url
-        if missing and not self._round_seen and not self._knows_our_requests():
+        # A wrong address only when every job polled was "not found": a job seen, or whose poll
+        # failed this round, may well be known (found by an outside attack: three jobs not found
+        # and two unanswered were blamed on CHAMELAION_BASE_URL).
+        if missing and len(missing) == polled and not self._knows_our_requests():
             for target, attempt in missing:  # shown, never counted towards the end
                 self.store.record_missing(target.id, self.owner, attempt, target.missing)
             self.halt(

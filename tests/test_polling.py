@@ -398,3 +398,21 @@ def test_a_poll_round_against_a_failing_api_leaves_word_of_it_for_status(
     emulator.update(outage_until=0.0)
     assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
     assert [view.condition for view in store.api_health(time.time() - 60)] == ["healthy"]
+
+
+def test_a_round_where_only_some_jobs_are_not_found_is_no_wrong_address(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: 3 jobs 'not found' and 2 whose GET failed this round made "the API knows
+    # none of the 5 job(s) polled ('not found' for each): check CHAMELAION_BASE_URL".
+    emulator.update(complete_after=3600)
+    assert submit(store, api, manifest_of(tmp_path, 5), OPTIONS, FakeUi()).code == EXIT_OK
+    ids = [row[0] for row in db_rows(db, "SELECT request_id FROM jobs ORDER BY id")]
+    assert emulator.forget(ids[:3]) == 3
+    emulator.update(list_missing=True, get_failing=ids[3:])
+    ending = poll(store, api, "b", OPTIONS, FakeUi(), wait=False)
+    assert "CHAMELAION_BASE_URL" not in ending.sentence, ending.sentence
+    assert ending.sentence == (
+        "batch b: 0 completed, 0 failed remotely, 5 still processing (3 not found)"
+    )
+    assert db_rows(db, "SELECT remote_missing FROM jobs ORDER BY id") == [(1,)] * 3 + [(0,)] * 2

@@ -417,9 +417,12 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.server.emulator
         with emu.lock:
             emu.stats.polls += 1
+            failing = key in emu.config.get_failing
             known = [i for i in emu.by_reference.get(key, []) if i in emu.requests]
             ids = [key] if key in emu.requests else known[-1:]
             views = self._views(ids)
+        if failing:
+            return self._error(500, "internal error")
         if not views:
             return self._error(404, "not found")
         return self._send(200, views[0])

@@ -65,6 +65,7 @@ class EmulatorConfig:
     list_failures: int = 0
     list_missing: bool = False
     list_ignores_offset: bool = False  # every page of the list is its first
+    get_failing: list[str] = field(default_factory=list)  # request ids whose GET answers 500
     # generate-with-media: read uploads at most this fast (bytes per second; None: at once)
     upload_read_rate: float | None = None
     p_upload_reset: float = 0.0  # chance of resetting the connection halfway through an upload
