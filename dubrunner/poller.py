@@ -41,6 +41,7 @@ from dubrunner.errors import (
     created_at,
     is_not_found,
     parse_json,
+    request_key,
 )
 from dubrunner.governor import Governor, Stopped
 from dubrunner.health import Condition, HealthTeller, OutageTooLong, ServerHealth
@@ -221,7 +222,7 @@ class Poller(Run):
         than the oldest of them. Past ceil(open / LIST_PAGE) + EXTRA_PAGES pages (requests of
         others newer than ours), it goes on only while the pages walked are fewer than half the
         jobs not yet seen: a round never costs much more than one GET per job would."""
-        by_id = {t.request_id: t for t in targets}
+        by_id = {request_key(t.request_id): t for t in targets}
         by_ref = {t.reference_id: t for t in targets}
         times = [t.submitted_at for t in targets if t.submitted_at is not None]
         cutoff = min(times).replace(tzinfo=UTC) - CLOCK_SKEW if len(times) == len(targets) else None
@@ -258,8 +259,9 @@ class Poller(Run):
                 if not isinstance(item, dict):
                     continue
                 request_id = any_request_id(item.get("id"))
+                key = request_key(request_id) if request_id else None
                 ref = item.get("reference_id")
-                target = by_id.get(request_id) if request_id else by_ref.get(str(ref))
+                target = by_id.get(key) if key else by_ref.get(str(ref))
                 if target is not None and target.id not in seen:
                     seen.add(target.id)
                     learned.append((target, item))

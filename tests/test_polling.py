@@ -7,13 +7,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dubrunner.api import ApiClient, Credentials
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
 from dubrunner.emulator import Emulator, EmulatorConfig
+from dubrunner.errors import Lookup, choose_request
 from dubrunner.governor import Governor
 from dubrunner.health import describe_view
 from dubrunner.manifest import Manifest
@@ -416,3 +419,29 @@ def test_a_round_where_only_some_jobs_are_not_found_is_no_wrong_address(
         "batch b: 0 completed, 0 failed remotely, 5 still processing (3 not found)"
     )
     assert db_rows(db, "SELECT remote_missing FROM jobs ORDER BY id") == [(1,)] * 3 + [(0,)] * 2
+
+
+def test_request_ids_match_whatever_their_case(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: the POST answered upper-case UUIDs, the list lower-case ones; no item
+    # matched and every job was asked for by a GET of its own, every round.
+    emulator.update(complete_after=0.0, upper_case_ids=True)
+    assert submit(store, api, manifest_of(tmp_path, 5), OPTIONS, FakeUi()).code == EXIT_OK
+    kept = [row[0] for row in db_rows(db, "SELECT request_id FROM jobs ORDER BY id")]
+    assert all(request_id == request_id.upper() for request_id in kept)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
+    assert states(db) == {"completed": 5}
+    assert (emulator.stats.by_endpoint["list"], emulator.stats.by_endpoint.get("get", 0)) == (1, 0)
+
+
+@pytest.mark.parametrize("answered", [str.upper, str.lower])
+def test_an_ended_request_is_history_whatever_the_case_of_its_id(
+    answered: Callable[[str], str],
+) -> None:
+    request_id = "8f14e45f-ceea-467a-9af0-6a1c8d2e7b11"
+    items: list[Mapping[str, Any]] = [
+        {"id": request_id, "reference_id": "r", "created_at": "2026-01-01T00:00:00Z"}
+    ]
+    found = choose_request(items, "r", frozenset({answered(request_id)}))
+    assert found.kind is Lookup.NOT_FOUND

@@ -379,7 +379,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return None
-        return self._send(200, {"status": "success", "request_id": req.id})
+        answered = req.id.upper() if cfg.upper_case_ids else req.id
+        return self._send(200, {"status": "success", "request_id": answered})
 
     def _views(self, ids: list[str]) -> list[dict[str, Any]]:
         emu = self.server.emulator
@@ -417,6 +418,7 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.server.emulator
         with emu.lock:
             emu.stats.polls += 1
+            key = key.lower() if key.lower() in emu.requests else key
             failing = key in emu.config.get_failing
             known = [i for i in emu.by_reference.get(key, []) if i in emu.requests]
             ids = [key] if key in emu.requests else known[-1:]

@@ -66,6 +66,9 @@ class EmulatorConfig:
     list_missing: bool = False
     list_ignores_offset: bool = False  # every page of the list is its first
     get_failing: list[str] = field(default_factory=list)  # request ids whose GET answers 500
+    # The generate answer gives the request's UUID in upper case (the list and GETs show it in
+    # lower case; a GET by either finds it, as a UUID column would).
+    upper_case_ids: bool = False
     # generate-with-media: read uploads at most this fast (bytes per second; None: at once)
     upload_read_rate: float | None = None
     p_upload_reset: float = 0.0  # chance of resetting the connection halfway through an upload
