@@ -399,7 +399,7 @@ class Fetcher(Run):
             if outcome.action is Action.RETRY:
                 raise _Retryable(message)
             raise DownloadFailed(message)
-        view = interpret(parse_json(answer.body))
+        view = interpret(parse_json(answer.body), base=self.api.base_url)
         if view.output_url is None:
             raise DownloadFailed(f"{why}, and the API gives no output_url now ({view.status!r})")
         self.store.record_output_url(target.id, self.owner, view.output_url)

@@ -90,18 +90,37 @@ def _text(value: object, limit: int) -> str | None:
     return scrub(str(value))[:limit]
 
 
+def output_url_of(value: object, base: str | None) -> str | None:
+    """A request's output_url as it may be downloaded: an absolute http(s) URL, or one relative
+    to the API's base URL (a path such as "/files/abc.mp4", resolved as a browser would). The
+    base URL, not the list's or the GET's address, so that both give the same URL; safe since
+    the download never carries the API's credentials (and the base's user:password, if any,
+    is dropped). Anything else is no output_url."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    url = value.strip()
+    if base is not None and not is_http_url(url):
+        try:
+            url = str(httpx.URL(base).copy_with(userinfo=b"").join(url))
+        except (httpx.InvalidURL, ValueError, TypeError):
+            return None
+    return scrub(url) if is_http_url(url) else None
+
+
 def interpret(
     view: dict[str, Any],
     done_at: float | None = None,
     grace: float = OUTPUT_GRACE,
     now: float | None = None,
+    *,
+    base: str | None = None,
 ) -> RemoteView:
     """What a request object of the API says about the job, ready to be kept. A finished status
-    without an output_url keeps the job open (`done_at` says since when) for `grace` seconds."""
+    without an output_url keeps the job open (`done_at` says since when) for `grace` seconds.
+    `base`: the API's base URL, which a relative output_url is resolved against."""
     remote = _text(view.get("status"), 40)
     state = state_for_remote(remote)
-    output = view.get("output_url")
-    output_url = scrub(output) if isinstance(output, str) and is_http_url(output) else None
+    output_url = output_url_of(view.get("output_url"), base)
     error = _text(view.get("error_message"), 500)
     last_error = None
     if state is State.COMPLETED and output_url is None:
@@ -373,7 +392,7 @@ class Poller(Run):
         self, target: PollTarget, item: dict[str, Any], status: int | None, ms: int
     ) -> None:
         """Keep what the API said of one job's request."""
-        view = interpret(item, target.done_at, self.output_grace)
+        view = interpret(item, target.done_at, self.output_grace, base=self.api.base_url)
         if (view.state, view.status, view.done_at, 0) == (
             State.PROCESSING,
             target.status,

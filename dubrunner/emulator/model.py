@@ -69,6 +69,8 @@ class EmulatorConfig:
     # The generate answer gives the request's UUID in upper case (the list and GETs show it in
     # lower case; a GET by either finds it, as a UUID column would).
     upper_case_ids: bool = False
+    # Output URLs given relative to the API's host ("/outputs/<id>.mp4"), not absolute.
+    relative_output: bool = False
     # generate-with-media: read uploads at most this fast (bytes per second; None: at once)
     upload_read_rate: float | None = None
     p_upload_reset: float = 0.0  # chance of resetting the connection halfway through an upload
@@ -109,7 +111,8 @@ class RemoteRequest:
             else:
                 status = "completed"
                 if not cfg.hide_output:
-                    data["output_url"] = output_url(cfg, base, self.id)
+                    url = output_url(cfg, base, self.id)
+                    data["output_url"] = url[len(base) - 1 :] if cfg.relative_output else url
         status = cfg.status_words.get(status, status)
         data["status"] = status.upper() if cfg.upper_case else status
         return data
