@@ -3,7 +3,8 @@
 A round walks the list endpoint (`v1/lipsync/requests`, full request objects, the largest page
 the API gives, newest first) and matches its items to the open jobs by request_id; it stops as
 soon as every open job was seen, or when a whole page is older than the oldest open job. Only the
-jobs not seen there are asked for one by one (`v1/lipsync/requests/{id}`).
+jobs not seen there, and those it says finished without an output_url (a GET may give one), are
+asked for one by one (`v1/lipsync/requests/{id}`).
 
 A request the API answers "not found" for is counted, round after round; after `gone_after`
 rounds (and a minute after it was submitted) the job ends failed: the API no longer knows it.
@@ -148,6 +149,14 @@ def interpret(
     )
 
 
+def _finished_without_output(item: dict[str, Any], base: str) -> bool:
+    """A list's item saying finished without an output_url: never the last word, since the list
+    may leave out what a GET of the request gives (found by an outside attack: jobs failed
+    after --output-grace whose GET had the URL all along)."""
+    finished = state_for_remote(_text(item.get("status"), 40)) is State.COMPLETED
+    return finished and output_url_of(item.get("output_url"), base) is None
+
+
 class Poller(Run):
     report: PollReport
 
@@ -282,6 +291,8 @@ class Poller(Run):
                 ref = item.get("reference_id")
                 target = by_id.get(key) if key else by_ref.get(str(ref))
                 if target is not None and target.id not in seen:
+                    if _finished_without_output(item, self.api.base_url):
+                        continue  # a GET of the request is asked (below): it may carry the URL
                     seen.add(target.id)
                     learned.append((target, item))
                 when = created_at(item)

@@ -31,12 +31,11 @@ from dubrunner.mediacheck import check_local_files as check_local_files
 from dubrunner.mediacheck import check_media as check_media
 from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller
 from dubrunner.records import LoadPlan
-from dubrunner.results import NOT_FOUND
 from dubrunner.running import Report
 from dubrunner.session_ui import Ending as Ending
 from dubrunner.session_ui import Progress as Progress
 from dubrunner.session_ui import Ui as Ui
-from dubrunner.states import AT_API, State, is_known_remote
+from dubrunner.states import AT_API, NOT_FOUND, State, is_known_remote
 from dubrunner.store import Store
 from dubrunner.worker import RunReport, Worker, WorkerOptions
 

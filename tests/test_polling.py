@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from dubrunner.api import ApiClient, Credentials
+from dubrunner.cli import cli
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
 from dubrunner.emulator import Emulator, EmulatorConfig
 from dubrunner.errors import Lookup, choose_request
@@ -445,3 +447,42 @@ def test_an_ended_request_is_history_whatever_the_case_of_its_id(
     ]
     found = choose_request(items, "r", frozenset({answered(request_id)}))
     assert found.kind is Lookup.NOT_FOUND
+
+
+def test_a_list_without_output_urls_is_completed_from_the_gets(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: the list's "completed" without an output_url was taken as the API's last
+    # word; after --output-grace the jobs failed (and `retry --yes` would have paid again),
+    # though a GET of each request gave its output_url.
+    emulator.update(complete_after=0.0, list_hides_output=True)
+    assert submit(store, api, manifest_of(tmp_path, 3), OPTIONS, FakeUi()).code == EXIT_OK
+    polling = Polling(interval=0.05, timeout=30, output_grace=0.2)
+    time.sleep(0.3)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=polling).code == EXIT_OK
+    assert states(db) == {"completed": 3}
+    assert all(url for (url,) in db_rows(db, "SELECT output_url FROM jobs"))
+    assert emulator.stats.by_endpoint["get"] == 3  # one GET each, for the URL the list left out
+
+
+def test_retry_polls_a_job_finished_without_an_output_url_again_and_never_sends_it(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: such a job (the API did the work: paid) was put back to pending by
+    # `retry --yes` and sent, and paid, again; without --yes it was called "failed at the API".
+    emulator.update(complete_after=0.0, hide_output=True)
+    assert submit(store, api, manifest_of(tmp_path, 2), OPTIONS, FakeUi()).code == EXIT_OK
+    polling = Polling(interval=0.05, timeout=30, output_grace=0.2)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=polling).code == 1
+    assert states(db) == {"failed": 2}
+    result = CliRunner().invoke(cli, ["retry", "--batch", "b", "--db", str(db.path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(
+        "0 job(s) put back to pending; 2 the API finished without an output URL put back to "
+        "polling (never sent again: the API did them) — `dubrunner poll` asks for their output"
+    ), result.output
+    assert states(db) == {"processing": 2}
+    emulator.update(hide_output=False)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=polling).code == EXIT_OK
+    assert states(db) == {"completed": 2}
+    assert all(len(ids) == 1 for ids in emulator.accepted().values())  # each paid once

@@ -382,10 +382,13 @@ class _Handler(BaseHTTPRequestHandler):
         answered = req.id.upper() if cfg.upper_case_ids else req.id
         return self._send(200, {"status": "success", "request_id": answered})
 
-    def _views(self, ids: list[str]) -> list[dict[str, Any]]:
+    def _views(self, ids: list[str], listed: bool = False) -> list[dict[str, Any]]:
         emu = self.server.emulator
         root = f"http://{self.headers.get('Host') or '127.0.0.1'}/"
-        return [emu.requests[i].view(emu.config, root) for i in ids]
+        views = [emu.requests[i].view(emu.config, root) for i in ids]
+        if listed and emu.config.list_hides_output:
+            views = [{**view, "output_url": None} for view in views]
+        return views
 
     def _list(self, query: dict[str, list[str]]) -> None:
         emu = self.server.emulator
@@ -409,7 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
             ids = [i for i in reversed(ids) if i in emu.requests]  # newest first
             if ref is None and emu.config.list_ignores_offset:
                 offset = 0
-            page = self._views(ids[offset : offset + limit])
+            page = self._views(ids[offset : offset + limit], listed=True)
         return self._send(
             200, {"data": page, "pagination": {"limit": limit, "offset": offset, "total": len(ids)}}
         )

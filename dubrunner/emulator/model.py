@@ -60,6 +60,7 @@ class EmulatorConfig:
     cut_output_after: int | None = None
     # Completed requests shown without their output_url (the API saying "done" too early).
     hide_output: bool = False
+    list_hides_output: bool = False  # ... in the list only: a GET of one request shows it
     # The unfiltered list (a poll's, not a look-up's): the next N requests for it answer 500
     # "internal error"; or it answers the API's JSON 404 (GET by id still works).
     list_failures: int = 0
