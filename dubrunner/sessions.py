@@ -441,7 +441,12 @@ def fetch(
         f"{restarted}), {report.skipped} already there, {report.failed} failed, into {out}"
     )
     failure = None
-    if report.failed:
+    if report.halt_message:  # the storage failed as a whole: the jobs not done stay as they were
+        left = total - report.downloaded - report.skipped - report.failed - report.busy
+        failure = f"{report.halt_message}; {summary}, {max(left, 0)} left to fetch — " + (
+            report.halt_advice or "run `dubrunner fetch` again"
+        )
+    elif report.failed:
         failure = f"{summary} — see `dubrunner status --format json`"
     elif report.busy:
         failure = (

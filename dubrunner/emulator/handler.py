@@ -440,7 +440,9 @@ class _Handler(BaseHTTPRequestHandler):
             emu.stats.downloads += 1
         if not known:
             return self._error(404, "not found")
-        if emu.config.output_ttl is not None and not _signed(request_id, query):
+        cfg = emu.config
+        refused = cfg.storage_refuses or request_id in cfg.refused_outputs
+        if refused or (cfg.output_ttl is not None and not _signed(request_id, query)):
             with emu.lock:
                 emu.stats.expired_downloads += 1
             page = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"

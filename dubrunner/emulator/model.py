@@ -56,6 +56,12 @@ class EmulatorConfig:
     # Output URLs signed and valid this many seconds from the GET that showed them (None: plain
     # URLs that never expire). An expired or unsigned URL is answered 403, as storage hosts do.
     output_ttl: float | None = None
+    # The storage failing: every output (storage_refuses), or these requests' outputs, answered
+    # 403 whatever the URL's signature; or the output URLs name this host:port (where nothing
+    # may listen: a storage host refusing connections) instead of the emulator's own.
+    storage_refuses: bool = False
+    refused_outputs: list[str] = field(default_factory=list)
+    output_host: str | None = None
     # A download from byte 0 is cut (connection closed) after this many bytes of the body.
     cut_output_after: int | None = None
     # Completed requests shown without their output_url (the API saying "done" too early).
@@ -121,6 +127,8 @@ class RemoteRequest:
 
 def output_url(cfg: EmulatorConfig, base: str, request_id: str) -> str:
     """Where the output is served: signed and time-limited when the emulator has a TTL."""
+    if cfg.output_host:
+        base = f"http://{cfg.output_host}/"
     url = f"{base}outputs/{request_id}.mp4"
     if cfg.output_ttl is None:
         return url
