@@ -8,12 +8,22 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from dubrunner.api import ApiClient
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
 from dubrunner.emulator import Emulator
 from dubrunner.sessions import fetch, submit
 from dubrunner.store import Store
-from tests.conftest import OPTIONS, Database, FakeUi, db_rows, manifest_of
+from tests.conftest import (
+    OPTIONS,
+    Database,
+    FakeUi,
+    db_rows,
+    manifest_of,
+    run_cli,
+    write_manifest,
+)
 
 
 def _downloads(db: Database) -> list[tuple[str | None, str | None]]:
@@ -81,3 +91,20 @@ def test_one_refused_output_among_others_served_fails_that_job_alone(
     assert db_rows(
         db, "SELECT download_state, download_error FROM jobs WHERE request_id = ?", refused
     ) == [("failed", "HTTP 403 for the output URL, also with 2 fresh URL(s) from the API")]
+
+
+@pytest.mark.slow
+def test_fetch_against_refusing_storage_says_one_line_and_exits_1(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.0, output_bytes=2000)
+    manifest = write_manifest(tmp_path / "m.yaml", 6)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    emulator.update(storage_refuses=True)
+    r = run_cli(["fetch", "--out", str(tmp_path / "out")], env)
+    assert r.code == 1, r.err
+    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.err
+    assert "refused 3 downloads in a row" in errors[0] and "6 left to fetch" in errors[0]
+    assert "Traceback" not in r.err
+    assert _downloads(db) == [(None, None)] * 6
