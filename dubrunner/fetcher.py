@@ -53,7 +53,7 @@ from dubrunner.poller import interpret
 from dubrunner.records import AttemptRecord, FetchTarget, utcnow
 from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
-from dubrunner.storage import STORAGE_ADVICE, StorageHealth
+from dubrunner.storage import STORAGE_ADVICE, STORAGE_ADVICE_NO_API, StorageHealth
 from dubrunner.store import Store
 
 log = logging.getLogger("dubrunner")
@@ -213,7 +213,7 @@ class Fetcher(Run):
         except _StorageFailed as exc:
             stop = self.storage.failed(target, scrub(str(exc)), _ms(started))
             if stop is not None:
-                self.halt(stop, STORAGE_ADVICE)
+                self.halt(stop, STORAGE_ADVICE if self.api else STORAGE_ADVICE_NO_API)
         except DownloadFailed as exc:
             if self.storage.down is None:  # else stopped by it: the job stays as it was
                 self._failed(target, scrub(str(exc)), _ms(started))

@@ -18,6 +18,11 @@ from urllib.parse import urlsplit
 from dubrunner.records import FetchTarget
 
 STORAGE_ADVICE = "run `dubrunner fetch` again once the storage serves them"
+# Without the API's credentials no fresh output URL can be had: expired ones are refused too.
+STORAGE_ADVICE_NO_API = (
+    f"{STORAGE_ADVICE}, with CHAMELAION_API_KEY set if the output URLs expired (fresh ones are "
+    "then asked of the API)"
+)
 
 
 def storage_host(url: str) -> str:

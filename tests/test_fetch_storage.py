@@ -6,6 +6,7 @@ downloads them). One refused output among others served is that job's own failur
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,22 @@ def test_fetch_against_refusing_storage_says_one_line_and_exits_1(
     assert "refused 3 downloads in a row" in errors[0] and "6 left to fetch" in errors[0]
     assert "Traceback" not in r.err
     assert _downloads(db) == [(None, None)] * 6
+
+
+def test_without_the_api_expired_urls_stop_the_fetch_saying_what_would_help(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    emulator.update(output_ttl=0.2)
+    _done(emulator, store, api, tmp_path, 4)
+    time.sleep(0.3)
+    ending = fetch(store, None, tmp_path / "out", 1, FakeUi())
+    assert ending.code == EXIT_INCOMPLETE and ending.is_error
+    assert "refused 3 downloads in a row (the last: HTTP 403 for the output URL)" in (
+        ending.sentence
+    )
+    assert ending.sentence.endswith(
+        "4 left to fetch — run `dubrunner fetch` again once the storage serves them, with "
+        "CHAMELAION_API_KEY set if the output URLs expired (fresh ones are then asked of the API)"
+    ), ending.sentence
+    assert _downloads(db) == [(None, None)] * 4
+    assert fetch(store, None, tmp_path / "out", 2, FakeUi(), api).code == EXIT_OK
