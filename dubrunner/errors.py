@@ -213,6 +213,13 @@ def valid_request_id(value: object) -> str | None:
     return value
 
 
+def request_key(request_id: str) -> str:
+    """A request id as ids are compared: a UUID's case means nothing (the generate answer and
+    the list were seen to differ), any other id is matched exactly. Ids are kept as the API
+    gave them; every comparison goes through this."""
+    return request_id.lower() if valid_request_id(request_id) is not None else request_id
+
+
 def any_request_id(value: object) -> str | None:
     """An id as a look-up may return it: whatever its shape, as long as it can be stored and
     sent back in a path. An item carrying our reference_id proves the job exists."""
@@ -413,6 +420,7 @@ def choose_request(
     history; a new, unanswered POST is what we are looking for."""
     found: list[tuple[int, datetime | None, str]] = []
     odd: list[str] = []
+    ended = frozenset(request_key(e) for e in ended)
     for index, item in enumerate(items):
         request_id = any_request_id(item.get("id"))
         if request_id is None:
@@ -420,7 +428,7 @@ def choose_request(
             return _error(f"a request carries this reference_id but an unusable id {raw!r}", 200)
         if valid_request_id(request_id) is None:
             odd.append(request_id)
-        if request_id not in ended:
+        if request_key(request_id) not in ended:
             found.append((index, created_at(item), request_id))
     if not found:
         note = f"not found ({len(items)} ended request(s) only)" if items else "not found"

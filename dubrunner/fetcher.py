@@ -41,16 +41,19 @@ from dubrunner.outfiles import (
     DownloadFailed,
     PartInfo,
     lock_if_present,
+    mtime_ns,
     owned_part,
     safe_name,
     sha256_of,
     sidecar,
+    vouched,
     write_all,
 )
 from dubrunner.poller import interpret
 from dubrunner.records import AttemptRecord, FetchTarget, utcnow
 from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
+from dubrunner.storage import STORAGE_ADVICE, STORAGE_ADVICE_NO_API, StorageHealth
 from dubrunner.store import Store
 
 log = logging.getLogger("dubrunner")
@@ -78,7 +81,13 @@ class FetchReport(Report):
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, *, storage: bool = True) -> None:
+        super().__init__(message)
+        self.storage = storage  # the storage host's fault, not the API's (a fresh URL's)
+
+
+class _StorageFailed(DownloadFailed):
+    """The storage host refused the output, or could not be reached, to the last try."""
 
 
 class _Expired(Exception):
@@ -119,6 +128,7 @@ class Fetcher(Run):
         self.concurrency = concurrency
         self.report = FetchReport()
         self._in_use: set[str] = set()  # parts this process is writing, under _lock
+        self.storage = StorageHealth(self._failed)
         # A plain client: output URLs are pre-signed and must never see the API's credentials.
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -140,9 +150,11 @@ class Fetcher(Run):
             while not self.stop.is_set():
                 page = self.store.fetch_targets(self.batch, after, PAGE)
                 if not page:
-                    return
+                    break
                 after = page[-1].id
                 list(pool.map(self._fetch_one, page))
+        if self.storage.down is None:
+            self.storage.settle()
 
     def destination(self, target: FetchTarget, content_type: str | None = None) -> Path:
         ext = extension_for(target.output_url, content_type)
@@ -154,7 +166,7 @@ class Fetcher(Run):
     def _fetch_one(self, target: FetchTarget) -> None:
         if self.stop.is_set():
             return
-        if _vouched(target, self._folder(target), self.verify):
+        if vouched(target, self._folder(target), self.verify):
             self.add("skipped")
             return
         if not is_http_url(target.output_url):
@@ -192,24 +204,29 @@ class Fetcher(Run):
                     str(final),
                     size,
                     digest,
-                    _mtime_ns(final),
+                    mtime_ns(final),
                 )
                 self.add("downloaded")
+            self.storage.served(target.output_url)
         except Busy as exc:
             self._busy(target, str(exc))
+        except _StorageFailed as exc:
+            stop = self.storage.failed(target, scrub(str(exc)), _ms(started))
+            if stop is not None:
+                self.halt(stop, STORAGE_ADVICE if self.api else STORAGE_ADVICE_NO_API)
         except DownloadFailed as exc:
-            reason = scrub(str(exc))
-            self.store.mark_download_failed(
-                target.id,
-                self.owner,
-                AttemptRecord("download", "failed", None, reason, _ms(started)),
-                reason,
-            )
-            self.add("failed")
-            log.info("%s: download failed: %s", target.reference_id, reason)
+            if self.storage.down is None:  # else stopped by it: the job stays as it was
+                self._failed(target, scrub(str(exc)), _ms(started))
         finally:
             with self._lock:
                 self._in_use.discard(key)
+
+    def _failed(self, target: FetchTarget, reason: str, ms: int) -> None:
+        """The download failed for this job's own reasons: recorded (a later fetch tries again)."""
+        attempt = AttemptRecord("download", "failed", None, reason, ms)
+        self.store.mark_download_failed(target.id, self.owner, attempt, reason)
+        self.add("failed")
+        log.info("%s: download failed: %s", target.reference_id, reason)
 
     def _busy(self, target: FetchTarget, reason: str) -> None:
         """Left to whoever holds it: not failed, not downloaded; a later fetch looks again."""
@@ -231,7 +248,7 @@ class Fetcher(Run):
                     held.enter_context(found)
                     present.append(final)
             fresh = self._reread(target)
-            if fresh is None or _vouched(fresh, self._folder(target), self.verify):
+            if fresh is None or vouched(fresh, self._folder(target), self.verify):
                 return None
             return self._download(target, dest, part, f, present)
 
@@ -244,7 +261,7 @@ class Fetcher(Run):
     def _download(
         self, target: FetchTarget, dest: Path, part: Path, f: FileIO, present: list[Path]
     ) -> tuple[Path, int, str]:
-        last = "no attempt"
+        last = _Retryable("no attempt")
         tries = refreshes = 0
         # Why the next try first asks the API for a fresh output URL, if it does.
         refresh = "it was had long ago" if self.api is not None and _stale(target) else None
@@ -262,7 +279,7 @@ class Fetcher(Run):
                     again = (
                         f", also with {refreshes} fresh URL(s) from the API" if refreshes else ""
                     )
-                    raise DownloadFailed(f"{exc}{again}") from None
+                    raise _StorageFailed(f"{exc}{again}") from None
                 refresh = str(exc)
             except _Restart as exc:
                 # Not an error, and no try used: the next request asks for the whole file, so a
@@ -274,10 +291,11 @@ class Fetcher(Run):
                 f.truncate(0)
                 sidecar(part).unlink(missing_ok=True)
             except _Retryable as exc:
-                last = str(exc)
+                last = exc
                 tries += 1
                 if tries >= TRIES:
-                    raise DownloadFailed(f"gave up after {TRIES} tries: {last}") from None
+                    failed = _StorageFailed if last.storage else DownloadFailed
+                    raise failed(f"gave up after {TRIES} tries: {last}") from None
                 self.stop.wait(0.5 * 2 ** (tries - 1))
 
     def _stream(
@@ -388,7 +406,8 @@ class Fetcher(Run):
             raise DownloadFailed("interrupted") from None
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
             outcome = classify_exception(exc, idempotent=True)
-            raise _Retryable(f"asking the API for a fresh URL: {outcome.message}") from None
+            message = f"asking the API for a fresh URL: {outcome.message}"
+            raise _Retryable(message, storage=False) from None
         if is_not_found(answer.status, answer.body):
             raise DownloadFailed(f"{why}, and the API no longer knows this request")
         outcome = classify_answer(answer.status, answer.headers, answer.body, idempotent=True)
@@ -397,9 +416,9 @@ class Fetcher(Run):
         if outcome.action is not Action.ACCEPTED:
             message = f"asking the API for a fresh URL: {scrub(outcome.message)}"
             if outcome.action is Action.RETRY:
-                raise _Retryable(message)
+                raise _Retryable(message, storage=False)
             raise DownloadFailed(message)
-        view = interpret(parse_json(answer.body))
+        view = interpret(parse_json(answer.body), base=self.api.base_url)
         if view.output_url is None:
             raise DownloadFailed(f"{why}, and the API gives no output_url now ({view.status!r})")
         self.store.record_output_url(target.id, self.owner, view.output_url)
@@ -480,46 +499,8 @@ def _length(value: str | None) -> int | None:
         return None
 
 
-def _named_for(target: FetchTarget, path: Path) -> bool:
-    """Whether a file's name is the one this job's output gets (in any output directory).
-    Older versions gave several jobs one name; such a file may hold another job's video."""
-    return (
-        path.suffix in EXTENSIONS
-        and path.name == safe_name(target.reference_id) + path.suffix
-        and path.parent.name == safe_name(target.batch)
-    )
-
-
 def _stale(target: FetchTarget) -> bool:
     return target.polled_at is None or utcnow() - target.polled_at > STALE_AFTER
-
-
-def _mtime_ns(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return None
-
-
-def _vouched(target: FetchTarget, folder: Path, verify: bool = False) -> bool:
-    """The row says this job's output was downloaded to a file that is there, in `folder` (the
-    --out asked for now: a fetch into another folder downloads again), named for this job alone,
-    of the size and SHA-256 the row recorded. The file is hashed again when it changed since it
-    was recorded (its modification time), or always with `verify`."""
-    if target.download_state != "downloaded" or not target.local_path or not target.sha256:
-        return False
-    local = Path(target.local_path)
-    try:
-        if local.resolve().parent != folder.resolve():
-            return False
-        stat = local.stat()
-        if not (_named_for(target, local) and stat.st_size == target.size_bytes):
-            return False
-        if not verify and stat.st_mtime_ns == target.local_mtime_ns:
-            return True
-        return sha256_of(local) == target.sha256
-    except OSError:
-        return False
 
 
 def _ms(started: float) -> int:

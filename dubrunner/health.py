@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from dubrunner.db import StoreError
 from dubrunner.errors import Fault, Outcome
 from dubrunner.governor import Stopped
 from dubrunner.records import HealthView
@@ -282,6 +283,32 @@ class ServerHealth:
             f"API failing since {_hms(self.since)}, retrying every {self._interval:.0f} s "
             f"({self.last_error})"
         )
+
+
+class HealthTeller:
+    """Keeps one run's view of the API in the database (`record`) while it is not healthy, and
+    once when it is healthy again or first heard from (a word of an outage left by an earlier run
+    is then over), for `status` and whoever else looks: the workers' and the poller's alike."""
+
+    def __init__(
+        self, health: ServerHealth, record: Callable[[HealthView], None], worker: str
+    ) -> None:
+        self.health = health
+        self._record = record
+        self._worker = worker
+        self._told: str | None = None
+
+    def tell(self) -> None:
+        view = self.health.view(self._worker)
+        if view.condition == Condition.HEALTHY and (
+            self._told == Condition.HEALTHY or view.last_success is None
+        ):
+            return
+        try:
+            self._record(view)
+            self._told = view.condition
+        except StoreError as exc:
+            log.warning("could not record the API's health: %s", exc)
 
 
 def _describe(outcome: Outcome) -> str:

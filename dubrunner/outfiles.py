@@ -15,6 +15,8 @@ from io import FileIO
 from pathlib import Path
 from typing import BinaryIO
 
+from dubrunner.records import FetchTarget
+
 EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
 # Names keep these characters only; the rest is replaced (and the name then suffixed).
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -162,3 +164,41 @@ def write_all(f: FileIO, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[f.write(view) or 0 :]
+
+
+def mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def vouched(target: FetchTarget, folder: Path, verify: bool = False) -> bool:
+    """The row says this job's output was downloaded to a file that is there, in `folder` (the
+    --out asked for now: a fetch into another folder downloads again), named for this job alone,
+    of the size and SHA-256 the row recorded. The file is hashed again when it changed since it
+    was recorded (its modification time), or always with `verify`."""
+    if target.download_state != "downloaded" or not target.local_path or not target.sha256:
+        return False
+    local = Path(target.local_path)
+    try:
+        if local.resolve().parent != folder.resolve():
+            return False
+        stat = local.stat()
+        if not (named_for(target, local) and stat.st_size == target.size_bytes):
+            return False
+        if not verify and stat.st_mtime_ns == target.local_mtime_ns:
+            return True
+        return sha256_of(local) == target.sha256
+    except OSError:
+        return False
+
+
+def named_for(target: FetchTarget, path: Path) -> bool:
+    """Whether a file's name is the one this job's output gets (in any output directory).
+    Older versions gave several jobs one name; such a file may hold another job's video."""
+    return (
+        path.suffix in EXTENSIONS
+        and path.name == safe_name(target.reference_id) + path.suffix
+        and path.parent.name == safe_name(target.batch)
+    )

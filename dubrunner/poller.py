@@ -3,7 +3,8 @@
 A round walks the list endpoint (`v1/lipsync/requests`, full request objects, the largest page
 the API gives, newest first) and matches its items to the open jobs by request_id; it stops as
 soon as every open job was seen, or when a whole page is older than the oldest open job. Only the
-jobs not seen there are asked for one by one (`v1/lipsync/requests/{id}`).
+jobs not seen there, and those it says finished without an output_url (a GET may give one), are
+asked for one by one (`v1/lipsync/requests/{id}`).
 
 A request the API answers "not found" for is counted, round after round; after `gone_after`
 rounds (and a minute after it was submitted) the job ends failed: the API no longer knows it.
@@ -41,9 +42,10 @@ from dubrunner.errors import (
     created_at,
     is_not_found,
     parse_json,
+    request_key,
 )
 from dubrunner.governor import Governor, Stopped
-from dubrunner.health import Condition, OutageTooLong, ServerHealth
+from dubrunner.health import Condition, HealthTeller, OutageTooLong, ServerHealth
 from dubrunner.records import AttemptRecord, PollTarget, RemoteView, utcnow
 from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
@@ -89,18 +91,37 @@ def _text(value: object, limit: int) -> str | None:
     return scrub(str(value))[:limit]
 
 
+def output_url_of(value: object, base: str | None) -> str | None:
+    """A request's output_url as it may be downloaded: an absolute http(s) URL, or one relative
+    to the API's base URL (a path such as "/files/abc.mp4", resolved as a browser would). The
+    base URL, not the list's or the GET's address, so that both give the same URL; safe since
+    the download never carries the API's credentials (and the base's user:password, if any,
+    is dropped). Anything else is no output_url."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    url = value.strip()
+    if base is not None and not is_http_url(url):
+        try:
+            url = str(httpx.URL(base).copy_with(userinfo=b"").join(url))
+        except (httpx.InvalidURL, ValueError, TypeError):
+            return None
+    return scrub(url) if is_http_url(url) else None
+
+
 def interpret(
     view: dict[str, Any],
     done_at: float | None = None,
     grace: float = OUTPUT_GRACE,
     now: float | None = None,
+    *,
+    base: str | None = None,
 ) -> RemoteView:
     """What a request object of the API says about the job, ready to be kept. A finished status
-    without an output_url keeps the job open (`done_at` says since when) for `grace` seconds."""
+    without an output_url keeps the job open (`done_at` says since when) for `grace` seconds.
+    `base`: the API's base URL, which a relative output_url is resolved against."""
     remote = _text(view.get("status"), 40)
     state = state_for_remote(remote)
-    output = view.get("output_url")
-    output_url = scrub(output) if isinstance(output, str) and is_http_url(output) else None
+    output_url = output_url_of(view.get("output_url"), base)
     error = _text(view.get("error_message"), 500)
     last_error = None
     if state is State.COMPLETED and output_url is None:
@@ -126,6 +147,14 @@ def interpret(
         last_error,
         done_at,
     )
+
+
+def _finished_without_output(item: dict[str, Any], base: str) -> bool:
+    """A list's item saying finished without an output_url: never the last word, since the list
+    may leave out what a GET of the request gives (found by an outside attack: jobs failed
+    after --output-grace whose GET had the URL all along)."""
+    finished = state_for_remote(_text(item.get("status"), 40)) is State.COMPLETED
+    return finished and output_url_of(item.get("output_url"), base) is None
 
 
 class Poller(Run):
@@ -154,9 +183,10 @@ class Poller(Run):
         self.output_grace = output_grace
         self.use_list = use_list
         self.health = health or ServerHealth(api.base_url)
+        # Each round's end leaves the API's health for `status`, as a worker's heartbeat does.
+        self._teller = HealthTeller(self.health, store.record_health, self.owner)
         self.report = PollReport()
         self._known_elsewhere = False  # the API answered for a request of ours that ended
-        self._round_seen = 0
         self._missing: list[tuple[PollTarget, AttemptRecord]] = []
         self._faults: set[Fault] = set()
         self._down = False  # this round met the outage: it asks nothing more
@@ -183,6 +213,7 @@ class Poller(Run):
         while not self.stop.is_set():
             self._round()
             self.report.rounds += 1
+            self._teller.tell()
             if not wait or self.stop.is_set() or self.remaining() == 0:
                 return
             if deadline is not None and time.monotonic() + interval > deadline:
@@ -199,7 +230,7 @@ class Poller(Run):
         while page := self.store.poll_targets(self.batch, after, PAGE):
             after = page[-1].id
             targets += page
-        self._round_seen, self._missing, self._faults = 0, [], set()
+        self._missing, self._faults = [], set()
         self._down, self._answered = False, 0
         seen: set[int] = set()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="poll") as pool:
@@ -219,7 +250,7 @@ class Poller(Run):
         than the oldest of them. Past ceil(open / LIST_PAGE) + EXTRA_PAGES pages (requests of
         others newer than ours), it goes on only while the pages walked are fewer than half the
         jobs not yet seen: a round never costs much more than one GET per job would."""
-        by_id = {t.request_id: t for t in targets}
+        by_id = {request_key(t.request_id): t for t in targets}
         by_ref = {t.reference_id: t for t in targets}
         times = [t.submitted_at for t in targets if t.submitted_at is not None]
         cutoff = min(times).replace(tzinfo=UTC) - CLOCK_SKEW if len(times) == len(targets) else None
@@ -256,9 +287,12 @@ class Poller(Run):
                 if not isinstance(item, dict):
                     continue
                 request_id = any_request_id(item.get("id"))
+                key = request_key(request_id) if request_id else None
                 ref = item.get("reference_id")
-                target = by_id.get(request_id) if request_id else by_ref.get(str(ref))
+                target = by_id.get(key) if key else by_ref.get(str(ref))
                 if target is not None and target.id not in seen:
+                    if _finished_without_output(item, self.api.base_url):
+                        continue  # a GET of the request is asked (below): it may carry the URL
                     seen.add(target.id)
                     learned.append((target, item))
                 when = created_at(item)
@@ -369,9 +403,7 @@ class Poller(Run):
         self, target: PollTarget, item: dict[str, Any], status: int | None, ms: int
     ) -> None:
         """Keep what the API said of one job's request."""
-        with self._lock:
-            self._round_seen += 1
-        view = interpret(item, target.done_at, self.output_grace)
+        view = interpret(item, target.done_at, self.output_grace, base=self.api.base_url)
         if (view.state, view.status, view.done_at, 0) == (
             State.PROCESSING,
             target.status,
@@ -401,7 +433,10 @@ class Poller(Run):
         if polled and not self._answered and self._faults:
             self.report.unanswered = self.health.last_error or "no answer"
         where = self.api.base_url
-        if missing and not self._round_seen and not self._knows_our_requests():
+        # A wrong address only when every job polled was "not found": a job seen, or whose poll
+        # failed this round, may well be known (found by an outside attack: three jobs not found
+        # and two unanswered were blamed on CHAMELAION_BASE_URL).
+        if missing and len(missing) == polled and not self._knows_our_requests():
             for target, attempt in missing:  # shown, never counted towards the end
                 self.store.record_missing(target.id, self.owner, attempt, target.missing)
             self.halt(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, NamedTuple, Protocol, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import func, select, update
@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from dubrunner.db import Database
 from dubrunner.models import ApiHealth, Attempt, Job
 from dubrunner.records import HealthView, utcnow
-from dubrunner.states import State
+from dubrunner.states import NOT_FOUND, State
 
 
 class _Filterable(Protocol):
@@ -47,6 +47,24 @@ def back_to_pending() -> dict[str, Any]:
         "settle_at": None,
         "updated_at": utcnow(),
     }
+
+
+class Retried(NamedTuple):
+    """What `retry` did: jobs put back to pending (to be sent), and jobs the API finished
+    without an output URL put back to polling (never sent again: the API did them)."""
+
+    pending: int
+    polled: int
+
+
+def finished_without_output() -> Any:
+    """Failed jobs whose request the API finished (and was paid for) without ever giving an
+    output_url (poller.interpret keeps since when): `retry` polls them again, never sends them."""
+    return sa.and_(
+        Job.state == State.FAILED,
+        Job.remote_done_at.is_not(None),
+        Job.remote_status.is_distinct_from(NOT_FOUND),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,17 +305,30 @@ class Queries:
         """(jobs that retry would put back, those among them that ran at the API and failed
         there: sending those again is paid again)."""
         where = self._retry_where(batch, states, error)
-        stmt = select(func.count(), func.count(Job.remote_status)).where(*where)
+        resent = sa.case((finished_without_output(), None), else_=Job.remote_status)
+        stmt = select(func.count(), func.count(resent)).where(*where)
         with self.db.read() as conn:
             total, ran = conn.execute(stmt).one()
         return int(total), int(ran)
 
-    def retry(self, batch: str | None, states: Sequence[str], error: str | None) -> int:
+    def retry(self, batch: str | None, states: Sequence[str], error: str | None) -> Retried:
         """Put chosen jobs back to pending. A job whose request ran at the API and failed there
         gets a fresh start: that request has ended (it stays in the attempts), so the job is
-        sent anew; the others keep whatever look-up they owe."""
+        sent anew; the others keep whatever look-up they owe. A job the API finished without
+        an output URL is polled again, for another --output-grace: it is never sent again."""
         where = self._retry_where(batch, states, error)
         with self.db.write() as conn:
+            polled = conn.execute(
+                update(Job)
+                .where(*where, finished_without_output())
+                .values(
+                    state=State.PROCESSING,
+                    remote_done_at=None,
+                    last_error=None,
+                    tries=0,
+                    updated_at=utcnow(),
+                )
+            ).rowcount
             ran = conn.execute(
                 update(Job)
                 .where(*where, Job.remote_status.is_not(None))
@@ -322,7 +353,7 @@ class Queries:
             rest = conn.execute(
                 update(Job).where(*where).values({**back_to_pending(), "tries": 0})
             ).rowcount
-        return int(ran) + int(rest)
+        return Retried(int(ran) + int(rest), int(polled))
 
     def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> tuple[int, int]:
         """Cancel pending jobs: (cancelled, kept). A pending job whose earlier POST may have

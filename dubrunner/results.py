@@ -13,9 +13,7 @@ from dubrunner.db import Database
 from dubrunner.models import Job
 from dubrunner.queries import in_batch
 from dubrunner.records import AttemptRecord, FetchTarget, PollTarget, RemoteView, utcnow
-from dubrunner.states import POLLABLE, State
-
-NOT_FOUND = "not found"  # remote_status of a request the API answered 404 for
+from dubrunner.states import NOT_FOUND, POLLABLE, State
 
 
 class Guard(Enum):

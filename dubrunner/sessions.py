@@ -32,12 +32,11 @@ from dubrunner.mediacheck import check_local_files as check_local_files
 from dubrunner.mediacheck import check_media as check_media
 from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller
 from dubrunner.records import LoadPlan
-from dubrunner.results import NOT_FOUND
 from dubrunner.running import Report
 from dubrunner.session_ui import Ending as Ending
 from dubrunner.session_ui import Progress as Progress
 from dubrunner.session_ui import Ui as Ui
-from dubrunner.states import AT_API, State, is_known_remote
+from dubrunner.states import AT_API, NOT_FOUND, State, is_known_remote
 from dubrunner.store import Store
 from dubrunner.worker import RunReport, Worker, WorkerOptions
 
@@ -443,7 +442,12 @@ def fetch(
         f"{restarted}), {report.skipped} already there, {report.failed} failed, into {out}"
     )
     failure = None
-    if report.failed:
+    if report.halt_message:  # the storage failed as a whole: the jobs not done stay as they were
+        left = total - report.downloaded - report.skipped - report.failed - report.busy
+        failure = f"{report.halt_message}; {summary}, {max(left, 0)} left to fetch — " + (
+            report.halt_advice or "run `dubrunner fetch` again"
+        )
+    elif report.failed:
         failure = f"{summary} — see `dubrunner status --format json`"
     elif report.busy:
         failure = (

@@ -78,6 +78,7 @@ REMOTE_RUNNING = frozenset(
 )
 # States whose remote request is still to be polled.
 POLLABLE = frozenset({State.SUBMITTED, State.PROCESSING})
+NOT_FOUND = "not found"  # remote_status of a request the API answered 404 for
 
 
 def _key(status: str | None) -> str:

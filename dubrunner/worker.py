@@ -42,7 +42,7 @@ from dubrunner.errors import (
     classify_lookup,
 )
 from dubrunner.governor import Governor, Stopped, paced_interval
-from dubrunner.health import OUTAGE_ADVICE, OutageTooLong, ServerHealth
+from dubrunner.health import OUTAGE_ADVICE, HealthTeller, OutageTooLong, ServerHealth
 from dubrunner.holds import Holds, Lost
 from dubrunner.localmedia import Digests
 from dubrunner.records import AttemptRecord, ClaimedJob, Lease, Tally
@@ -166,7 +166,7 @@ class Worker(Run):
         self._heartbeat_stop = threading.Event()
         self._uploads = threading.BoundedSemaphore(max(1, options.upload_concurrency))
         self._digests = Digests(store.cached_digest, store.save_digest)
-        self._health_told = "healthy"
+        self._teller = HealthTeller(self.health, store.record_health, self.owner)
         # One policy for every job: tenacity keeps per-call state thread-locally (9.x).
         self._retrying = Retrying(
             stop=lambda _: self.stop.is_set(),
@@ -208,7 +208,7 @@ class Worker(Run):
                         break
         finally:
             self._heartbeat_stop.set()
-            self._tell_health()
+            self._teller.tell()
             self.holds.release_queue()
             if any(t.is_alive() for t in threads):
                 # Their POSTs may still land: the next run looks them up once they have settled.
@@ -246,21 +246,9 @@ class Worker(Run):
         finally:
             self.holds.done_with(job.id)
 
-    def _tell_health(self) -> None:
-        """Keep this worker's view of the API in the database while it is not healthy (and
-        once more when it recovers), for `status` and whoever else looks."""
-        view = self.health.view(self.owner)
-        if view.condition == self._health_told == "healthy":
-            return
-        try:
-            self.store.record_health(view)
-            self._health_told = view.condition
-        except StoreError as exc:
-            log.warning("could not record the API's health: %s", exc)
-
     def _heartbeat(self) -> None:
         while not self._heartbeat_stop.wait(self.options.lease.heartbeat):
-            self._tell_health()
+            self._teller.tell()
             self.holds.renew()
 
     # -- one job ----------

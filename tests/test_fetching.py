@@ -14,7 +14,8 @@ import pytest
 from dubrunner.api import ApiClient
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
 from dubrunner.emulator import Emulator, output_content
-from dubrunner.sessions import fetch, submit
+from dubrunner.poller import output_url_of
+from dubrunner.sessions import Polling, fetch, submit
 from dubrunner.store import Store
 from tests.conftest import (
     OPTIONS,
@@ -145,3 +146,41 @@ def test_fetch_after_the_output_urls_expired_gets_every_file(
     assert "10 downloaded" in r.err and "10 fresh URL(s) from the API" in r.err
     for local, content in outputs(db).items():
         assert Path(local).read_bytes() == content
+
+
+def test_a_relative_output_url_is_taken_from_the_apis_host(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: "/outputs/<id>.mp4" was taken as no output_url; the jobs waited for one,
+    # then failed after --output-grace.
+    emulator.update(complete_after=0.0, output_bytes=3000, relative_output=True, output_ttl=0.3)
+    polling = Polling(interval=0.05, timeout=30, output_grace=0.5)
+    m = manifest_of(tmp_path, 2)
+    assert submit(store, api, m, OPTIONS, FakeUi(), wait=True, polling=polling).code == EXIT_OK
+    root = emulator.base_url.removesuffix("api/")
+    kept = [row[0] for row in db_rows(db, "SELECT output_url FROM jobs ORDER BY id")]
+    assert all(url.startswith(f"{root}outputs/") for url in kept), kept
+    time.sleep(0.4)  # expired: the fresh URLs the fetch asks for are relative too
+    ending = fetch(store, None, tmp_path / "out", 2, FakeUi(), api)
+    assert ending.code == EXIT_OK, ending
+    assert "2 fresh URL(s) from the API" in ending.sentence
+    for local, content in outputs(db).items():
+        assert Path(local).read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("/files/abc.mp4", "https://api.test/files/abc.mp4"),
+        ("files/abc.mp4?sig=1", "https://api.test/api/files/abc.mp4?sig=1"),
+        ("https://cdn.test/x.mp4", "https://cdn.test/x.mp4"),
+        ("//cdn.test/x.mp4", "https://cdn.test/x.mp4"),
+        ("file:///etc/passwd", None),
+        ("javascript:alert(1)", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_what_an_output_url_resolves_to(given: str | None, kept: str | None) -> None:
+    # The base URL's user:password never reaches a URL kept in the database.
+    assert output_url_of(given, "https://user:secret@api.test/api/") == kept

@@ -77,3 +77,6 @@ def test_one_poll_round_that_got_no_answer_exits_1_saying_so(
     assert len(errors) == 1, r.err
     assert "HTTP 500" in errors[0] and "6 still processing" in errors[0], errors[0]
     assert states(db) == {"submitted": 6}
+    # `status` says so too (failed before: only workers left word of the API's health).
+    shown = run_cli(["status"], env)
+    assert f"note: the API at {emulator.base_url} has been failing since" in shown.err, shown.err

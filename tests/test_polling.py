@@ -7,14 +7,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from dubrunner.api import ApiClient, Credentials
+from dubrunner.cli import cli
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
 from dubrunner.emulator import Emulator, EmulatorConfig
+from dubrunner.errors import Lookup, choose_request
 from dubrunner.governor import Governor
+from dubrunner.health import describe_view
 from dubrunner.manifest import Manifest
 from dubrunner.manifest import load as load_manifest
 from dubrunner.poller import interpret
@@ -378,3 +384,105 @@ def test_a_single_job_polled_through_an_outage_halts_after_the_outage_timeout(
     assert any("API failing since" in detail for _, detail in ui.updates)
     assert states(db) == {"submitted": 1}
     assert emulator.stats.outage_answers <= 12, emulator.stats.outage_answers  # probed, politely
+
+
+def test_a_poll_round_against_a_failing_api_leaves_word_of_it_for_status(
+    emulator: Emulator, store: Store, api: ApiClient, tmp_path: Path
+) -> None:
+    # Failed before: only workers kept the API's health; `status` after such a poll said nothing.
+    emulator.update(complete_after=3600)
+    assert submit(store, api, manifest_of(tmp_path, 6), OPTIONS, FakeUi()).code == EXIT_OK
+    emulator.update(outage_from=time.time(), outage_until=time.time() + 3600)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_INCOMPLETE
+    views = store.api_health(time.time() - 60)
+    assert [view.condition for view in views] == ["outage"]
+    said = describe_view(views[0])
+    assert said is not None
+    assert said.startswith(f"the API at {api.base_url} has been failing since "), said
+    assert "HTTP 500 internal error" in said
+    emulator.update(outage_until=0.0)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
+    assert [view.condition for view in store.api_health(time.time() - 60)] == ["healthy"]
+
+
+def test_a_round_where_only_some_jobs_are_not_found_is_no_wrong_address(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: 3 jobs 'not found' and 2 whose GET failed this round made "the API knows
+    # none of the 5 job(s) polled ('not found' for each): check CHAMELAION_BASE_URL".
+    emulator.update(complete_after=3600)
+    assert submit(store, api, manifest_of(tmp_path, 5), OPTIONS, FakeUi()).code == EXIT_OK
+    ids = [row[0] for row in db_rows(db, "SELECT request_id FROM jobs ORDER BY id")]
+    assert emulator.forget(ids[:3]) == 3
+    emulator.update(list_missing=True, get_failing=ids[3:])
+    ending = poll(store, api, "b", OPTIONS, FakeUi(), wait=False)
+    assert "CHAMELAION_BASE_URL" not in ending.sentence, ending.sentence
+    assert ending.sentence == (
+        "batch b: 0 completed, 0 failed remotely, 5 still processing (3 not found)"
+    )
+    assert db_rows(db, "SELECT remote_missing FROM jobs ORDER BY id") == [(1,)] * 3 + [(0,)] * 2
+
+
+def test_request_ids_match_whatever_their_case(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: the POST answered upper-case UUIDs, the list lower-case ones; no item
+    # matched and every job was asked for by a GET of its own, every round.
+    emulator.update(complete_after=0.0, upper_case_ids=True)
+    assert submit(store, api, manifest_of(tmp_path, 5), OPTIONS, FakeUi()).code == EXIT_OK
+    kept = [row[0] for row in db_rows(db, "SELECT request_id FROM jobs ORDER BY id")]
+    assert all(request_id == request_id.upper() for request_id in kept)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=False).code == EXIT_OK
+    assert states(db) == {"completed": 5}
+    assert (emulator.stats.by_endpoint["list"], emulator.stats.by_endpoint.get("get", 0)) == (1, 0)
+
+
+@pytest.mark.parametrize("answered", [str.upper, str.lower])
+def test_an_ended_request_is_history_whatever_the_case_of_its_id(
+    answered: Callable[[str], str],
+) -> None:
+    request_id = "8f14e45f-ceea-467a-9af0-6a1c8d2e7b11"
+    items: list[Mapping[str, Any]] = [
+        {"id": request_id, "reference_id": "r", "created_at": "2026-01-01T00:00:00Z"}
+    ]
+    found = choose_request(items, "r", frozenset({answered(request_id)}))
+    assert found.kind is Lookup.NOT_FOUND
+
+
+def test_a_list_without_output_urls_is_completed_from_the_gets(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: the list's "completed" without an output_url was taken as the API's last
+    # word; after --output-grace the jobs failed (and `retry --yes` would have paid again),
+    # though a GET of each request gave its output_url.
+    emulator.update(complete_after=0.0, list_hides_output=True)
+    assert submit(store, api, manifest_of(tmp_path, 3), OPTIONS, FakeUi()).code == EXIT_OK
+    polling = Polling(interval=0.05, timeout=30, output_grace=0.2)
+    time.sleep(0.3)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=polling).code == EXIT_OK
+    assert states(db) == {"completed": 3}
+    assert all(url for (url,) in db_rows(db, "SELECT output_url FROM jobs"))
+    assert emulator.stats.by_endpoint["get"] == 3  # one GET each, for the URL the list left out
+
+
+def test_retry_polls_a_job_finished_without_an_output_url_again_and_never_sends_it(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: such a job (the API did the work: paid) was put back to pending by
+    # `retry --yes` and sent, and paid, again; without --yes it was called "failed at the API".
+    emulator.update(complete_after=0.0, hide_output=True)
+    assert submit(store, api, manifest_of(tmp_path, 2), OPTIONS, FakeUi()).code == EXIT_OK
+    polling = Polling(interval=0.05, timeout=30, output_grace=0.2)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=polling).code == 1
+    assert states(db) == {"failed": 2}
+    result = CliRunner().invoke(cli, ["retry", "--batch", "b", "--db", str(db.path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(
+        "0 job(s) put back to pending; 2 the API finished without an output URL put back to "
+        "polling (never sent again: the API did them) — `dubrunner poll` asks for their output"
+    ), result.output
+    assert states(db) == {"processing": 2}
+    emulator.update(hide_output=False)
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=polling).code == EXIT_OK
+    assert states(db) == {"completed": 2}
+    assert all(len(ids) == 1 for ids in emulator.accepted().values())  # each paid once

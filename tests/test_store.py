@@ -106,8 +106,8 @@ def test_release_retry_and_cancel(store: Store) -> None:
     store.mark_failed(jobs[1].id, "me", None, Tally(1, 1, 400, "no face"), False, None)
     store.mark_halted(jobs[2].id, "me", None, Tally(1, 1, 429, "token limit"), False, None)
     store.mark_submitted(jobs[3].id, "me", "x", SENT, TALLY)
-    assert store.retry("b", [State.FAILED], "face") == 1
-    assert store.retry("b", [State.FAILED, State.HALTED], None) == 1
+    assert store.retry("b", [State.FAILED], "face").pending == 1
+    assert store.retry("b", [State.FAILED, State.HALTED], None).pending == 1
     assert store.counts() == {"pending": 3, "submitted": 1}
     assert store.cancel("b", ["r0"]) == (1, 0)
     assert store.cancel("b", []) == (2, 0)

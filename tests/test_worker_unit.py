@@ -119,7 +119,7 @@ def test_x_should_retry_false_fails_the_job_with_a_look_up_owed(store: Store) ->
     [failed] = [r for r in store.rows("b") if r.state == "failed"]
     assert failed.lookup_owed
     # `retry` puts it back; the look-up finds the request its POST did create.
-    assert store.retry("b", ["failed"], None) == 1
+    assert store.retry("b", ["failed"], None).pending == 1
     report = work(store, fake)
     assert report.found_by_lookup == 1
     assert_once(store, fake)

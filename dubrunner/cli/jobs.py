@@ -176,8 +176,15 @@ def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bo
         )
         if not (sys.stdin.isatty() and click.confirm(f"{warning}. Put them back?", err=True)):
             raise UserError(f"{warning} — add --yes to retry them; nothing was changed")
-    n = store.retry(batch, chosen, error)
-    say(f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else ""))
+    done = store.retry(batch, chosen, error)
+    n = done.pending
+    line = f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else "")
+    if done.polled:
+        line += (
+            f"; {done.polled} the API finished without an output URL put back to polling "
+            "(never sent again: the API did them) — `dubrunner poll` asks for their output"
+        )
+    say(line)
 
 
 @cli.command()

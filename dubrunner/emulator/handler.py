@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import hmac
 import json
 import socket
 import struct
@@ -17,39 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from dubrunner.emulator.content import PREFIX, output_content, signature
+from dubrunner.emulator.content import PREFIX, endpoint_of, output_content, signed
 from dubrunner.emulator.multipart import BadBody, Part, boundary_of, read_parts
 
 if TYPE_CHECKING:
     from dubrunner.emulator.model import Emulator
-
-
-def _endpoint(method: str, path: str) -> str:
-    """The name a request is counted under in the stats' `by_endpoint`."""
-    route = path[len(PREFIX) :].rstrip("/") if path.startswith(PREFIX) else path
-    if route == "v1/lipsync/requests":
-        return "list"
-    if route.startswith("v1/lipsync/requests/"):
-        return "get"
-    if route.startswith("v1/lipsync/generate"):
-        return "generate"
-    if path.startswith("/outputs/"):
-        return "output"
-    if path.startswith(("/media/", "/_emulator/")):
-        return path.split("/")[1]
-    return route if route in ("health", "v1/users/me") else "other"
-
-
-def _signed(request_id: str, query: dict[str, list[str]]) -> bool:
-    """Whether an output URL carries a valid signature that has not expired."""
-    try:
-        expires = int(query.get("expires", [""])[0])
-    except ValueError:
-        return False
-    given = query.get("signature", [""])[0]
-    return expires >= time.time() * 1000 and hmac.compare_digest(
-        given, signature(request_id, expires)
-    )
 
 
 class Server(ThreadingHTTPServer):
@@ -178,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body() if method == "POST" else b""
         with emu.lock:
             emu.stats.requests += 1
-            endpoint = _endpoint(method, path)
+            endpoint = endpoint_of(method, path)
             emu.stats.by_endpoint[endpoint] = emu.stats.by_endpoint.get(endpoint, 0) + 1
         if path.startswith("/outputs/") and method == "GET":
             return self._output(path, parse_qs(parts.query))
@@ -379,12 +350,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return None
-        return self._send(200, {"status": "success", "request_id": req.id})
+        answered = req.id.upper() if cfg.upper_case_ids else req.id
+        return self._send(200, {"status": "success", "request_id": answered})
 
-    def _views(self, ids: list[str]) -> list[dict[str, Any]]:
+    def _views(self, ids: list[str], listed: bool = False) -> list[dict[str, Any]]:
         emu = self.server.emulator
         root = f"http://{self.headers.get('Host') or '127.0.0.1'}/"
-        return [emu.requests[i].view(emu.config, root) for i in ids]
+        views = [emu.requests[i].view(emu.config, root) for i in ids]
+        if listed and emu.config.list_hides_output:
+            views = [{**view, "output_url": None} for view in views]
+        return views
 
     def _list(self, query: dict[str, list[str]]) -> None:
         emu = self.server.emulator
@@ -408,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
             ids = [i for i in reversed(ids) if i in emu.requests]  # newest first
             if ref is None and emu.config.list_ignores_offset:
                 offset = 0
-            page = self._views(ids[offset : offset + limit])
+            page = self._views(ids[offset : offset + limit], listed=True)
         return self._send(
             200, {"data": page, "pagination": {"limit": limit, "offset": offset, "total": len(ids)}}
         )
@@ -417,9 +392,13 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.server.emulator
         with emu.lock:
             emu.stats.polls += 1
+            key = key.lower() if key.lower() in emu.requests else key
+            failing = key in emu.config.get_failing
             known = [i for i in emu.by_reference.get(key, []) if i in emu.requests]
             ids = [key] if key in emu.requests else known[-1:]
             views = self._views(ids)
+        if failing:
+            return self._error(500, "internal error")
         if not views:
             return self._error(404, "not found")
         return self._send(200, views[0])
@@ -432,7 +411,9 @@ class _Handler(BaseHTTPRequestHandler):
             emu.stats.downloads += 1
         if not known:
             return self._error(404, "not found")
-        if emu.config.output_ttl is not None and not _signed(request_id, query):
+        cfg = emu.config
+        refused = cfg.storage_refuses or request_id in cfg.refused_outputs
+        if refused or (cfg.output_ttl is not None and not signed(request_id, query)):
             with emu.lock:
                 emu.stats.expired_downloads += 1
             page = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"

@@ -56,15 +56,28 @@ class EmulatorConfig:
     # Output URLs signed and valid this many seconds from the GET that showed them (None: plain
     # URLs that never expire). An expired or unsigned URL is answered 403, as storage hosts do.
     output_ttl: float | None = None
+    # The storage failing: every output (storage_refuses), or these requests' outputs, answered
+    # 403 whatever the URL's signature; or the output URLs name this host:port (where nothing
+    # may listen: a storage host refusing connections) instead of the emulator's own.
+    storage_refuses: bool = False
+    refused_outputs: list[str] = field(default_factory=list)
+    output_host: str | None = None
     # A download from byte 0 is cut (connection closed) after this many bytes of the body.
     cut_output_after: int | None = None
     # Completed requests shown without their output_url (the API saying "done" too early).
     hide_output: bool = False
+    list_hides_output: bool = False  # ... in the list only: a GET of one request shows it
     # The unfiltered list (a poll's, not a look-up's): the next N requests for it answer 500
     # "internal error"; or it answers the API's JSON 404 (GET by id still works).
     list_failures: int = 0
     list_missing: bool = False
     list_ignores_offset: bool = False  # every page of the list is its first
+    get_failing: list[str] = field(default_factory=list)  # request ids whose GET answers 500
+    # The generate answer gives the request's UUID in upper case (the list and GETs show it in
+    # lower case; a GET by either finds it, as a UUID column would).
+    upper_case_ids: bool = False
+    # Output URLs given relative to the API's host ("/outputs/<id>.mp4"), not absolute.
+    relative_output: bool = False
     # generate-with-media: read uploads at most this fast (bytes per second; None: at once)
     upload_read_rate: float | None = None
     p_upload_reset: float = 0.0  # chance of resetting the connection halfway through an upload
@@ -105,7 +118,8 @@ class RemoteRequest:
             else:
                 status = "completed"
                 if not cfg.hide_output:
-                    data["output_url"] = output_url(cfg, base, self.id)
+                    url = output_url(cfg, base, self.id)
+                    data["output_url"] = url[len(base) - 1 :] if cfg.relative_output else url
         status = cfg.status_words.get(status, status)
         data["status"] = status.upper() if cfg.upper_case else status
         return data
@@ -113,6 +127,8 @@ class RemoteRequest:
 
 def output_url(cfg: EmulatorConfig, base: str, request_id: str) -> str:
     """Where the output is served: signed and time-limited when the emulator has a TTL."""
+    if cfg.output_host:
+        base = f"http://{cfg.output_host}/"
     url = f"{base}outputs/{request_id}.mp4"
     if cfg.output_ttl is None:
         return url
