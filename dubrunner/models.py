@@ -95,6 +95,11 @@ class Job(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     # The file's modification time (ns) when recorded: a file changed since is hashed again.
     local_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    # A sent job replaced by another (`dubrunner supersede`): the successor's reference_id. The
+    # row stays for audit but is out of its batch's counts, exports and selections (see
+    # queries.current). `supersedes` is the other end of the link, on the successor.
+    superseded_by: Mapped[str | None] = mapped_column(String(200))
+    supersedes: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         # Claims read `WHERE [batch = ? AND] state = 'pending' ORDER BY id LIMIT n`: with id in
