@@ -117,8 +117,8 @@ def refusal(job: OldJob) -> str | None:
         )
     if not job.request_id:
         return (
-            f"{ref} was never sent to the API (state {job.state}): change its video or audio "
-            "in the manifest and `dubrunner submit` it again — a job never sent takes the "
+            f"{ref} holds no request at the API (state {job.state}): change its video or "
+            "audio in the manifest and `dubrunner submit` it again — such a job takes the "
             "manifest's new values"
         )
     if job.state not in SUPERSEDABLE:

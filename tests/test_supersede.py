@@ -12,16 +12,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dubrunner import superseding
 from dubrunner.api import ApiClient
 from dubrunner.cli import cli
 from dubrunner.constants import EXIT_OK
 from dubrunner.emulator import Emulator
 from dubrunner.localmedia import Digests
+from dubrunner.manifest import load as load_manifest
 from dubrunner.output import export_dict
 from dubrunner.records import Lease
 from dubrunner.sessions import Polling, poll, submit, submit_pending
-from dubrunner.store import Store
+from dubrunner.store import LoadConflict, Store
 from dubrunner.superseding import SpecOf, SupersedeRefused, successor_id
+from tests import mediafiles
 from tests.conftest import (
     OPTIONS,
     TOKEN,
@@ -125,8 +128,8 @@ def test_jobs_in_flight_running_or_never_sent_are_refused_and_nothing_changes(
         "b-ep00000": "still running at the API (state processing)",
         "b-ep00001": "may have reached the API without its answer",
         "b-ep00002": "being sent by a worker right now (state submitting)",
-        "b-ep00003": "never sent to the API (state pending): change its video or audio in the "
-        "manifest",
+        "b-ep00003": "holds no request at the API (state pending): change its video or audio "
+        "in the manifest",
         "nope": "no job with reference_id 'nope'",
     }
     for ref, why in expected.items():
@@ -243,3 +246,55 @@ def test_supersede_as_a_process_status_and_export_show_the_link(
         "b-ep00001": 1,
         "b-ep00001~2": 1,
     }
+
+
+@pytest.mark.parametrize("refs", [True, False], ids=["named", "derived"])
+def test_local_files_are_superseded_as_urls_are(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path, refs: bool
+) -> None:
+    emulator.update(complete_after=0.0)
+    path = mediafiles.local_manifest(tmp_path, 2, refs=refs)
+    m = load_manifest(path)
+    assert submit(store, api, m, OPTIONS, FakeUi(), wait=True, polling=FAST).code == EXIT_OK
+    first = m.jobs[0].reference_id
+    mediafiles.video(tmp_path / "media" / "e000.mp4", seed="recut")  # changed in place
+    changed = load_manifest(path)
+    with pytest.raises(LoadConflict, match="--supersede"):
+        store.load(changed.batch, changed.jobs, str(path))
+    ending = submit(store, api, changed, OPTIONS, FakeUi(), wait=True, polling=FAST, supersede=True)
+    assert ending.code == EXIT_OK
+    new = f"{first}~2"
+    uploads = emulator.uploads()
+    assert len(uploads[first]) == len(uploads[new]) == 1
+    assert uploads[new][0]["video"][1] == mediafiles.sha256(tmp_path / "media" / "e000.mp4")
+    assert store.counts(m.batch) == {"completed": 2}
+    # Loading it again supersedes nothing more; the command line takes files too.
+    again = store.load(changed.batch, changed.jobs, str(path), supersede=True)
+    assert again.superseded == [] and again.unchanged == 2
+    other_v = mediafiles.video(tmp_path / "other.mp4", seed="other")
+    other_a = mediafiles.audio(tmp_path / "other.wav", seed="other")
+    done = store.supersede(new, spec(str(other_v), str(other_a)))
+    assert done.new == f"{first}~3"
+    [row] = store.rows(reference_ids=[done.new])
+    assert row.video_url == other_v.as_uri() and row.supersedes == new
+    assert emulator.duplicates() == {}
+
+
+def test_a_job_moved_between_the_check_and_the_write_is_left_alone(
+    emulator: Emulator,
+    store: Store,
+    api: ApiClient,
+    db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The guard where the data lives: were the check fooled (a worker claiming the job, a
+    `retry` putting it back in between), the new job is not inserted and the old one not linked."""
+    emulator.update(complete_after=0.0)
+    submit(store, api, manifest_of(tmp_path, 1), OPTIONS, FakeUi(), wait=True, polling=FAST)
+    db.rows("UPDATE jobs SET state = 'submitting', owner = 'w1'")
+    before = table(db)
+    monkeypatch.setattr(superseding, "refusal", lambda job: None)
+    with pytest.raises(SupersedeRefused, match="moved by another dubrunner"):
+        store.supersede("b-ep00000", spec(NEW_VIDEO))
+    assert table(db) == before
