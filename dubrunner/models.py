@@ -102,9 +102,10 @@ class Job(Base):
     supersedes: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
-        # Claims read `WHERE [batch = ? AND] state = 'pending' ORDER BY id LIMIT n`: with id in
-        # the index that is a range scan, not a sort of every pending job (also the summary's).
-        Index("ix_jobs_batch_state_id", "batch", "state", "id"),
+        # Claims read `WHERE [batch = ? AND] state = 'pending' AND superseded_by IS NULL ORDER BY
+        # id LIMIT n`: with id in the index that is a range scan, not a sort of every pending job;
+        # and the summary's count of current jobs per batch and state reads the index alone.
+        Index("ix_jobs_batch_state_superseded_by_id", "batch", "state", "superseded_by", "id"),
         Index("ix_jobs_state_id", "state", "id"),
         Index("ix_jobs_state_lease_expires", "state", "lease_expires"),
         Index("ix_jobs_owner", "owner"),
