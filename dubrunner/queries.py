@@ -157,6 +157,14 @@ class Queries:
         with self.db.read() as conn:
             return int(conn.execute(in_batch(stmt, batch)).scalar() or 0)
 
+    def count_superseded(self, batch: str | None) -> int:
+        """Jobs replaced by others (kept for audit, out of every other count)."""
+        stmt = select(func.count()).select_from(Job).where(Job.superseded_by.is_not(None))
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self.db.read() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
     def summary(self, batch: str | None = None) -> list[tuple[str, str, int]]:
         """(batch, state, count) for every batch and state present."""
         stmt = (

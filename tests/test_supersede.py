@@ -207,6 +207,9 @@ def test_submit_supersede_replaces_the_changed_sent_jobs_and_lists_them(
     }
     code, out, err = invoke(["status", "b-ep00001"], env)
     assert code == 0 and "superseded by b-ep00001~2" in out.replace("\n", " ")
+    code, out, err = invoke(["status"], env)
+    assert code == 0 and "b-ep00001~2" in out
+    assert "1 superseded job(s) not counted or shown" in err
     code, out, err = invoke(["status", "--format", "json"], env)
     assert [r["reference_id"] for r in json.loads(out)] == ["b-ep00000", "b-ep00002", "b-ep00001~2"]
 

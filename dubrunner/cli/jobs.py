@@ -131,6 +131,13 @@ def _table(
     print_status_table(per_state, rows, matching, table_console(), wide)
     if len(rows) < matching and not is_quiet():
         click.echo(f"{len(rows):,} of {matching:,} shown — `--limit 0` for all", err=True)
+    superseded = store.count_superseded(batch)
+    if superseded and not is_quiet():
+        click.echo(
+            f"{superseded:,} superseded job(s) not counted or shown — `dubrunner status REF` "
+            "shows one",
+            err=True,
+        )
     for view in store.api_health(time.time() - API_HEALTH_FRESH):
         trouble = describe_view(view)
         if trouble:
