@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ from tests.conftest import (
     db_rows,
     manifest_of,
     run_cli,
+    start,
     write_manifest,
 )
 
@@ -301,3 +304,33 @@ def test_a_job_moved_between_the_check_and_the_write_is_left_alone(
     with pytest.raises(SupersedeRefused, match="moved by another dubrunner"):
         store.supersede("b-ep00000", spec(NEW_VIDEO))
     assert table(db) == before
+
+
+@pytest.mark.slow
+@EITHER_DATABASE
+def test_a_running_worker_sends_the_new_job_once_and_never_the_old(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    """`work --follow` on the same database while jobs are superseded under it."""
+    emulator.update(complete_after=0.0)
+    manifest = write_manifest(tmp_path / "m.yaml", 4, failing=frozenset({1, 2}))
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.05"], env).code == 1
+    worker = start(["work", "--follow", "--idle-poll", "0.05"], env)
+    try:
+        for ref in ("b-ep00001", "b-ep00002"):
+            result = run_cli(["supersede", ref, "--video", f"{NEW_VIDEO}?{ref}"], env)
+            assert result.code == 0, result.err
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not {"b-ep00001~2", "b-ep00002~2"} <= set(
+            emulator.accepted()
+        ):
+            time.sleep(0.05)
+        assert run_cli(["retry", "--yes"], env).err.startswith("0 job(s) put back")
+        time.sleep(0.5)  # the worker keeps looking: nothing more for it to send
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.communicate(timeout=60)
+    assert worker.returncode == 130
+    ledger = {ref: len(ids) for ref, ids in emulator.accepted().items()}
+    assert ledger == {f"b-ep{i:05d}": 1 for i in range(4)} | {"b-ep00001~2": 1, "b-ep00002~2": 1}
+    assert db_rows(db, "SELECT count(*) FROM jobs WHERE superseded_by IS NOT NULL") == [(2,)]
