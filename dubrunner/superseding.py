@@ -148,25 +148,14 @@ def lock_for_loading(conn: Connection) -> None:
         conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({LOADS_LOCK})"))
 
 
-def read_old(conn: Connection, reference_id: str) -> OldJob | None:
-    """The job, locked against other writers until the transaction ends (PostgreSQL)."""
+def read_old(conn: Connection, reference_id: str, lock: bool = True) -> OldJob | None:
+    """The job; with `lock` (in a write transaction), locked against other writers until it
+    ends (PostgreSQL; SQLite's BEGIN IMMEDIATE holds every writer back already)."""
     stmt = select(*_OLD_COLUMNS).where(Job.reference_id == reference_id)
-    if conn.dialect.name == "postgresql":
+    if lock and conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     row = conn.execute(stmt).first()
     return OldJob(*row) if row is not None else None
-
-
-def chain_head(conn: Connection, job: OldJob) -> OldJob:
-    """The job that replaced this one last (itself when it was never superseded)."""
-    seen = {job.reference_id}
-    while job.superseded_by and job.superseded_by not in seen:
-        found = read_old(conn, job.superseded_by)
-        if found is None:
-            break
-        seen.add(found.reference_id)
-        job = found
-    return job
 
 
 def supersede_row(
@@ -259,16 +248,26 @@ def supersede(
     source: str,
     allow_same_media: bool = False,
 ) -> Superseded:
-    """`dubrunner supersede`: one job, one transaction. `spec_of(old)` gives the new inputs."""
+    """`dubrunner supersede`: one job, one transaction. `spec_of(old)` gives the new inputs;
+    local files are hashed before the transaction (which holds every other writer back), and
+    the job is checked again inside it."""
+    with db.read() as conn:
+        seen = read_old(conn, reference_id, lock=False)
+    if seen is None:
+        raise SupersedeRefused(f"no job with reference_id {reference_id!r}")
+    why = refusal(seen)
+    if why:
+        raise SupersedeRefused(why)
+    spec = spec_of(seen)
     with db.write() as conn:
         lock_for_loading(conn)
         old = read_old(conn, reference_id)
-        if old is None:
-            raise SupersedeRefused(f"no job with reference_id {reference_id!r}")
-        why = refusal(old)
-        if why:
-            raise SupersedeRefused(why)
-        return supersede_row(conn, old, spec_of(old), source, allow_same_media)
+        if old is None or old.as_spec() != seen.as_spec():
+            raise SupersedeRefused(
+                f"{reference_id} was changed by another dubrunner meanwhile; nothing was "
+                "changed — try again"
+            )
+        return supersede_row(conn, old, spec, source, allow_same_media)
 
 
 class SpecOf:

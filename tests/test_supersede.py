@@ -283,6 +283,13 @@ def test_local_files_are_superseded_as_urls_are(
     assert done.new == f"{first}~3"
     [row] = store.rows(reference_ids=[done.new])
     assert row.video_url == other_v.as_uri() and row.supersedes == new
+    # The command line, whose digests are cached in the database: hashed before the write.
+    env = clean_env(DUBRUNNER_DB=db.url)
+    db.rows("UPDATE jobs SET state = 'failed', request_id = 'r-x' WHERE reference_id = ?", done.new)
+    args = ["supersede", done.new, "--video", str(other_v), "--audio", str(other_a)]
+    code, _, err = invoke([*args, "--allow-same-media"], env)
+    assert code == 0 and f"{first}~3 superseded by {first}~4" in err, err
+    assert db_rows(db, "SELECT count(*) FROM file_digests")[0][0] >= 2
     assert emulator.duplicates() == {}
 
 
