@@ -5,6 +5,7 @@ writes the plan, in one transaction: all of it, or nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,8 +17,10 @@ from sqlalchemy.engine import Connection
 
 from dubrunner.db import Database
 from dubrunner.models import FileDigest, Job
+from dubrunner.queries import CURRENT
 from dubrunner.records import JobSpec, LoadPlan, derive_reference_id, job_identity, utcnow
 from dubrunner.states import AT_API, State
+from dubrunner.superseding import SupersedeRefused, lock_for_loading, read_old, supersede_row
 
 # States from which a job whose manifest entry changed may take the new values, provided it was
 # never sent (or sent and refused) and nobody holds it.
@@ -48,6 +51,7 @@ class Existing:
     video_sha256: str | None = None
     audio_sha256: str | None = None
     reference_id: str = ""
+    superseded_by: str | None = None
 
     @property
     def identity(self) -> tuple[str, str, bool]:
@@ -76,18 +80,34 @@ def _derived(batch: str, spec: JobSpec) -> bool:
     return spec.reference_id == derive_reference_id(batch, video, audio)
 
 
+def _unchanged(plan: LoadPlan, found: Existing, spec: JobSpec) -> None:
+    plan.unchanged += 1
+    if (found.video_url, found.audio_url) != (spec.video_url, spec.audio_url):
+        plan.moved.append((found.id, spec))  # the same files, somewhere else now
+    if found.state in AT_API:
+        plan.already_submitted += 1
+    elif found.state in (State.PENDING, State.HALTED):
+        plan.to_send += 1
+
+
 def plan_load(
     batch: str,
     specs: Sequence[JobSpec],
     existing: Mapping[str, Existing],
     source: str,
     by_paths: Mapping[tuple[str, str], Existing] | None = None,
+    heads: Mapping[str, Existing] | None = None,
+    supersede: bool = False,
 ) -> LoadPlan:
     """The plan for loading `specs` into `batch`. Raises LoadConflict with every problem.
 
     `by_paths`: the batch's local jobs by their two files' paths. A local job whose derived
     reference_id is new, but whose paths a job of the batch already has, is that job with a
-    file changed in place: it takes the new content while never sent, and is refused after."""
+    file changed in place: it takes the new content while never sent, and is refused after.
+
+    `heads`: for a job superseded (superseding.py), the job that replaced it last, by the old
+    reference_id: the manifest's entry now speaks of that one. A changed job that was sent is
+    refused, or with `supersede` replaced by a new job (REF~2)."""
     plan = LoadPlan(batch=batch)
     conflicts: list[str] = []
     for spec in specs:
@@ -95,15 +115,27 @@ def plan_load(
         found = existing.get(spec.reference_id)
         if found is None and spec.is_local and by_paths and _derived(batch, spec):
             found = by_paths.get((spec.video_url, spec.audio_url))
-            if found is not None and not found.never_sent:
+            if found is None:
+                pass
+            elif found.identity == spec.identity:
+                _unchanged(plan, found, spec)  # superseded before: its successor is this job
+                continue
+            elif not found.never_sent and supersede:
+                plan.superseded.append((found.reference_id, spec))
+                continue
+            elif not found.never_sent:
                 conflicts.append(
                     f"{where}: the files of job {found.reference_id!r} changed since it was "
-                    f"sent to the API (state {found.state}); a changed job is paid again: give "
-                    "it a reference_id of its own to send it"
+                    f"sent to the API (state {found.state}); a changed job is paid again: "
+                    "submit with --supersede to replace it with a new job, or give it a "
+                    "reference_id of its own"
                 )
                 continue
-            if found is not None:
-                plan.changed.append((found.id, spec))
+            else:
+                # A successor (REF~2) keeps its name: the old job's link points to it.
+                keep = "~" in found.reference_id
+                ref = found.reference_id if keep else spec.reference_id
+                plan.changed.append((found.id, dataclasses.replace(spec, reference_id=ref)))
                 continue
         if found is None:
             plan.new.append(spec)
@@ -113,26 +145,42 @@ def plan_load(
                 f"{where}: reference_id {spec.reference_id!r} already belongs to batch "
                 f"{found.batch!r}; reference_ids are unique across the database"
             )
-        elif found.identity == spec.identity:
-            plan.unchanged += 1
-            if (found.video_url, found.audio_url) != (spec.video_url, spec.audio_url):
-                plan.moved.append((found.id, spec))  # the same files, somewhere else now
-            if found.state in AT_API:
-                plan.already_submitted += 1
-            elif found.state in (State.PENDING, State.HALTED):
-                plan.to_send += 1
-        elif not found.never_sent:
+            continue
+        head = (heads or {}).get(found.reference_id, found) if found.superseded_by else found
+        if head.identity == spec.identity or found.identity == spec.identity:
+            # As loaded, or as superseded (the manifest may still name the old inputs).
+            _unchanged(plan, head, spec if head.identity == spec.identity else _as(head))
+        elif not head.never_sent and supersede:
+            plan.superseded.append((head.reference_id, spec))
+        elif not head.never_sent:
+            named = spec.reference_id
+            also = f" (now {head.reference_id})" if head is not found else ""
             conflicts.append(
-                f"{where}: reference_id {spec.reference_id!r} was already sent to the "
-                f"API with other URLs, files or settings (state {found.state}); give the "
-                "changed job a new reference_id"
+                f"{where}: reference_id {named!r}{also} was already sent to the API with other "
+                f"URLs, files or settings (state {head.state}); submit with --supersede to "
+                "replace it with a new job, or give the changed job a new reference_id"
             )
         else:
-            plan.changed.append((found.id, spec))
+            plan.changed.append(
+                (head.id, dataclasses.replace(spec, reference_id=head.reference_id))
+            )
     if conflicts:
         raise LoadConflict(conflicts)
-    plan.to_send += len(plan.new) + len(plan.changed)
+    plan.to_send += len(plan.new) + len(plan.changed) + len(plan.superseded)
     return plan
+
+
+def _as(job: Existing) -> JobSpec:
+    """A spec that leaves the job where it is (no move of its files)."""
+    return JobSpec(
+        job.reference_id,
+        job.video_url,
+        job.audio_url,
+        job.disable_active_speaker_detection,
+        0,
+        job.video_sha256,
+        job.audio_sha256,
+    )
 
 
 # -- the SQL of a load ----------
@@ -141,6 +189,7 @@ _CHUNK = 500
 # `Existing.never_sent` as SQL, checked again at the moment of the write.
 _NEVER_SENT = (
     sa.or_(*(Job.state == state for state in sorted(CHANGEABLE))),
+    CURRENT,
     Job.owner.is_(None),
     Job.request_id.is_(None),
     Job.lookup_needed.is_(False),
@@ -159,10 +208,11 @@ def load_jobs(
     source: str,
     dry_run: bool = False,
     allow_same_media: bool = False,
+    supersede: bool = False,
 ) -> LoadPlan:
     """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none."""
     try:
-        return _load(db, batch, specs, source, dry_run, allow_same_media)
+        return _load(db, batch, specs, source, dry_run, allow_same_media, supersede)
     except sa.exc.IntegrityError:
         # Only another writer inserting the same reference_ids at the same moment gets here
         # (loads take turns): say so, never the statement and its parameters.
@@ -178,15 +228,16 @@ def _load(
     source: str,
     dry_run: bool,
     allow_same_media: bool,
+    supersede: bool,
 ) -> LoadPlan:
     with db.write() as conn:
-        if conn.dialect.name == "postgresql":
-            # Two loads at once (of any batches: reference_ids are unique across all of them)
-            # would both see shared jobs as new: loads take turns. SQLite's BEGIN IMMEDIATE
-            # already serialises every writer.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242002)"))
+        # Two loads at once (of any batches: reference_ids are unique across all of them)
+        # would both see shared jobs as new: loads take turns.
+        lock_for_loading(conn)
         by_paths = _by_paths(conn, batch, specs)
-        plan = plan_load(batch, specs, _existing(conn, specs), source, by_paths)
+        existing = _existing(conn, specs)
+        heads = _heads(conn, existing)
+        plan = plan_load(batch, specs, existing, source, by_paths, heads, supersede)
         if not allow_same_media:
             repeated = _same_media(conn, plan, source)
             if repeated:
@@ -239,6 +290,21 @@ def _load(
             )
         if lost:
             raise LoadConflict(lost)
+        refused: list[str] = []
+        for old_ref, spec in plan.superseded:
+            old = read_old(conn, old_ref)
+            try:
+                if old is None:
+                    raise SupersedeRefused(f"{old_ref} is no longer in the database")
+                done = supersede_row(
+                    conn, old, spec, f"{source}:{spec.line}", allow_same_media=allow_same_media
+                )
+            except SupersedeRefused as exc:
+                refused.append(f"{source}:{spec.line}: {exc}")
+                continue
+            plan.supersessions.append((done.old, done.new))
+        if refused:
+            raise LoadConflict(refused)
     return plan
 
 
@@ -266,6 +332,7 @@ _EXISTING_COLUMNS = (
     Job.video_sha256,
     Job.audio_sha256,
     Job.reference_id,
+    Job.superseded_by,
 )
 
 
@@ -278,7 +345,10 @@ def _by_paths(
     for chunk in _chunks(audios):
         rows = conn.execute(
             select(*_EXISTING_COLUMNS).where(
-                Job.batch == batch, Job.audio_url.in_(chunk), Job.video_sha256.is_not(None)
+                Job.batch == batch,
+                Job.audio_url.in_(chunk),
+                Job.video_sha256.is_not(None),
+                CURRENT,
             )
         )
         for row in rows:
@@ -294,6 +364,24 @@ def _existing(conn: Connection, specs: Sequence[JobSpec]) -> dict[str, Existing]
             job = Existing(*row)
             existing[job.reference_id] = job
     return existing
+
+
+def _heads(conn: Connection, existing: Mapping[str, Existing]) -> dict[str, Existing]:
+    """For each job superseded, the job that replaced it last (chains are short)."""
+    heads: dict[str, Existing] = {}
+    for ref, job in existing.items():
+        seen = {ref}
+        while job.superseded_by and job.superseded_by not in seen:
+            row = conn.execute(
+                select(*_EXISTING_COLUMNS).where(Job.reference_id == job.superseded_by)
+            ).first()
+            if row is None:
+                break
+            job = Existing(*row)
+            seen.add(job.reference_id)
+        if job.reference_id != ref:
+            heads[ref] = job
+    return heads
 
 
 def _new_row(batch: str, spec: JobSpec, source: str, now: datetime) -> dict[str, Any]:

@@ -114,6 +114,9 @@ def _check_source(value: object, what: str) -> str | None:
     return _check_url(value, what)
 
 
+check_source = _check_source  # for inputs given on the command line (superseding)
+
+
 def _check_url(value: str, what: str) -> str | None:
     """The problem with a media URL, or None when it is a usable absolute http(s) URL."""
     if len(value) > MAX_URL:

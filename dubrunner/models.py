@@ -95,11 +95,17 @@ class Job(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     # The file's modification time (ns) when recorded: a file changed since is hashed again.
     local_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    # A sent job replaced by another (`dubrunner supersede`): the successor's reference_id. The
+    # row stays for audit but is out of its batch's counts, exports and selections (see
+    # queries.current). `supersedes` is the other end of the link, on the successor.
+    superseded_by: Mapped[str | None] = mapped_column(String(200))
+    supersedes: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
-        # Claims read `WHERE [batch = ? AND] state = 'pending' ORDER BY id LIMIT n`: with id in
-        # the index that is a range scan, not a sort of every pending job (also the summary's).
-        Index("ix_jobs_batch_state_id", "batch", "state", "id"),
+        # Claims read `WHERE [batch = ? AND] state = 'pending' AND superseded_by IS NULL ORDER BY
+        # id LIMIT n`: with id in the index that is a range scan, not a sort of every pending job;
+        # and the summary's count of current jobs per batch and state reads the index alone.
+        Index("ix_jobs_batch_state_superseded_by_id", "batch", "state", "superseded_by", "id"),
         Index("ix_jobs_state_id", "state", "id"),
         Index("ix_jobs_state_lease_expires", "state", "lease_expires"),
         Index("ix_jobs_owner", "owner"),

@@ -46,6 +46,7 @@ EXPORT_FIELDS = (
     "size_bytes",
     "sha256",
     "error",
+    "supersedes",  # the reference_id this job replaced (`dubrunner supersede`)
 )
 
 
@@ -244,6 +245,15 @@ def print_job_detail(row: JobRow, attempts: Sequence[dict[str, Any]], console: C
     for key, value in d.items():
         table.add_row(key, plain(value))
     console.print(table)
+    if row.superseded_by:
+        console.print(
+            plain(
+                f"superseded by {row.superseded_by}: kept for audit, out of batch "
+                f"{row.batch}'s counts and exports; its request is never sent again"
+            )
+        )
+    if row.supersedes:
+        console.print(plain(f"supersedes {row.supersedes}"))
     history = Table(title="Attempts", title_justify="left")
     for name in ("at", "kind", "outcome", "status", "ms", "request_id / error"):
         history.add_column(name, overflow="fold")

@@ -24,8 +24,20 @@ class _Filterable(Protocol):
 S = TypeVar("S", bound=_Filterable)
 
 
+# The one rule for superseded jobs: a job replaced by another (`dubrunner supersede`) stays for
+# audit and `status REF`, and is out of everything else: counts, reports, exports, polls,
+# fetches, retries, cancels, claims.
+CURRENT = Job.superseded_by.is_(None)
+
+
+def current(stmt: S) -> S:
+    """The statement limited to jobs not superseded."""
+    return stmt.where(CURRENT)
+
+
 def in_batch(stmt: S, batch: str | None) -> S:
-    """The statement limited to one batch, or as it is for every batch."""
+    """The statement limited to one batch's current jobs, or every batch's (see CURRENT)."""
+    stmt = current(stmt)
     return stmt if batch is None else stmt.where(Job.batch == batch)
 
 
@@ -97,6 +109,8 @@ class JobRow:
     local_path: str | None
     size_bytes: int | None
     sha256: str | None
+    supersedes: str | None = None  # the reference_id of the job this one replaced
+    superseded_by: str | None = None  # the reference_id of the job that replaced this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +162,8 @@ _ROW_COLUMNS = (
     Job.local_path,
     Job.size_bytes,
     Job.sha256,
+    Job.supersedes,
+    Job.superseded_by,
 )
 
 
@@ -190,6 +206,14 @@ class Queries:
         with self.db.read() as conn:
             return int(conn.execute(in_batch(stmt, batch)).scalar() or 0)
 
+    def count_superseded(self, batch: str | None) -> int:
+        """Jobs replaced by others (kept for audit, out of every other count)."""
+        stmt = select(func.count()).select_from(Job).where(Job.superseded_by.is_not(None))
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
+        with self.db.read() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
     def summary(self, batch: str | None = None) -> list[tuple[str, str, int]]:
         """(batch, state, count) for every batch and state present."""
         stmt = (
@@ -222,11 +246,16 @@ class Queries:
         limit: int | None = None,
         reference_ids: Sequence[str] = (),
     ) -> list[JobRow]:
-        stmt = in_batch(select(*_ROW_COLUMNS).order_by(Job.id), batch)
-        if states:
-            stmt = stmt.where(Job.state.in_(list(states)))
+        """Jobs as shown; those named by reference_id even when superseded (their audit)."""
+        stmt = select(*_ROW_COLUMNS).order_by(Job.id)
         if reference_ids:
             stmt = stmt.where(Job.reference_id.in_(list(reference_ids)))
+            if batch is not None:
+                stmt = stmt.where(Job.batch == batch)
+        else:
+            stmt = in_batch(stmt, batch)
+        if states:
+            stmt = stmt.where(Job.state.in_(list(states)))
         if limit is not None:
             stmt = stmt.limit(limit)
         with self.db.read() as conn:
@@ -292,7 +321,7 @@ class Queries:
     def _retry_where(
         self, batch: str | None, states: Sequence[str], error: str | None
     ) -> list[Any]:
-        where: list[Any] = [Job.state.in_(list(states))]
+        where: list[Any] = [Job.state.in_(list(states)), CURRENT]
         if batch is not None:
             where.append(Job.batch == batch)
         if error:
@@ -358,7 +387,7 @@ class Queries:
     def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> tuple[int, int]:
         """Cancel pending jobs: (cancelled, kept). A pending job whose earlier POST may have
         landed is kept: cancelling it would hide a request the account may have paid for."""
-        where = [Job.state == State.PENDING]
+        where = [Job.state == State.PENDING, CURRENT]
         if batch is not None:
             where.append(Job.batch == batch)
         if reference_ids:
@@ -383,6 +412,7 @@ class Queries:
             .where(
                 Job.batch == batch,
                 Job.reference_id == sa.bindparam("ref"),
+                CURRENT,
                 sa.or_(Job.state == State.PENDING, Job.state == State.HALTED),
                 Job.lookup_needed.is_(False),
             )

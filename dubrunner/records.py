@@ -207,6 +207,10 @@ class LoadPlan:
     changed: list[tuple[int, JobSpec]] = field(default_factory=list)
     # Local jobs whose files moved (same content, new paths): only their paths are updated.
     moved: list[tuple[int, JobSpec]] = field(default_factory=list)
+    # Sent jobs the manifest changed, under `--supersede`: (the reference_id to supersede, the
+    # new inputs); once written, `supersessions` holds (old reference_id, new reference_id).
+    superseded: list[tuple[str, JobSpec]] = field(default_factory=list)
+    supersessions: list[tuple[str, str]] = field(default_factory=list)
     unchanged: int = 0
     already_submitted: int = 0  # among unchanged: the API already holds them
     to_send: int = 0  # what a run would send: new + changed + unchanged not yet at the API

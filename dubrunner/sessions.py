@@ -57,11 +57,28 @@ class Loaded:
         return (
             f"batch {self.batch}: {len(plan.new)} new, {plan.unchanged} unchanged "
             f"({plan.already_submitted} already submitted), {len(plan.changed)} changed"
+            + _superseded(plan)
         )
 
 
+def _superseded(plan: LoadPlan) -> str:
+    """ ", 1 superseded (ep1 by ep1~2)": the sent jobs `--supersede` replaced (or would)."""
+    if not plan.superseded:
+        return ""
+    pairs = [f"{old} by {new}" for old, new in plan.supersessions[:MAX_SHOWN]]
+    if not plan.supersessions:  # a dry run: nothing written, no new reference_id yet
+        pairs = [old for old, _ in plan.superseded[:MAX_SHOWN]]
+    more = len(plan.superseded) - len(pairs)
+    listed = ", ".join(pairs) + (f", and {more} more" if more > 0 else "")
+    return f", {len(plan.superseded)} superseded ({listed})"
+
+
 def load(
-    store: Store, manifest: Manifest, dry_run: bool = False, allow_same_media: bool = False
+    store: Store,
+    manifest: Manifest,
+    dry_run: bool = False,
+    allow_same_media: bool = False,
+    supersede: bool = False,
 ) -> Loaded | Ending:
     """The manifest's jobs into the table, all or (an Ending, exit 2) none of them."""
     try:
@@ -71,6 +88,7 @@ def load(
             manifest.path,
             dry_run=dry_run,
             allow_same_media=allow_same_media,
+            supersede=supersede,
         )
     except LoadConflict as exc:
         return Ending(
@@ -264,12 +282,13 @@ def submit(
     polling: Polling = Polling(),
     fetch_into: Path | None = None,
     allow_same_media: bool = False,
+    supersede: bool = False,
 ) -> Ending:
     """Load the manifest; with `media`, fail the jobs whose media fail the check, unsent; send the
     rest; with `wait` or `fetch_into`, poll until every job has ended; with `fetch_into`,
     download the outputs there. The ending is the last step's; a download after a poll that
     ended badly keeps the poll's exit code, unless the download itself was interrupted."""
-    loaded = load(store, manifest, allow_same_media=allow_same_media)
+    loaded = load(store, manifest, allow_same_media=allow_same_media, supersede=supersede)
     if isinstance(loaded, Ending):
         return loaded
     ui.say(loaded.summary)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from dubrunner.db import Database, StoreError, Update
 from dubrunner.loading import LoadConflict, cached_digest, load_jobs, save_digest
 from dubrunner.models import Attempt, Job, RateBudget
-from dubrunner.queries import Queries, back_to_pending, in_batch
+from dubrunner.queries import CURRENT, Queries, back_to_pending, in_batch
 from dubrunner.records import (
     AttemptRecord,
     ClaimedJob,
@@ -32,6 +32,7 @@ from dubrunner.records import (
 )
 from dubrunner.results import Guard, Results
 from dubrunner.states import POLLABLE, State
+from dubrunner.superseding import SpecOf, Superseded, supersede
 
 __all__ = ["LoadConflict", "Store", "StoreError"]
 
@@ -92,9 +93,18 @@ class Store(Results, Queries):
         *,
         dry_run: bool = False,
         allow_same_media: bool = False,
+        supersede: bool = False,
     ) -> LoadPlan:
-        """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none."""
-        return load_jobs(self.db, batch, specs, source, dry_run, allow_same_media)
+        """Add a manifest's jobs in one transaction: all of them, or (on a conflict) none.
+        With `supersede`, a sent job the manifest changed is replaced by a new one (REF~2)."""
+        return load_jobs(self.db, batch, specs, source, dry_run, allow_same_media, supersede)
+
+    def supersede(
+        self, reference_id: str, spec_of: SpecOf, allow_same_media: bool = False
+    ) -> Superseded:
+        """Replace a sent job by a new pending one (REF~2); nothing is sent. Raises
+        SupersedeRefused, with nothing written, when the job cannot be superseded now."""
+        return supersede(self.db, reference_id, spec_of, "dubrunner supersede", allow_same_media)
 
     def cached_digest(self, path: str, size: int, stamp: int) -> str | None:
         return cached_digest(self.db, path, size, stamp)
@@ -384,6 +394,7 @@ def _claim_statements(with_batch: bool) -> tuple[sa.Update, sa.Update]:
     # A pending job whose "not found" would still prove nothing waits for its lookup_after.
     pending = select(Job.id).where(
         Job.state == State.PENDING,
+        CURRENT,
         sa.or_(Job.lookup_after.is_(None), Job.lookup_after <= sa.bindparam("c_now")),
     )
     if with_batch:

@@ -74,6 +74,7 @@ def test_commands_are_listed_daily_first_then_checks_then_administration() -> No
 
     assert names("Daily commands") == [
         "submit", "status", "resume", "poll", "fetch", "export", "report", "retry", "cancel",
+        "supersede",
     ]  # fmt: skip
     assert names("Checks") == ["validate", "check", "doctor"]
     assert names("Administration") == ["load", "work", "db", "emulator"]

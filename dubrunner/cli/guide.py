@@ -28,6 +28,7 @@ COMMAND_SECTIONS = {
         "report",
         "retry",
         "cancel",
+        "supersede",
     ),
     "Checks": ("validate", "check", "doctor"),
     "Administration": ("load", "work", "db", "emulator"),
@@ -36,7 +37,7 @@ COMMAND_SECTIONS = {
 # not named here goes under "Options", last.
 OPTION_SECTIONS = {
     "Input": (
-        "dry_run", "preflight", "allow_same_media", "media_concurrency", "per_host",
+        "dry_run", "preflight", "allow_same_media", "supersede", "media_concurrency", "per_host",
         "max_jobs", "max_manifest_bytes",
     ),
     "Pacing": ("concurrency", "rate", "burst", "rate_shared", "request_timeout"),

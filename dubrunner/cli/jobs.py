@@ -1,4 +1,4 @@
-"""Looking at and steering jobs: status, retry, cancel."""
+"""Looking at and steering jobs: status, retry, cancel, supersede."""
 
 from __future__ import annotations
 
@@ -139,6 +139,13 @@ def _table(
     print_status_table(per_state, rows, matching, table_console(), wide)
     if len(rows) < matching and not is_quiet():
         click.echo(f"{len(rows):,} of {matching:,} shown — `--limit 0` for all", err=True)
+    superseded = store.count_superseded(batch)
+    if superseded and not is_quiet():
+        click.echo(
+            f"{superseded:,} superseded job(s) not counted or shown — `dubrunner status REF` "
+            "shows one",
+            err=True,
+        )
     for view in store.api_health(time.time() - API_HEALTH_FRESH):
         from dubrunner.health import describe_view  # only then: it imports httpx (~0.1 s)
 
@@ -212,3 +219,54 @@ def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
             "`dubrunner resume` looks them up first",
             err=True,
         )
+
+
+@cli.command()
+@click.argument("reference_id", shell_complete=complete_reference_id)
+@click.option(
+    "--video", help="The new job's video: an http(s) URL or a local file [default: as before]."
+)
+@click.option(
+    "--audio", help="The new job's audio: an http(s) URL or a local file [default: as before]."
+)
+@click.option(
+    "--disable-active-speaker-detection/--active-speaker-detection",
+    "disable_asd",
+    default=None,
+    help="The new job's setting [default: as before].",
+)
+@click.option(
+    "--allow-same-media",
+    is_flag=True,
+    help="Even when these video and audio are another job's already (paid again).",
+)
+@LOCAL_OPTIONS
+def supersede(
+    reference_id: str,
+    video: str | None,
+    audio: str | None,
+    disable_asd: bool | None,
+    allow_same_media: bool,
+) -> None:
+    """Replace a job that was sent by a new one, REF~2 (REF~3 after that), to be sent by the
+    next `resume`; the old one keeps its row and history (`status REF`) but leaves its batch's
+    counts and exports, and its request is never sent again. A job never sent is not superseded:
+    change it in the manifest and submit again."""
+    from pathlib import Path
+
+    from dubrunner.cli.common import cached_digests
+    from dubrunner.superseding import SpecOf, SupersedeRefused
+
+    store = open_store(must_exist=True)
+    spec_of = SpecOf(video, audio, disable_asd, Path.cwd(), cached_digests())
+    try:
+        done = store.supersede(reference_id, spec_of, allow_same_media)
+    except SupersedeRefused as exc:
+        raise UserError(f"{exc}; nothing was changed") from None
+    redo = (
+        " (it had completed: this is a redo, paid again)" if done.state == State.COMPLETED else ""
+    )
+    say(
+        f"{done.old} superseded by {done.new}{redo}; nothing sent yet — "
+        f"`dubrunner resume --batch {done.batch}` sends {done.new}"
+    )

@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from dubrunner.sessions import Loaded, MediaCheck, Polling
     from dubrunner.worker import WorkerOptions
 
+SUPERSEDE = click.option(
+    "--supersede",
+    is_flag=True,
+    help="A job already sent whose inputs the manifest changed: replace it with a new job "
+    "(REF~2) instead of refusing the load (see `dubrunner supersede`).",
+)
 SAME_MEDIA = click.option(
     "--allow-same-media",
     is_flag=True,
@@ -77,6 +83,7 @@ def validate(manifest: str, limits: ManifestLimits) -> None:
     help="First check every media URL; jobs with bad media fail without being sent.",
 )
 @SAME_MEDIA
+@SUPERSEDE
 @PREFLIGHT_OPTIONS
 @POLL_OPTIONS
 @ON_DONE
@@ -94,11 +101,12 @@ def submit(
     polling: Polling,
     allow_same_media: bool,
     on_done: OnDone | None,
+    supersede: bool,
 ) -> None:
     """Load MANIFEST into the job table and submit every job not yet at the API."""
     m = limits.read(manifest, cached_digests())
     if dry_run:
-        loaded = _load(m, True, allow_same_media)
+        loaded = _load(m, True, allow_same_media, supersede)
         say(f"{loaded.summary}; a run would send {loaded.plan.to_send} job(s)")
         return
     from dubrunner import sessions
@@ -116,6 +124,7 @@ def submit(
         polling=polling,
         fetch_into=fetch_dir,
         allow_same_media=allow_same_media,
+        supersede=supersede,
     )
     end(ending, hook_for(on_done, store, m.batch))
 
@@ -125,21 +134,25 @@ def submit(
 @MANIFEST_LIMITS
 @click.option("--dry-run", is_flag=True, help="Write nothing: show what loading would do.")
 @SAME_MEDIA
+@SUPERSEDE
 @LOCAL_OPTIONS
-def load(manifest: str, limits: ManifestLimits, dry_run: bool, allow_same_media: bool) -> None:
+def load(
+    manifest: str, limits: ManifestLimits, dry_run: bool, allow_same_media: bool, supersede: bool
+) -> None:
     """Load MANIFEST into the job table without sending anything (workers send: `work`)."""
-    loaded = _load(limits.read(manifest, cached_digests()), dry_run, allow_same_media)
+    m = limits.read(manifest, cached_digests())
+    loaded = _load(m, dry_run, allow_same_media, supersede)
     if dry_run:
-        n = len(loaded.plan.new) + len(loaded.plan.changed)
+        n = len(loaded.plan.new) + len(loaded.plan.changed) + len(loaded.plan.superseded)
         say(f"{loaded.summary}; {n} job(s) would be loaded (--dry-run: nothing was)")
     else:
         say(f"{loaded.summary}; {loaded.plan.to_send} job(s) to send")
 
 
-def _load(m: Manifest, dry_run: bool, allow_same_media: bool) -> Loaded:
+def _load(m: Manifest, dry_run: bool, allow_same_media: bool, supersede: bool) -> Loaded:
     from dubrunner import sessions
 
-    loaded = sessions.load(open_store(), m, dry_run, allow_same_media)
+    loaded = sessions.load(open_store(), m, dry_run, allow_same_media, supersede)
     if isinstance(loaded, sessions.Ending):
         end(loaded)
     return loaded
