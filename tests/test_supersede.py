@@ -83,7 +83,7 @@ def test_the_old_request_is_never_sent_again_and_the_new_one_once(
     assert store.counts("b") == {"completed": 2, "pending": 1}
     assert store.summary("b") == [("b", "completed", 2), ("b", "pending", 1)]
     # retry, resume and a second load cannot bring the old request back.
-    assert store.retry("b", ["failed", "halted"], None) == 0
+    assert store.retry("b", ["failed", "halted"], None) == (0, 0)
     assert store.count_in_states("b", ["failed"]) == 0
     assert store.cancel(None, ["b-ep00001"]) == (0, 0)
     assert store.load("b", m.jobs, "m.yaml").unchanged == 3
