@@ -43,14 +43,14 @@ class Pattern:
                 names.append(name)
             at = m.end()
         parts.append(re.escape(text[at:]))
-        if not names:
-            raise ListingError(
-                f"--{what} {text!r} has no {{placeholder}}: nothing tells one episode from another"
-            )
         literal = _PLACEHOLDER.sub("", text)
         if "{" in literal or "}" in literal:
             raise ListingError(
                 f"--{what} {text!r}: a placeholder is {{name}}, letters, digits and '_'"
+            )
+        if not names:
+            raise ListingError(
+                f"--{what} {text!r} has no {{placeholder}}: nothing tells one episode from another"
             )
         return cls(text, re.compile("".join(parts)), tuple(names))
 
