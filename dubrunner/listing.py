@@ -194,10 +194,13 @@ def format_of(out: Path | None) -> str:
 
 
 def located(item: str, source: Path, is_file: bool, manifest_dir: Path) -> str:
-    """How the manifest names an item: a URL as it is; a file by its path from the manifest's
-    folder (where a manifest's relative paths start)."""
+    """How the manifest names an item: a URL as it is; a file under an absolute SOURCE by its
+    absolute path, else by its path from the manifest's folder (where a manifest's relative
+    paths start)."""
     if not is_file:
         return item
+    if source.is_absolute():
+        return (source / item).as_posix()
     return Path(os.path.relpath(source.absolute() / item, manifest_dir.absolute())).as_posix()
 
 

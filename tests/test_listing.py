@@ -30,11 +30,14 @@ def invoke(args: list[str]) -> Result:
     return CliRunner().invoke(cli, ["manifest", "from-listing", *args])
 
 
-def test_50_episodes_and_48_dubs_make_48_pairs_and_name_the_2_unpaired(tmp_path: Path) -> None:
-    lib = season(tmp_path / "lib", 50, [ep for ep in range(1, 51) if ep not in (7, 31)])
-    out = tmp_path / "manifests" / "s1-ja.csv"
+def test_50_episodes_and_48_dubs_make_48_pairs_and_name_the_2_unpaired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    season(tmp_path / "lib", 50, [ep for ep in range(1, 51) if ep not in (7, 31)])
+    monkeypatch.chdir(tmp_path)
+    out = Path("manifests") / "s1-ja.csv"
     out.parent.mkdir()
-    result = invoke([str(lib), *PATTERNS, "--out", str(out)])
+    result = invoke(["lib", *PATTERNS, "--out", str(out)])
     assert result.exit_code == 1, result.output  # written, but not every file paired
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
@@ -70,8 +73,10 @@ def test_every_file_paired_exits_0_and_yaml_goes_to_stdout(
     (tmp_path / "m.yaml").write_text(result.stdout)
     manifest = load(tmp_path / "m.yaml")
     assert [j.reference_id for j in manifest.jobs] == [f"s1e{ep}-ja" for ep in range(1, 13)]
-    quiet = invoke(["lib", *PATTERNS, "-q"])
+    quiet = invoke([str(lib), *PATTERNS, "-q"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
+    # An absolute SOURCE: absolute paths, wherever the manifest goes.
+    assert f'  - video: "{lib}/S1/E1.mp4"' in quiet.stdout.splitlines()
 
 
 def test_a_file_of_urls_pairs_by_the_shared_placeholders(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ exit 2, nothing written), the same jobs from the same entries, --batch, local fi
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,12 @@ def test_a_csv_without_its_header_says_so(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as info:
         load(path)
     assert info.value.lines()[0].startswith(f"{path}:1: the first row must be the header")
+
+
+def test_bundled_spreadsheet_manifests_are_valid_and_agree() -> None:
+    root = Path(__file__).resolve().parent.parent / "manifests"
+    csv_jobs, jsonl_jobs = (load(root / f"sheet-example.{k}").jobs for k in ("csv", "jsonl"))
+    assert len(csv_jobs) == 3 and csv_jobs == [
+        dataclasses.replace(j, line=c.line) for j, c in zip(jsonl_jobs, csv_jobs, strict=True)
+    ]
+    assert [j.disable_active_speaker_detection for j in csv_jobs] == [False, True, False]

@@ -64,7 +64,8 @@ def from_listing(
     """A manifest pairing the files under the folder SOURCE (or the URLs in the file SOURCE,
     one a line) by two patterns.
 
-    Paths are written relative to the manifest's folder (--out's, else the current one).
+    Files under a relative SOURCE are written relative to the manifest's folder (--out's, else
+    the current one), under an absolute SOURCE as absolute paths.
     Unpaired files are named on stderr. Exit codes: 0 every matched file paired; 1 the manifest
     of the pairs written, some files unpaired; 2 bad patterns, an unreadable SOURCE, a pattern
     matching two files for one key, or no pair at all: nothing written."""

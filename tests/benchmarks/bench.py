@@ -148,6 +148,7 @@ def manifest_rows(
         what = f"load {n:,}-job {kind.upper()} manifest"
         add(f"{what}: wall", f"{r.wall:.2f} s", "< 5 s", r.wall < 5)
         add(f"{what}: peak RSS", f"{r.rss_mb:.0f} MB", "< 250 MB", r.rss_mb < 250)
+        add(f"  {kind} CPU (user+sys: what the wall is on an idle machine)", f"{r.cpu:.2f} s")
 
 
 BARE_LOOP = r"""
