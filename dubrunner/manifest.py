@@ -10,6 +10,9 @@ jobs:
   - inputs:                       # the API's own shape, either order
       - {type: audio, url: https://cdn.example.com/ep02-ja.wav}
       - {type: video, url: https://cdn.example.com/ep02.mp4}
+
+`load` reads a file by its name: CSV and JSON Lines through sheets.py, anything else as YAML
+here; every reader feeds its entries to the same checks (manifest_core.py).
 """
 
 from __future__ import annotations
