@@ -3,11 +3,16 @@ exit 2, nothing written), the same jobs from the same entries, --batch, local fi
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dubrunner.cli import cli
 from dubrunner.manifest import ManifestError, load
@@ -349,3 +354,66 @@ def test_bundled_spreadsheet_manifests_are_valid_and_agree() -> None:
         dataclasses.replace(j, line=c.line) for j, c in zip(jsonl_jobs, csv_jobs, strict=True)
     ]
     assert [j.disable_active_speaker_detection for j in csv_jobs] == [False, True, False]
+
+
+# -- hostile spreadsheets: whatever the bytes, exit 0 or a clean exit 2 ----------
+
+FUZZ = settings(
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def validate_held(tmp_path: Path, name: str, content: bytes) -> Result:
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code in (0, 2), (content[:200], result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    if result.exit_code == 2:
+        assert result.output.startswith("error: "), result.output
+    return result
+
+
+@FUZZ
+@given(st.binary(max_size=2000), st.sampled_from(["m.csv", "m.jsonl"]))
+def test_random_bytes(tmp_path: Path, content: bytes, name: str) -> None:
+    validate_held(tmp_path, name, content)
+
+
+cells = st.one_of(
+    st.text(max_size=20),
+    st.sampled_from([V, A, "video", "audio", "yes", "x-n", "batch", "", '"', "\n", "media/v.mp4"]),
+)
+
+
+@FUZZ
+@given(st.lists(st.lists(cells, max_size=6), max_size=6))
+def test_arbitrary_csv_tables(tmp_path: Path, rows: list[list[str]]) -> None:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    validate_held(tmp_path, "m.csv", out.getvalue().encode("utf-8", "surrogatepass"))
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), cells),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.sampled_from(["video", "audio", "inputs", "type", "url", "reference_id", "batch"])
+            | st.text(max_size=6),
+            inner,
+            max_size=5,
+        ),
+    ),
+    max_leaves=20,
+)
+
+
+@FUZZ
+@given(st.lists(json_values, max_size=5))
+def test_arbitrary_json_lines(tmp_path: Path, lines: list[object]) -> None:
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    validate_held(tmp_path, "m.jsonl", text.encode("utf-8", "surrogatepass"))
