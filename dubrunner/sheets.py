@@ -3,8 +3,9 @@ same job checks as YAML's jobs (manifest_core): the same rules, the same `file:l
 
 CSV (`.csv`): the first row is the header, required. Columns: video, audio (required),
 reference_id, disable_active_speaker_detection (true/false, yes/no, 1/0, or empty for false);
-columns named x-… are notes, ignored. An empty cell is a value not given. A line is the file's
-line where the row starts (a quoted cell may span lines); blank rows are skipped.
+columns named x-… are notes, ignored. An empty cell is a value not given. The line of a problem
+is the row's number in a spreadsheet (the header is 1; a quoted cell may span lines of the
+file); blank rows are skipped.
 
 JSON Lines (`.jsonl`, `.ndjson`): one JSON object a line, with the keys of a YAML job (video and
 audio, or inputs; reference_id; disable_active_speaker_detection as true, false or null);
@@ -90,19 +91,20 @@ def _lines(text: str) -> Iterator[str]:
 
 
 def _csv_rows(text: str, name: str) -> Iterator[tuple[int, list[str]]]:
-    """(the line the row starts on, its cells), row by row; a CSV syntax error ends it all."""
+    """(the row's number, its cells), row by row; a CSV syntax error ends it all. Rows are
+    numbered as a spreadsheet numbers them, the header 1 and blank rows counted: the line in a
+    text editor too, unless a quoted cell spans lines."""
     reader = csv.reader(_lines(text), strict=True)
+    number = 0
     while True:
-        start = reader.line_num + 1
+        number += 1
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ManifestError(
-                name, [Problem(reader.line_num or start, f"CSV syntax error: {exc}")]
-            ) from None
-        yield start, row
+            raise ManifestError(name, [Problem(number, f"CSV syntax error: {exc}")]) from None
+        yield number, row
 
 
 def _columns(cells: list[str], line: int, problems: list[Problem]) -> list[str]:

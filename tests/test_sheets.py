@@ -261,7 +261,7 @@ def test_csv_and_jsonl_give_the_jobs_yaml_gives(tmp_path: Path) -> None:
     }
     assert shapes["csv"] == shapes["yaml"] == shapes["jsonl"]
     assert shapes["yaml"][1][0] == "ep2" and shapes["yaml"][1][3] is True
-    assert [j.line for j in loaded["csv"].jobs] == [2, 5, 7]
+    assert [j.line for j in loaded["csv"].jobs] == [2, 5, 6]  # rows: one spans 2 lines
     assert [j.line for j in loaded["jsonl"].jobs] == [1, 3, 4]
 
     db = tmp_path / "jobs.db"
