@@ -90,9 +90,9 @@ def _check_source(value: object, what: str) -> str | None:
     is checked once both of a job's inputs are known: see _local_files)."""
     if not isinstance(value, str):
         return f"{what} must be a URL or a file path, not {type_name(value)}"
-    if len(value) <= MAX_URL and (plain := _PLAIN_URL.fullmatch(value)):  # the common case, fast
-        if plain.group(1) is None or int(plain.group(1)) <= 65535:
-            return None
+    plain = _PLAIN_URL.fullmatch(value) if len(value) <= MAX_URL else None
+    if plain and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+        return None  # the common case, found fast
     scheme = value.split("://", 1)[0] if "://" in value else ""
     if scheme and scheme.isalnum() and scheme.lower() not in ("http", "https", "file"):
         return f"{what} must be an absolute http(s) URL or a local file, not a {scheme}:// URL"
