@@ -14,6 +14,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
+from dubrunner.session_ui import Ending
+
+UNPAIRED_SHOWN = 50  # named on stderr at most, each side
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 FORMATS = ("yaml", "csv", "jsonl")
 
@@ -63,6 +67,69 @@ class Pairing:
     unpaired_videos: list[str] = field(default_factory=list)
     unpaired_audios: list[str] = field(default_factory=list)
     ignored: int = 0  # matched neither pattern
+
+
+@dataclass(frozen=True)
+class Made:
+    """A manifest made from a listing: its text, and what was left out."""
+
+    text: str
+    pairing: Pairing
+    kind: str  # what was listed: "file" or "line"
+
+    def ending(self, out: Path | None) -> Ending:
+        """Exit 0 when every matched file paired, else 1 with the unpaired named."""
+        p = self.pairing
+        unpaired = [
+            f"unpaired {what}: {item}"
+            for what, side in (("video", p.unpaired_videos), ("audio", p.unpaired_audios))
+            for item in side
+        ]
+        details = unpaired[:UNPAIRED_SHOWN]
+        if len(unpaired) > len(details):
+            details.append(f"… and {len(unpaired) - len(details)} more unpaired")
+        sentence = f"{len(p.pairs)} pairs" + (f" written to {out}" if out else "")
+        if p.ignored:
+            sentence += f"; {p.ignored} {self.kind}(s) matched neither pattern (left out)"
+        if unpaired:
+            sentence += (
+                f"; {len(p.unpaired_videos)} video(s) and {len(p.unpaired_audios)} audio(s) "
+                "unpaired (left out)"
+            )
+        code = EXIT_INCOMPLETE if unpaired else EXIT_OK
+        return Ending(sentence, code, routine=not unpaired, details=tuple(details))
+
+
+def from_listing(
+    source: Path,
+    video: Pattern,
+    audio: Pattern,
+    reference_id: str | None,
+    fmt: str,
+    manifest_dir: Path,
+) -> Made:
+    """The manifest of SOURCE's pairs, in `fmt`, its files named from `manifest_dir`. Raises
+    ListingError when nothing pairs."""
+    items, are_files = listing(source)
+    pairing = pair(items, video, audio)
+    refs = reference_ids(reference_id, pairing)
+    kind = "file" if are_files else "line"
+    if not pairing.pairs:
+        raise ListingError(
+            f"no pair in {source}: {len(items)} {kind}(s), "
+            f"{len(pairing.unpaired_videos)} matched --video, "
+            f"{len(pairing.unpaired_audios)} matched --audio; nothing written"
+        )
+    rows = [
+        (
+            located(v, source, are_files, manifest_dir),
+            located(a, source, are_files, manifest_dir),
+            ref,
+        )
+        for (v, a, _), ref in zip(pairing.pairs, refs, strict=True)
+    ]
+    comment = f"dubrunner manifest from-listing: {len(rows)} pairs from {source}"
+    return Made(render(rows, fmt, comment), pairing, kind)
 
 
 def pair(items: Iterable[str], video: Pattern, audio: Pattern) -> Pairing:

@@ -7,9 +7,6 @@ from pathlib import Path
 import click
 
 from dubrunner.cli.common import OFFLINE_OPTIONS, UserError, cli, end
-from dubrunner.constants import EXIT_INCOMPLETE
-
-UNPAIRED_SHOWN = 50  # named on stderr at most, each side
 
 
 @cli.group()
@@ -69,60 +66,21 @@ def from_listing(
     Unpaired files are named on stderr. Exit codes: 0 every matched file paired; 1 the manifest
     of the pairs written, some files unpaired; 2 bad patterns, an unreadable SOURCE, a pattern
     matching two files for one key, or no pair at all: nothing written."""
-    from dubrunner import listing as ls
-    from dubrunner.session_ui import Ending
+    from dubrunner import listing
 
     try:
-        video = ls.Pattern.compile(video_pattern, "video")
-        audio = ls.Pattern.compile(audio_pattern, "audio")
-        items, are_files = ls.listing(source)
-        pairing = ls.pair(items, video, audio)
-        refs = ls.reference_ids(reference_id, pairing)
-    except ls.ListingError as exc:
+        made = listing.from_listing(
+            source,
+            listing.Pattern.compile(video_pattern, "video"),
+            listing.Pattern.compile(audio_pattern, "audio"),
+            reference_id,
+            fmt or listing.format_of(out),
+            (out.parent if out is not None else Path.cwd()).absolute(),
+        )
+        if out is not None:
+            listing.write_atomically(out, made.text)
+    except listing.ListingError as exc:
         raise UserError(str(exc)) from None
-    kind = "file" if are_files else "line"
-    if not pairing.pairs:
-        raise UserError(
-            f"no pair in {source}: {len(items)} {kind}(s), "
-            f"{len(pairing.unpaired_videos)} matched --video, "
-            f"{len(pairing.unpaired_audios)} matched --audio; nothing written"
-        )
-    where = (out.parent if out is not None else Path.cwd()).absolute()
-    rows = [
-        (ls.located(v, source, are_files, where), ls.located(a, source, are_files, where), ref)
-        for (v, a, _), ref in zip(pairing.pairs, refs, strict=True)
-    ]
-    comment = f"dubrunner manifest from-listing: {len(rows)} pairs from {source}"
-    text = ls.render(rows, fmt or ls.format_of(out), comment)
     if out is None:
-        click.echo(text, nl=False)
-    else:
-        try:
-            ls.write_atomically(out, text)
-        except ls.ListingError as exc:
-            raise UserError(str(exc)) from None
-    details = [
-        f"unpaired {what}: {item}"
-        for what, side in (("video", pairing.unpaired_videos), ("audio", pairing.unpaired_audios))
-        for item in side[:UNPAIRED_SHOWN]
-    ]
-    extra = len(pairing.unpaired_videos) + len(pairing.unpaired_audios) - len(details)
-    if extra:
-        details.append(f"… and {extra} more unpaired")
-    sentence = f"{len(rows)} pairs" + (f" written to {out}" if out else "")
-    if pairing.ignored:
-        sentence += f"; {pairing.ignored} {kind}(s) matched neither pattern (left out)"
-    unpaired = len(pairing.unpaired_videos) + len(pairing.unpaired_audios)
-    if unpaired:
-        sentence += (
-            f"; {len(pairing.unpaired_videos)} video(s) and "
-            f"{len(pairing.unpaired_audios)} audio(s) unpaired (left out)"
-        )
-    end(
-        Ending(
-            sentence,
-            EXIT_INCOMPLETE if unpaired else 0,
-            routine=not unpaired,
-            details=tuple(details),
-        )
-    )
+        click.echo(made.text, nl=False)
+    end(made.ending(out))
