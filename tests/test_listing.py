@@ -9,7 +9,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dubrunner.cli import cli
+from dubrunner.emulator import Emulator
 from dubrunner.manifest import load
+from tests import mediafiles
+from tests.conftest import TOKEN, Database, assert_exactly_once, clean_env, db_rows, run_cli
 
 PATTERNS = ["--video", "S1/E{ep}.mp4", "--audio", "dubs/ja/E{ep}-ja.wav"]
 
@@ -143,3 +146,38 @@ def test_a_missing_source_exits_2(tmp_path: Path) -> None:
     result = invoke([str(tmp_path / "nope"), *PATTERNS])
     assert result.exit_code == 2
     assert result.stderr == f"error: {tmp_path / 'nope'}: no such folder or file\n"
+
+
+@pytest.mark.slow
+def test_a_listed_folder_submitted_as_a_csv_by_real_processes(
+    tmp_path: Path, emulator: Emulator, db: Database
+) -> None:
+    """The whole path: a season on disk → from-listing → a CSV manifest → submit (uploads) →
+    each pair sent exactly once; submitting the same CSV again sends nothing."""
+    lib = tmp_path / "lib"
+    for ep in range(1, 6):
+        mediafiles.video(lib / "S1" / f"E{ep:02d}.mp4", seed=f"v{ep}")
+        if ep != 4:
+            mediafiles.audio(lib / "dubs" / "ja" / f"E{ep:02d}-ja.wav", seed=f"a{ep}")
+    env = clean_env(
+        CHAMELAION_BASE_URL=emulator.base_url, CHAMELAION_API_KEY=TOKEN, DUBRUNNER_DB=db.url
+    )
+    made = run_cli(
+        ["manifest", "from-listing", "lib", *PATTERNS, "--out", "s1-ja.csv"], env, cwd=tmp_path
+    )
+    assert made.code == 1, made.err
+    assert made.err.splitlines()[0] == "unpaired video: S1/E04.mp4"
+    first = run_cli(["submit", "s1-ja.csv", "--concurrency", "2"], env, cwd=tmp_path)
+    assert first.code == 0, first.err
+    again = run_cli(["submit", "s1-ja.csv"], env, cwd=tmp_path)
+    assert again.code == 0, again.err
+    assert_exactly_once(emulator, db, 4)
+    assert {row[0] for row in db_rows(db, "SELECT batch FROM jobs")} == {"s1-ja"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("video,audio\nlib/S1/E04.mp4,\n")
+    refused = run_cli(["submit", str(bad)], env)
+    assert refused.code == 2
+    assert (
+        refused.err.splitlines()[0] == f"error: {bad}:2: job 1: no audio (the audio cell is empty)"
+    )
+    assert len(db_rows(db, "SELECT id FROM jobs")) == 4
