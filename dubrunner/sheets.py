@@ -229,13 +229,15 @@ class _Keyed:
         self.line = line
 
     def __call__(self, pairs: list[tuple[str, Any]]) -> LineDict:
-        entry = LineDict()
+        entry = LineDict(pairs)
+        if len(entry) != len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise _Duplicate(f"the key {show(key)} is given twice")
+                seen.add(key)
         entry.line = self.line
         entry.key_lines = {}
-        for key, value in pairs:
-            if key in entry:
-                raise _Duplicate(f"the key {show(key)} is given twice")
-            entry[key] = value
         return entry
 
 
