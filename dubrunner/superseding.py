@@ -314,7 +314,7 @@ def job_spec(
 ) -> JobSpec:
     """A job's inputs given on the command line, checked as a manifest's are: two http(s)
     URLs, or two local files (hashed). Raises SupersedeRefused with every problem."""
-    from dubrunner.manifest import check_source
+    from dubrunner.manifest_core import check_source
 
     problems = [p for p in (check_source(video, "video"), check_source(audio, "audio")) if p]
     files = None

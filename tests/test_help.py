@@ -76,5 +76,5 @@ def test_commands_are_listed_daily_first_then_checks_then_administration() -> No
         "submit", "status", "resume", "poll", "fetch", "export", "report", "retry", "cancel",
         "supersede",
     ]  # fmt: skip
-    assert names("Checks") == ["validate", "check", "doctor"]
+    assert names("Checks") == ["validate", "check", "doctor", "manifest"]
     assert names("Administration") == ["load", "work", "db", "emulator"]

@@ -10,7 +10,7 @@ import sys
 import click
 
 # Importing the command modules registers their commands on the group.
-from dubrunner.cli import admin, checks, jobs, reporting, results, submitting  # noqa: F401
+from dubrunner.cli import admin, checks, jobs, manifests, reporting, results, submitting  # noqa: F401
 from dubrunner.cli.common import cli
 from dubrunner.constants import EXIT_INTERRUPTED
 from dubrunner.redact import scrub

@@ -258,6 +258,7 @@ class ManifestLimits:
     max_jobs: int
     max_manifest_bytes: int
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    batch: str | None = None
 
     def read(self, path: str, digests: Digests | None = None) -> Manifest:
         """The manifest, or every problem with it and exit 2. Local files are hashed through
@@ -273,6 +274,7 @@ class ManifestLimits:
                 self.max_jobs,
                 max_upload_bytes=self.max_upload_bytes,
                 digests=digests,
+                batch=self.batch,
             )
         except ManifestError as exc:
             n = len(exc.problems)
@@ -545,6 +547,11 @@ MANIFEST_LIMITS = OptionGroup(
         envvar="DUBRUNNER_MAX_UPLOAD_BYTES",
         show_default=True,
         help="Refuse local media files larger than this (each is uploaded).",
+    ),
+    click.option(
+        "--batch",
+        help="The manifest's batch [default: YAML's batch:, else the file's name]; a YAML "
+        "batch: must agree.",
     ),
     gather=ManifestLimits,
     into="limits",

@@ -30,7 +30,7 @@ COMMAND_SECTIONS = {
         "cancel",
         "supersede",
     ),
-    "Checks": ("validate", "check", "doctor"),
+    "Checks": ("validate", "check", "doctor", "manifest"),
     "Administration": ("load", "work", "db", "emulator"),
 }  # any other command: under "Other commands"
 # A command's options in --help, by section (click lists them in one block otherwise); an option

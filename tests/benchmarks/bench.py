@@ -119,6 +119,48 @@ def manifest(path: Path, n: int, batch: str) -> Path:
     return path
 
 
+def sheet(path: Path, n: int, batch: str) -> Path:
+    """The jobs of `manifest` as a CSV (by the name's .csv) or JSON Lines file."""
+    with path.open("w") as f:
+        if path.suffix == ".csv":
+            f.write("reference_id,video,audio\n")
+        for i in range(n):
+            ref = f"{batch}-{i:06d}"
+            video = f"https://cdn.example.com/{batch}/{i}/master.mp4"
+            audio = f"https://cdn.example.com/{batch}/{i}/dub-ja.wav?X-Amz-Signature=ab{i}"
+            if path.suffix == ".csv":
+                f.write(f"{ref},{video},{audio}\n")
+            else:
+                f.write(json.dumps({"reference_id": ref, "video": video, "audio": audio}) + "\n")
+    return path
+
+
+def manifest_rows(
+    work: Path,
+    env: dict[str, str],
+    add: Add,
+    n: int,
+    kinds: tuple[str, ...],
+    yaml_cpu: float | None = None,
+) -> None:
+    """`load` of the same n jobs as a CSV, JSONL (and YAML) manifest, each into a new database:
+    the spreadsheet readers beside the YAML one. The CPU each took, as a fraction of YAML's in
+    the same run, holds on a busy machine too, where the walls do not."""
+    for kind in kinds:
+        path = work / f"sheet.{kind}"
+        (manifest if kind == "yaml" else sheet)(path, n, "sheet")
+        r = run(["load", str(path)], {**env, "DUBRUNNER_DB": str(work / f"sheet-{kind}.db")}, work)
+        assert r.code == 0, r.err
+        if kind == "yaml":
+            yaml_cpu = r.cpu
+        what = f"load {n:,}-job {kind.upper()} manifest"
+        add(f"{what}: wall", f"{r.wall:.2f} s", "< 5 s", r.wall < 5)
+        add(f"{what}: peak RSS", f"{r.rss_mb:.0f} MB", "< 250 MB", r.rss_mb < 250)
+        if kind != "yaml" and yaml_cpu:
+            ratio = r.cpu / yaml_cpu
+            add(f"  {kind} / YAML: CPU (user+sys), same run", f"{ratio:.2f}", "<= 1", ratio <= 1)
+
+
 BARE_LOOP = r"""
 import sqlite3, sys, threading, time, httpx
 base, db, n, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -331,12 +373,15 @@ def poll_alone(quick: bool, add: Add) -> None:
 
 
 def main() -> int:
-    """`--quick`: smaller sizes. `--only rate|poll|uploads|startup`: those rows alone, printed
-    and not written to BENCHMARKS.md (which keeps every row of a whole run)."""
+    """`--quick`: smaller sizes. `--only rate|poll|uploads|startup|manifests`: those rows alone,
+    printed and not written to BENCHMARKS.md (which keeps every row of a whole run)."""
     quick = "--quick" in sys.argv
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv[:-1] else None
-    if only not in (None, "rate", "poll", "uploads", "startup"):
-        print(f"--only takes rate, poll, uploads or startup, not {only!r}", file=sys.stderr)
+    if only not in (None, "rate", "poll", "uploads", "startup", "manifests"):
+        print(
+            f"--only takes rate, poll, uploads, startup or manifests, not {only!r}",
+            file=sys.stderr,
+        )
         return 2
     rows: list[tuple[str, str, str, str]] = []  # what, measured, target, verdict
 
@@ -357,6 +402,9 @@ def main() -> int:
                 bench_uploads(work, env, add, 256 * 1024**2 if quick else 1024**3)
             elif only == "startup":
                 startup(add, work)
+            elif only == "manifests":
+                n = 20_000 if quick else 100_000
+                manifest_rows(work, clean_env(), add, n, ("yaml", "csv", "jsonl"))
             else:
                 poll_alone(quick, add)
         print("\n(--only: BENCHMARKS.md is not written)")
@@ -380,6 +428,7 @@ def main() -> int:
             "< 250 MB",
             r.rss_mb < 250,
         )
+        manifest_rows(work, env, add, n_big, ("csv", "jsonl"), r.cpu)  # spreadsheets beside
 
         # 2. status summary on those rows (in-process: the query, not Python's start-up).
         sys.path.insert(0, str(ROOT))

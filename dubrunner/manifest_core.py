@@ -1,0 +1,333 @@
+"""What every manifest format (YAML, CSV, JSONL) shares: the Manifest and its errors, the checks
+of one job entry, and the making of the batch's job specs. One place for each rule: the readers
+(manifest.py for YAML, sheets.py for CSV and JSONL) only turn their text into entries with lines."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dubrunner.localmedia import Digests, LocalFile, is_url, local_pair
+from dubrunner.records import JobSpec, derive_reference_id
+from dubrunner.yamlstream import LineDict, LineList, show, type_name
+
+MAX_ERRORS_SHOWN = 50
+MAX_REFERENCE_ID = 200
+MAX_URL = 8192
+# Used with fullmatch: `$` would also accept a trailing newline ("ep1\n", a job apart from "ep1").
+_REFERENCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=-]*")
+_SPACE = re.compile(r"\s")
+BATCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+JOB_KEYS = frozenset(
+    {"video", "audio", "inputs", "reference_id", "disable_active_speaker_detection"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    path: str
+    batch: str
+    jobs: list[JobSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    line: int | None
+    text: str
+
+
+def batch_problem(value: object) -> str | None:
+    """What is wrong with a batch's name, or None."""
+    if isinstance(value, str) and BATCH.fullmatch(value):
+        return None
+    return (
+        "batch must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+        f"(got {show(value, 60)})"
+    )
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be loaded; `problems` lists every one found, with its line."""
+
+    def __init__(self, path: str, problems: list[Problem]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(self.lines()[0] if problems else path)
+
+    def lines(self) -> list[str]:
+        shown = [
+            f"{self.path}:{p.line}: {p.text}" if p.line else f"{self.path}: {p.text}"
+            for p in self.problems[:MAX_ERRORS_SHOWN]
+        ]
+        if len(self.problems) > MAX_ERRORS_SHOWN:
+            shown.append(
+                f"{self.path}: … and {len(self.problems) - MAX_ERRORS_SHOWN} more problems"
+            )
+        return shown
+
+
+def did_you_mean(key: object, known: Iterable[str]) -> str:
+    """', did you mean 'video'?' for a near miss of a known key ('vidoe'), else nothing."""
+    if not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key.lower(), sorted(known), n=1, cutoff=0.6)
+    return f", did you mean {close[0]!r}?" if close else ""
+
+
+# The common case, recognised without urlsplit: a plain http(s) URL with a DNS host name. Anything
+# else (userinfo, IPv6, odd characters) takes the full path below, which also words the problem.
+_PLAIN_URL = re.compile(
+    r"https?://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::(\d{1,5}))?(?:[/?#][!-~]*)?", re.ASCII
+)
+
+
+def _check_source(value: object, what: str) -> str | None:
+    """The problem with a media URL or local path, or None when it may be usable (a local file
+    is checked once both of a job's inputs are known: see _local_files)."""
+    if not isinstance(value, str):
+        return f"{what} must be a URL or a file path, not {type_name(value)}"
+    plain = _PLAIN_URL.fullmatch(value) if len(value) <= MAX_URL else None
+    if plain and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+        return None  # the common case, found fast
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme and scheme.isalnum() and scheme.lower() not in ("http", "https", "file"):
+        return f"{what} must be an absolute http(s) URL or a local file, not a {scheme}:// URL"
+    if not is_url(value):
+        return None
+    return _check_url(value, what)
+
+
+check_source = _check_source  # for inputs given on the command line (superseding)
+
+
+def _check_url(value: str, what: str) -> str | None:
+    """The problem with a media URL, or None when it is a usable absolute http(s) URL."""
+    if len(value) > MAX_URL:
+        return f"{what} is longer than {MAX_URL} characters"
+    plain = _PLAIN_URL.fullmatch(value)
+    if plain and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+        return None
+    if _SPACE.search(value):
+        return f"{what} contains white space"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return f"{what} is not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{what} must be an absolute http(s) URL"
+    return None
+
+
+@dataclass(slots=True)
+class RawJob:
+    """A validated job before the batch's name and defaults are known (they may come after)."""
+
+    video: str
+    audio: str
+    reference_id: str | None
+    asd: bool | None
+    line: int
+    index: int
+    files: tuple[LocalFile, LocalFile] | None = None  # both inputs local: uploaded
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """What checking a job's local files needs: where relative paths start, the size limit."""
+
+    base_dir: Path
+    max_upload_bytes: int
+
+
+def finish(
+    name: str,
+    batch: str,
+    raws: list[RawJob],
+    default_asd: bool,
+    problems: list[Problem],
+    digests: Digests,
+) -> Manifest:
+    """The manifest of checked job entries: reference_ids given or derived (local files by
+    their content), each used once; raises ManifestError with every problem found so far."""
+    jobs: list[JobSpec] = []
+    seen: dict[str, int] = {}
+    for raw in raws:
+        hashes = _hashes(raw, digests, problems)
+        if raw.files is not None and hashes is None:
+            continue
+        if hashes is not None:
+            ref = raw.reference_id or derive_reference_id(
+                batch, f"sha256:{hashes[0]}", f"sha256:{hashes[1]}"
+            )
+        else:
+            ref = raw.reference_id or derive_reference_id(batch, raw.video, raw.audio)
+        first = seen.get(ref)
+        if first is not None:
+            problems.append(
+                Problem(
+                    raw.line,
+                    f"job {raw.index}: reference_id {ref!r} is already used by the job at line "
+                    f"{first}",
+                )
+            )
+            continue
+        seen[ref] = raw.line
+        asd = default_asd if raw.asd is None else raw.asd
+        if raw.files is None or hashes is None:
+            jobs.append(JobSpec(ref, raw.video, raw.audio, asd, raw.line))
+        else:
+            video, audio = raw.files
+            jobs.append(
+                JobSpec(ref, video.uri, audio.uri, asd, raw.line, *hashes, video.size, audio.size)
+            )
+
+    if problems:
+        problems.sort(key=lambda p: p.line or 0)
+        raise ManifestError(name, problems)
+    return Manifest(path=name, batch=batch, jobs=jobs)
+
+
+def _hashes(raw: RawJob, digests: Digests, problems: list[Problem]) -> tuple[str, str] | None:
+    """The SHA-256s of a local job's two files (None for a job of URLs, or a file that could
+    not be read to the end)."""
+    if raw.files is None:
+        return None
+    try:
+        return digests(raw.files[0]), digests(raw.files[1])
+    except OSError as exc:
+        problems.append(Problem(raw.line, f"job {raw.index}: cannot read a file: {exc}"))
+        return None
+
+
+def parse_job(
+    raw: object,
+    index: int,
+    item_line: int,
+    problems: list[Problem],
+    media: Media,
+    missing: str = "give {key}: URL, or inputs:",
+) -> RawJob | None:
+    """Job `index` checked (its problems added to `problems`, each with its line), or None when
+    it has any. `missing`: the hint after "no video" in the reader's own words."""
+    if not isinstance(raw, LineDict):
+        problems.append(
+            Problem(
+                item_line,
+                f"job {index}: must be a mapping with video/audio or inputs, not {type_name(raw)}",
+            )
+        )
+        return None
+    line = raw.line
+    before = len(problems)
+
+    def bad(key: str | None, text: str) -> None:
+        at = raw.key_lines.get(key, line) if key else line
+        problems.append(Problem(at, f"job {index}: {text}"))
+
+    for k in raw:
+        if k not in JOB_KEYS:
+            bad(
+                k,
+                f"unknown key {show(k)}{did_you_mean(k, JOB_KEYS)} (expected video, audio or "
+                "inputs, reference_id, disable_active_speaker_detection)",
+            )
+
+    video: object = None
+    audio: object = None
+    if "inputs" in raw:
+        if "video" in raw or "audio" in raw:
+            bad("inputs", "give either inputs or video/audio, not both")
+        inputs = raw["inputs"]
+        if not isinstance(inputs, LineList):
+            bad("inputs", "inputs must be a list of {type, url}")
+            inputs = None
+        videos: list[object] = []
+        audios: list[object] = []
+        for item in inputs or ():
+            if not isinstance(item, LineDict):
+                bad(
+                    "inputs",
+                    f"each input must be a mapping with type and url, not {type_name(item)}",
+                )
+                continue
+            extra = [k for k in item if k not in ("type", "url")]
+            if extra:
+                problems.append(
+                    Problem(
+                        item.line,
+                        f"job {index}: unknown input key {show(extra[0])}"
+                        + did_you_mean(extra[0], ("type", "url")),
+                    )
+                )
+            kind = item.get("type")
+            if kind == "video":
+                videos.append(item.get("url"))
+            elif kind == "audio":
+                audios.append(item.get("url"))
+            else:
+                problems.append(
+                    Problem(
+                        item.key_lines.get("type", item.line),
+                        f'job {index}: input type must be "video" or "audio", not {show(kind)}',
+                    )
+                )
+        if inputs is not None:
+            if len(videos) != 1:
+                bad("inputs", f"expected exactly one video input, found {len(videos)}")
+            if len(audios) != 1:
+                bad("inputs", f"expected exactly one audio input, found {len(audios)}")
+            if len(videos) == len(audios) == 1:
+                video, audio = videos[0], audios[0]
+                for value, what in ((video, "the video url"), (audio, "the audio url")):
+                    problem = _check_source(value, what)
+                    if problem:
+                        bad("inputs", problem)
+    else:
+        video = raw.get("video")
+        audio = raw.get("audio")
+        for key, value in (("video", video), ("audio", audio)):
+            if key not in raw:
+                bad(None, f"no {key} ({missing.format(key=key)})")
+            else:
+                problem = _check_source(value, key)
+                if problem:
+                    bad(key, problem)
+
+    asd = raw.get("disable_active_speaker_detection")
+    if asd is not None and not isinstance(asd, bool):
+        bad(
+            "disable_active_speaker_detection",
+            f"disable_active_speaker_detection must be true or false (got {show(asd)})",
+        )
+
+    reference_id = raw.get("reference_id")
+    if reference_id is not None:
+        if isinstance(reference_id, int) and not isinstance(reference_id, bool):
+            reference_id = str(reference_id)
+        if not isinstance(reference_id, str) or not _REFERENCE_ID.fullmatch(reference_id):
+            bad(
+                "reference_id",
+                "reference_id must be text of letters, digits and . _ : / @ + = - "
+                f"(got {show(reference_id, 60)})",
+            )
+        elif len(reference_id) > MAX_REFERENCE_ID:
+            bad("reference_id", f"reference_id is longer than {MAX_REFERENCE_ID} characters")
+
+    files = None
+    if len(problems) == before:
+        assert isinstance(video, str) and isinstance(audio, str)
+        keys = ("inputs", "inputs") if "inputs" in raw else ("video", "audio")
+        files, found = local_pair(video, audio, media.base_dir, media.max_upload_bytes)
+        for which, text in found:
+            bad(keys[which], text)
+    if len(problems) > before:
+        return None
+    assert isinstance(video, str) and isinstance(audio, str)
+    assert asd is None or isinstance(asd, bool)
+    assert reference_id is None or isinstance(reference_id, str)
+    return RawJob(video, audio, reference_id, asd, line, index, files)
