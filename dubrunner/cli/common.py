@@ -1,5 +1,6 @@
-"""What every command shares: the group, the option groups, the terminal's Ui, and the one way a
-session's ending is shown and becomes the exit code. The only CLI module the others import.
+"""What every command shares: the group, the option groups, what commands open, and (from
+cli/ending) the one way a session's ending is shown and becomes the exit code. The only CLI
+module the others import.
 
 The command modules import only click and light modules when they are loaded; what a command
 needs (SQLAlchemy, httpx, rich, YAML) is imported when it runs, so that `dubrunner --help` and
@@ -7,19 +8,21 @@ each TAB of shell completion start at once (tests/test_startup.py watches this).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from dubrunner import __version__
-from dubrunner.__main__ import QuietInterrupt
+from dubrunner.cli.ending import TerminalUi as TerminalUi
+from dubrunner.cli.ending import UserError as UserError
+from dubrunner.cli.ending import end as end
+from dubrunner.cli.ending import is_quiet as is_quiet
+from dubrunner.cli.ending import say as say
+from dubrunner.cli.ending import show_ending as show_ending
+from dubrunner.cli.ending import stop_on_signals as stop_on_signals
 from dubrunner.cli.guide import SectionedCommand as SectionedCommand  # for the commands
 from dubrunner.cli.guide import SectionedGroup, complete_batch
 from dubrunner.cli.guide import complete_reference_id as complete_reference_id
@@ -32,7 +35,6 @@ from dubrunner.constants import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_JOBS,
     DEFAULT_MAX_UPLOAD_BYTES,
-    EXIT_INTERRUPTED,
     EXIT_USAGE,
     sqlite_path,
 )
@@ -44,8 +46,7 @@ if TYPE_CHECKING:
     from dubrunner.dbfile import SqliteFile
     from dubrunner.localmedia import Digests
     from dubrunner.manifest import Manifest
-    from dubrunner.preflight import MediaProblem
-    from dubrunner.sessions import Ending, MediaCheck, Polling, Progress
+    from dubrunner.sessions import MediaCheck, Polling
     from dubrunner.store import Store
     from dubrunner.worker import WorkerOptions
 
@@ -77,109 +78,6 @@ def cli(db: str | None, verbose: int, quiet: bool) -> None:
     """
     # The group's options, as git and kubectl take them; a command's own copy wins (_begin).
     click.get_current_context().meta.update(db=db, verbose=verbose, quiet=quiet)
-
-
-# -- how a command ends ----------
-
-
-def is_quiet() -> bool:
-    """Whether -q was given; False outside a command (as when main shows a usage error)."""
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx and ctx.meta.get("quiet"))
-
-
-def show_ending(ending: Ending) -> None:
-    """The one way an ending reaches the user: on stderr, "error: " before an error, a routine
-    summary left out under -q; credentials scrubbed, wherever the sentence came from."""
-    if ending.routine and not ending.is_error and is_quiet():
-        return
-    prefix = "error: " if ending.is_error else ""
-    for line in (*ending.details, ending.sentence):
-        click.echo(prefix + shown(line), err=True)
-
-
-def end(ending: Ending, after: Callable[[Ending], list[str]] | None = None) -> NoReturn:
-    """Show the ending and exit with its code; in between, `after` (an on-done hook), whose
-    lines are shown and which changes nothing else."""
-    show_ending(ending)
-    if after is not None:
-        for line in after(ending):
-            click.echo(line, err=True)
-    sys.stderr.flush()
-    raise click.exceptions.Exit(ending.code)
-
-
-class UserError(click.ClickException):
-    """Bad input or usage: one line, exit 2."""
-
-    exit_code = EXIT_USAGE
-
-    def show(self, file: Any = None) -> None:
-        click.echo("error: " + shown(self.format_message()), err=True)
-
-
-def say(text: str) -> None:
-    """A routine line on stderr (-q leaves it out)."""
-    if not is_quiet():
-        click.echo(text, err=True)
-
-
-class stop_on_signals:
-    """First Ctrl-C / SIGTERM: stop claiming, let in-flight requests finish. Second: quit now."""
-
-    def __init__(self, request_stop: Callable[[], None]) -> None:
-        self.request_stop = request_stop
-        self.count = 0
-        self.previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if self.count == 1:
-            self.request_stop()
-            click.echo(
-                "\nstopping: letting in-flight requests finish (press Ctrl-C again to quit now)",
-                err=True,
-            )
-        else:
-            # Still safe: claimed jobs stay 'submitting' and are looked up before any resend.
-            os._exit(EXIT_INTERRUPTED)
-
-    def __enter__(self) -> stop_on_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            if handler is signal.default_int_handler:
-                # Python's own would print a traceback on the next Ctrl-C: the quiet one instead.
-                handler = QuietInterrupt()
-            signal.signal(sig, handler)
-
-
-class TerminalUi:
-    """The sessions' Ui here: progress and lines on stderr, tables on stdout, Ctrl-C and SIGTERM
-    as a stop."""
-
-    @contextlib.contextmanager
-    def progress(
-        self, label: str, total: int | None, stop: Callable[[], None]
-    ) -> Iterator[Progress]:
-        from dubrunner.output import ProgressDisplay
-
-        with ProgressDisplay(label, total, is_quiet()) as display, stop_on_signals(stop):
-            yield display
-
-    def say(self, line: str) -> None:
-        say(line)
-
-    def tell(self, ending: Ending) -> None:
-        show_ending(ending)
-
-    def media_problems(self, problems: Sequence[MediaProblem]) -> None:
-        from dubrunner.output import print_media_problems, table_console
-
-        print_media_problems(problems, table_console())
 
 
 # -- what commands open ----------
