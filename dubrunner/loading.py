@@ -80,13 +80,14 @@ def _derived(batch: str, spec: JobSpec) -> bool:
     return spec.reference_id == derive_reference_id(batch, video, audio)
 
 
-def _unchanged(plan: LoadPlan, found: Existing, spec: JobSpec) -> None:
+def _unchanged(plan: LoadPlan, found: Existing, spec: JobSpec, sent: bool = False) -> None:
+    """`found` (a chain's head) as the manifest has it; `sent`: its chain holds a request."""
     plan.unchanged += 1
     if (found.video_url, found.audio_url) != (spec.video_url, spec.audio_url):
         plan.moved.append((found.id, spec))  # the same files, somewhere else now
-    if found.state in AT_API:
+    if found.state in AT_API or sent:
         plan.already_submitted += 1
-    elif found.state in (State.PENDING, State.HALTED):
+    if found.state in (State.PENDING, State.HALTED):
         plan.to_send += 1
 
 
@@ -96,7 +97,7 @@ def plan_load(
     existing: Mapping[str, Existing],
     source: str,
     by_paths: Mapping[tuple[str, str], Existing] | None = None,
-    heads: Mapping[str, Existing] | None = None,
+    chains: Mapping[str, Sequence[Existing]] | None = None,
     supersede: bool = False,
 ) -> LoadPlan:
     """The plan for loading `specs` into `batch`. Raises LoadConflict with every problem.
@@ -105,9 +106,11 @@ def plan_load(
     reference_id is new, but whose paths a job of the batch already has, is that job with a
     file changed in place: it takes the new content while never sent, and is refused after.
 
-    `heads`: for a job superseded (superseding.py), the job that replaced it last, by the old
-    reference_id: the manifest's entry now speaks of that one. A changed job that was sent is
-    refused, or with `supersede` replaced by a new job (REF~2)."""
+    `chains`: for a job superseded (superseding.py), the jobs that replaced it, in order, by
+    the old reference_id; the last is the chain's head. A manifest entry whose inputs are those
+    of any job of its chain (the root or any REF~n) is unchanged: they were asked for already.
+    Other inputs are a change of the head: while never sent it takes them; sent, it is refused,
+    or with `supersede` replaced by a new job (REF~n+1)."""
     plan = LoadPlan(batch=batch)
     conflicts: list[str] = []
     for spec in specs:
@@ -146,10 +149,14 @@ def plan_load(
                 f"{found.batch!r}; reference_ids are unique across the database"
             )
             continue
-        head = (heads or {}).get(found.reference_id, found) if found.superseded_by else found
-        if head.identity == spec.identity or found.identity == spec.identity:
-            # As loaded, or as superseded (the manifest may still name the old inputs).
-            _unchanged(plan, head, spec if head.identity == spec.identity else _as(head))
+        chain = (
+            [found, *(chains or {}).get(found.reference_id, ())] if found.superseded_by else [found]
+        )
+        head = chain[-1]
+        if any(job.identity == spec.identity for job in chain):
+            # As loaded, or as any job of its chain was (the manifest may name older inputs).
+            sent = any(not job.never_sent for job in chain)
+            _unchanged(plan, head, spec if head.identity == spec.identity else _as(head), sent)
         elif not head.never_sent and supersede:
             plan.superseded.append((head.reference_id, spec))
         elif not head.never_sent:
@@ -236,8 +243,8 @@ def _load(
         lock_for_loading(conn)
         by_paths = _by_paths(conn, batch, specs)
         existing = _existing(conn, specs)
-        heads = _heads(conn, existing)
-        plan = plan_load(batch, specs, existing, source, by_paths, heads, supersede)
+        chains = _chains(conn, existing)
+        plan = plan_load(batch, specs, existing, source, by_paths, chains, supersede)
         if not allow_same_media:
             repeated = _same_media(conn, plan, source)
             if repeated:
@@ -366,9 +373,9 @@ def _existing(conn: Connection, specs: Sequence[JobSpec]) -> dict[str, Existing]
     return existing
 
 
-def _heads(conn: Connection, existing: Mapping[str, Existing]) -> dict[str, Existing]:
-    """For each job superseded, the job that replaced it last (chains are short)."""
-    heads: dict[str, Existing] = {}
+def _chains(conn: Connection, existing: Mapping[str, Existing]) -> dict[str, list[Existing]]:
+    """For each job superseded, the jobs that replaced it, in order (chains are short)."""
+    chains: dict[str, list[Existing]] = {}
     for ref, job in existing.items():
         seen = {ref}
         while job.superseded_by and job.superseded_by not in seen:
@@ -379,9 +386,8 @@ def _heads(conn: Connection, existing: Mapping[str, Existing]) -> dict[str, Exis
                 break
             job = Existing(*row)
             seen.add(job.reference_id)
-        if job.reference_id != ref:
-            heads[ref] = job
-    return heads
+            chains.setdefault(ref, []).append(job)
+    return chains
 
 
 def _new_row(batch: str, spec: JobSpec, source: str, now: datetime) -> dict[str, Any]:

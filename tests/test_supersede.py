@@ -341,3 +341,46 @@ def test_a_running_worker_sends_the_new_job_once_and_never_the_old(
     ledger = {ref: len(ids) for ref, ids in emulator.accepted().items()}
     assert ledger == {f"b-ep{i:05d}": 1 for i in range(4)} | {"b-ep00001~2": 1, "b-ep00002~2": 1}
     assert db_rows(db, "SELECT count(*) FROM jobs WHERE superseded_by IS NOT NULL") == [(2,)]
+
+
+def test_a_manifest_naming_any_job_of_its_chain_is_unchanged_and_never_paid_again(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    """REF loaded, changed with --supersede (REF~2), REF~2 superseded by hand (REF~3): the
+    manifest still naming REF~2's inputs is unchanged, REF~3 keeps its own, nothing is sent
+    again; inputs matching no job of the chain supersede its head."""
+    emulator.update(complete_after=0.0)
+    manifest = write_manifest(tmp_path / "m.yaml", 2)
+    submit(store, api, load_manifest(manifest), OPTIONS, FakeUi(), wait=True, polling=FAST)
+    manifest.write_text(manifest.read_text().replace("b/ep1.mp4", "b/ep1-fixed.mp4"))
+    changed = load_manifest(manifest)
+    plan = store.load("b", changed.jobs, "m.yaml", supersede=True)
+    assert plan.supersessions == [("b-ep00001", "b-ep00001~2")]
+    assert submit_pending(store, api, "b", OPTIONS, FakeUi()).code == EXIT_OK
+    assert poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=FAST).code == EXIT_OK
+    third = "https://cdn.example.com/b/ep1-third.mp4"
+    assert store.supersede("b-ep00001~2", spec(third)).new == "b-ep00001~3"
+
+    for running in (False, True):  # REF~3 pending, then done at the API
+        before = table(db)
+        plan = store.load("b", changed.jobs, "m.yaml", supersede=True)
+        assert (plan.new, plan.changed, plan.superseded) == ([], [], [])
+        assert (plan.unchanged, plan.already_submitted) == (2, 2)
+        assert table(db) == before
+        [head] = store.rows(reference_ids=["b-ep00001~3"])
+        assert head.video_url == third
+        if not running:
+            assert submit_pending(store, api, "b", OPTIONS, FakeUi()).code == EXIT_OK
+            assert poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=FAST).code == 0
+    # The root's own inputs are in the chain too; inputs of none of it supersede the head.
+    assert store.load("b", load_manifest(write_manifest(tmp_path / "o.yaml", 2)).jobs,
+                      "o.yaml", supersede=True).superseded == []  # fmt: skip
+    manifest.write_text(manifest.read_text().replace("ep1-fixed.mp4", "ep1-fourth.mp4"))
+    plan = store.load("b", load_manifest(manifest).jobs, "m.yaml", supersede=True)
+    assert plan.supersessions == [("b-ep00001~3", "b-ep00001~4")]
+    assert {ref: len(ids) for ref, ids in emulator.accepted().items()} == {
+        "b-ep00000": 1,
+        "b-ep00001": 1,
+        "b-ep00001~2": 1,
+        "b-ep00001~3": 1,
+    }
