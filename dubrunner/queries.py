@@ -10,6 +10,7 @@ from typing import Any, NamedTuple, Protocol, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import aliased
 
 from dubrunner.db import Database
 from dubrunner.models import ApiHealth, Attempt, Job
@@ -59,6 +60,15 @@ def back_to_pending() -> dict[str, Any]:
         "settle_at": None,
         "updated_at": utcnow(),
     }
+
+
+class Cancelled(NamedTuple):
+    """What `cancel` did: jobs cancelled, jobs kept (a look-up owed), and the jobs made
+    current again because their replacement was cancelled."""
+
+    cancelled: int
+    kept: int
+    restored: list[str]
 
 
 class Retried(NamedTuple):
@@ -384,9 +394,11 @@ class Queries:
             ).rowcount
         return Retried(int(ran) + int(rest), int(polled))
 
-    def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> tuple[int, int]:
-        """Cancel pending jobs: (cancelled, kept). A pending job whose earlier POST may have
-        landed is kept: cancelling it would hide a request the account may have paid for."""
+    def cancel(self, batch: str | None, reference_ids: Sequence[str]) -> Cancelled:
+        """Cancel pending jobs. A pending job whose earlier POST may have landed is kept:
+        cancelling it would hide a request the account may have paid for. A job a cancelled
+        replacement (REF~2, never sent) superseded is current again, in the same transaction:
+        its request is the one the batch has (a completed one's output is fetched again)."""
         where = [Job.state == State.PENDING, CURRENT]
         if batch is not None:
             where.append(Job.batch == batch)
@@ -401,7 +413,16 @@ class Queries:
                 .where(*where, Job.lookup_needed.is_(False))
                 .values(state=State.CANCELLED, updated_at=utcnow())
             ).rowcount
-        return int(done), int(kept or 0)
+            replacement = aliased(Job)
+            dropped = Job.superseded_by.in_(
+                select(replacement.reference_id).where(
+                    replacement.state == State.CANCELLED, replacement.supersedes.is_not(None)
+                )
+            )
+            restored = list(conn.execute(select(Job.reference_id).where(dropped)).scalars())
+            if restored:
+                conn.execute(update(Job).where(dropped).values(superseded_by=None))
+        return Cancelled(int(done), int(kept or 0), sorted(restored))
 
     def fail_unsent(self, batch: str, reasons: dict[str, str]) -> int:
         """Fail jobs that were never sent (preflight found their media wrong)."""

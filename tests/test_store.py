@@ -109,8 +109,8 @@ def test_release_retry_and_cancel(store: Store) -> None:
     assert store.retry("b", [State.FAILED], "face").pending == 1
     assert store.retry("b", [State.FAILED, State.HALTED], None).pending == 1
     assert store.counts() == {"pending": 3, "submitted": 1}
-    assert store.cancel("b", ["r0"]) == (1, 0)
-    assert store.cancel("b", []) == (2, 0)
+    assert store.cancel("b", ["r0"])[:2] == (1, 0)
+    assert store.cancel("b", [])[:2] == (2, 0)
     assert store.counts() == {"cancelled": 3, "submitted": 1}
 
 
@@ -120,7 +120,7 @@ def test_cancel_keeps_jobs_that_may_be_at_the_api(store: Store) -> None:
     # The first one's POST got no answer; then the run was stopped: pending, owed a look-up.
     store.hand_back(jobs[0].id, "me", None, lookup_owed=True, lookup_after=None)
     store.release([jobs[1].id], "me")
-    assert store.cancel("b", []) == (1, 1)
+    assert store.cancel("b", [])[:2] == (1, 1)
     assert store.counts() == {"cancelled": 1, "pending": 1}
 
 

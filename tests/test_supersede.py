@@ -85,7 +85,7 @@ def test_the_old_request_is_never_sent_again_and_the_new_one_once(
     # retry, resume and a second load cannot bring the old request back.
     assert store.retry("b", ["failed", "halted"], None) == (0, 0)
     assert store.count_in_states("b", ["failed"]) == 0
-    assert store.cancel(None, ["b-ep00001"]) == (0, 0)
+    assert store.cancel(None, ["b-ep00001"]) == (0, 0, [])
     assert store.load("b", m.jobs, "m.yaml").unchanged == 3
 
     assert submit_pending(store, api, "b", OPTIONS, FakeUi()).code == EXIT_OK
@@ -384,3 +384,28 @@ def test_a_manifest_naming_any_job_of_its_chain_is_unchanged_and_never_paid_agai
         "b-ep00001~2": 1,
         "b-ep00001~3": 1,
     }
+
+
+def test_cancelling_a_replacement_never_sent_makes_the_old_job_current_again(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.0)
+    env = clean_env(
+        CHAMELAION_BASE_URL=emulator.base_url, CHAMELAION_API_KEY=TOKEN, DUBRUNNER_DB=db.url
+    )
+    submit(store, api, manifest_of(tmp_path, 2), OPTIONS, FakeUi(), wait=True, polling=FAST)
+    assert store.supersede("b-ep00001", spec(NEW_VIDEO)).new == "b-ep00001~2"
+    assert store.counts("b") == {"completed": 1, "pending": 1}
+
+    code, _, err = invoke(["cancel", "--ref", "b-ep00001~2"], env)
+    assert code == 0, err
+    assert "1 pending job(s) cancelled" in err
+    assert "b-ep00001 is current again" in err
+    old, new = store.rows(reference_ids=["b-ep00001", "b-ep00001~2"])
+    assert (old.state, old.superseded_by) == ("completed", None)
+    assert (new.state, new.supersedes) == ("cancelled", "b-ep00001")
+    # Back in its batch's counts, exports and fetches; superseding it again counts on.
+    assert store.counts("b") == {"completed": 2, "cancelled": 1}
+    assert "b-ep00001" in [r.reference_id for r in store.iter_rows("b")]
+    assert store.supersede("b-ep00001", spec(NEW_VIDEO)).new == "b-ep00001~3"
+    assert "b-ep00001~2" not in emulator.accepted()

@@ -211,8 +211,10 @@ def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
         raise UserError("say which jobs: --batch, --ref, or --all-pending")
     store = open_store(must_exist=True)
     check_batch(store, batch)
-    n, kept = store.cancel(batch, refs)
+    n, kept, restored = store.cancel(batch, refs)
     say(f"{n} pending job(s) cancelled")
+    for ref in restored:
+        say(f"{ref} is current again: the job that superseded it was cancelled before being sent")
     if kept:
         click.echo(
             f"{kept} pending job(s) kept: an earlier request for them may have reached the API; "
