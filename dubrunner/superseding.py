@@ -42,6 +42,10 @@ SUPERSEDABLE = frozenset({State.COMPLETED, State.FAILED})
 LOADS_LOCK = 4242002  # the loads' advisory lock (loading._load): inserting reference_ids
 
 
+# The look-up's other answer, said honestly: a request the API never got is sent then.
+_NOT_FOUND = "; if the API has no request for it, resume sends it again as it is, once"
+
+
 class SupersedeRefused(Exception):
     """The job cannot be superseded now; nothing was written."""
 
@@ -105,10 +109,16 @@ def refusal(job: OldJob) -> str | None:
             "that send has ended"
         )
     if job.lookup_needed:
+        lost = f"a request for {ref} may have reached the API without its answer reaching dubrunner"
+        resume = f"`dubrunner resume --batch {job.batch}`"
+        if job.state != State.FAILED:  # pending or halted: resume takes it as it is
+            return f"{lost}; {resume} looks it up first — supersede it after{_NOT_FOUND}"
+        # resume leaves failed jobs alone: retry puts it back first (as pending, still owing
+        # its look-up, which resume makes before any resend).
         return (
-            f"a request for {ref} may have reached the API without its answer reaching "
-            f"dubrunner; `dubrunner resume --batch {job.batch}` finds out first — supersede it "
-            "after"
+            f"{lost}; `dubrunner retry --batch {job.batch} --state failed`, then {resume} "
+            "looks it up first (retry puts back every failed job of the batch; --error narrows "
+            f"it) — supersede it once it has ended (`dubrunner poll --wait`){_NOT_FOUND}"
         )
     if job.state in POLLABLE:
         return (

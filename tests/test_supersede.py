@@ -5,6 +5,7 @@ counts, exports and selections; a job in flight, still running or never sent is 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import signal
@@ -409,3 +410,38 @@ def test_cancelling_a_replacement_never_sent_makes_the_old_job_current_again(
     assert "b-ep00001" in [r.reference_id for r in store.iter_rows("b")]
     assert store.supersede("b-ep00001", spec(NEW_VIDEO)).new == "b-ep00001~3"
     assert "b-ep00001~2" not in emulator.accepted()
+
+
+def test_a_failed_job_owing_a_look_up_is_superseded_by_following_the_advice(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    """Its send may have landed (the answer was lost, no attempt left): the refusal's advice —
+    retry, then resume, which looks it up before any resend — leads to a job that can be
+    superseded, and the old request is never sent twice. (Failed before: the advice said
+    `resume`, which leaves failed jobs alone, and the user went round in circles.)"""
+    env = clean_env(
+        CHAMELAION_BASE_URL=emulator.base_url, CHAMELAION_API_KEY=TOKEN, DUBRUNNER_DB=db.url
+    )
+    emulator.update(complete_after=0.0, drop_after_accept=1.0)
+    once = dataclasses.replace(OPTIONS, max_attempts=1)
+    submit(store, api, manifest_of(tmp_path, 1), once, FakeUi())
+    [(state, owed)] = db_rows(db, "SELECT state, lookup_needed FROM jobs")
+    assert (state, bool(owed)) == ("failed", True)
+    emulator.update(drop_after_accept=0.0)
+
+    code, _, err = invoke(["supersede", "b-ep00000", "--video", NEW_VIDEO], env)
+    assert code == 2
+    assert "`dubrunner retry --batch b --state failed`, then `dubrunner resume --batch b`" in err
+    assert "if the API has no request for it, resume sends it again" in err
+    for args in (["retry", "--batch", "b", "--state", "failed"], ["resume", "--batch", "b"]):
+        code, _, err = invoke(args, env)
+        assert code == 0, err
+    code, _, err = invoke(["poll", "--wait", "--interval", "0.05"], env)
+    assert code == 0, err
+    code, _, err = invoke(["supersede", "b-ep00000", "--video", NEW_VIDEO], env)
+    assert code == 0 and "b-ep00000 superseded by b-ep00000~2" in err, err
+    assert invoke(["resume", "--batch", "b"], env)[0] == 0
+    assert {ref: len(ids) for ref, ids in emulator.accepted().items()} == {
+        "b-ep00000": 1,  # found by the look-up, never sent again
+        "b-ep00000~2": 1,
+    }
