@@ -445,3 +445,28 @@ def test_a_failed_job_owing_a_look_up_is_superseded_by_following_the_advice(
         "b-ep00000": 1,  # found by the look-up, never sent again
         "b-ep00000~2": 1,
     }
+
+
+def test_fetch_names_a_replacement_as_readme_says_and_leaves_the_old_file(
+    emulator: Emulator, db: Database, tmp_path: Path
+) -> None:
+    from dubrunner.outfiles import safe_name
+
+    emulator.update(complete_after=0.0)
+    env = clean_env(
+        CHAMELAION_BASE_URL=emulator.base_url, CHAMELAION_API_KEY=TOKEN, DUBRUNNER_DB=db.url
+    )
+    out = tmp_path / "out"
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    code, _, err = invoke(["submit", str(manifest), "--wait", "--interval", "0.05"], env)
+    assert code == 0, err
+    assert invoke(["fetch", "--out", str(out)], env)[0] == 0
+    old = (out / "b" / "b-ep00000.mp4").read_bytes()
+    assert invoke(["supersede", "b-ep00000", "--video", NEW_VIDEO], env)[0] == 0
+    code, _, err = invoke(["submit", str(manifest), "--wait", "--interval", "0.05"], env)
+    assert code == 0, err
+    assert invoke(["fetch", "--out", str(out)], env)[0] == 0
+    new_name = safe_name("b-ep00000~2") + ".mp4"
+    assert new_name.startswith("b-ep00000_2~") and len(new_name) == len("b-ep00000_2~") + 16
+    assert sorted(p.name for p in (out / "b").iterdir()) == ["b-ep00000.mp4", new_name]
+    assert (out / "b" / "b-ep00000.mp4").read_bytes() == old
