@@ -184,6 +184,94 @@ KINDS: dict[str, dict[str, tuple[bytes, str, int | None]]] = {
             1,
         ),
     },
+    # Characters no URL or file name can mean: the request would be paid for nothing (and a
+    # lone surrogate could not even be stored).
+    "control_character": {
+        "yaml": (
+            f"jobs:\n  - {{video: \"{V}\\0x\", audio: '{A}'}}\n".encode(),
+            "video contains a control character (U+0000)",
+            2,
+        ),
+        "csv": (
+            f"video,audio\n{V},{A}\x7f\n".encode(),
+            "audio contains a control character (U+007F)",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}\\u0000", "audio": "{A}"}}\n'.encode(),
+            "video contains a control character (U+0000)",
+            1,
+        ),
+    },
+    "format_character": {
+        "yaml": (
+            f"jobs:\n  - {{video: '{V}\u202e4pm.exe', audio: '{A}'}}\n".encode(),
+            "video contains an invisible formatting character (U+202E)",
+            2,
+        ),
+        "csv": (
+            f"video,audio\n{V},{A}\u200b\n".encode(),
+            "audio contains an invisible formatting character (U+200B)",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}", "audio": "{A}\\u2066"}}\n'.encode(),
+            "audio contains an invisible formatting character (U+2066)",
+            1,
+        ),
+    },
+    "surrogate_or_control_in_local_path": {
+        "yaml": (
+            b'jobs:\n  - {video: "v\\x01.mp4", audio: a.wav}\n',
+            "video contains a control character (U+0001)",
+            2,
+        ),
+        "csv": (
+            b"video,audio\nv.mp4,a\x1b.wav\n",
+            "audio contains a control character (U+001B)",
+            2,
+        ),
+        "jsonl": (
+            b'{"video": "v\\ud800.mp4", "audio": "a.wav"}\n',
+            "video contains a lone surrogate (U+D800)",
+            1,
+        ),
+    },
+    "surrogate": {
+        # YAML and UTF-8 CSV cannot hold one: their nearest, a control character.
+        "yaml": (
+            f'jobs:\n  - {{video: "{V}", audio: "{A}\\x9b"}}\n'.encode(),
+            "audio contains a control character (U+009B)",
+            2,
+        ),
+        "csv": (
+            f"reference_id,video,audio\nep\x00,{V},{A}\n".encode(),
+            "contains a NUL byte",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}", "audio": "{A}\\udc80", "reference_id": "e\\ud800"}}\n'.encode(),
+            "audio contains a lone surrogate (U+DC80)",
+            1,
+        ),
+    },
+    "not_in_url": {
+        "yaml": (
+            f"jobs:\n  - {{video: '{V}#<a>', audio: '{A}'}}\n".encode(),
+            "video contains '<', which a URL cannot hold unescaped",
+            2,
+        ),
+        "csv": (
+            f'video,audio\n{V},"{A}"""\n'.encode(),
+            "audio contains '\"', which a URL cannot hold unescaped",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}?q=<b>", "audio": "{A}"}}\n'.encode(),
+            "video contains '<', which a URL cannot hold unescaped",
+            1,
+        ),
+    },
 }
 MALFORMED = [
     (kind, fmt, *case) for kind, by_format in KINDS.items() for fmt, case in by_format.items()
