@@ -20,6 +20,7 @@ from dubrunner.cli.ending import TerminalUi as TerminalUi
 from dubrunner.cli.ending import UserError as UserError
 from dubrunner.cli.ending import end as end
 from dubrunner.cli.ending import is_quiet as is_quiet
+from dubrunner.cli.ending import output_file as output_file
 from dubrunner.cli.ending import say as say
 from dubrunner.cli.ending import show_ending as show_ending
 from dubrunner.cli.ending import stop_on_signals as stop_on_signals
