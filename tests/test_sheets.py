@@ -272,6 +272,23 @@ KINDS: dict[str, dict[str, tuple[bytes, str, int | None]]] = {
             1,
         ),
     },
+    "huge_number": {  # not "use sys.set_int_max_str_digits()": a programmer's words
+        "yaml": (
+            f"jobs:\n  - {{video: '{V}', audio: '{A}', reference_id: {'9' * 5000}}}\n".encode(),
+            "is not a valid int",
+            2,
+        ),
+        "csv": (
+            f"video,audio,reference_id\n{V},{A},{'9' * 5000}\n".encode(),
+            "reference_id is longer than 200 characters",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}", "audio": "{A}", "reference_id": {"9" * 5000}}}\n'.encode(),
+            "job 1: a number of 5,000 digits: too long to be a value",
+            1,
+        ),
+    },
 }
 MALFORMED = [
     (kind, fmt, *case) for kind, by_format in KINDS.items() for fmt, case in by_format.items()
@@ -505,3 +522,14 @@ json_values = st.recursive(
 def test_arbitrary_json_lines(tmp_path: Path, lines: list[object]) -> None:
     text = "".join(json.dumps(line) + "\n" for line in lines)
     validate_held(tmp_path, "m.jsonl", text.encode("utf-8", "surrogatepass"))
+
+
+def test_a_csv_with_lone_carriage_returns_is_told_in_the_users_terms(tmp_path: Path) -> None:
+    path = tmp_path / "mac.csv"
+    path.write_bytes(f"video,audio\r{V},{A}\r".encode())
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[0] == (
+        f"error: {path}:1: CSV syntax error: a line ends in a lone carriage return (CR, as in "
+        "old Mac files); save the file with LF or CRLF line endings"
+    )
