@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -533,3 +534,31 @@ def test_a_csv_with_lone_carriage_returns_is_told_in_the_users_terms(tmp_path: P
         f"error: {path}:1: CSV syntax error: a line ends in a lone carriage return (CR, as in "
         "old Mac files); save the file with LF or CRLF line endings"
     )
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "csv", "jsonl"])
+def test_a_manifest_whose_name_is_not_utf8_is_refused_before_the_db(
+    tmp_path: Path, fmt: str
+) -> None:
+    content = {
+        "yaml": f"jobs:\n  - {{video: '{V}', audio: '{A}'}}\n",
+        "csv": f"video,audio\n{V},{A}\n",
+        "jsonl": f'{{"video": "{V}", "audio": "{A}"}}\n',
+    }[fmt]
+    try:
+        path = tmp_path / os.fsdecode(f"m\xff.{fmt}".encode("latin-1"))
+        path.write_text(content, encoding="utf-8")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    db = tmp_path / "jobs.db"
+    for command in (["validate"], ["load", "--db", str(db)], ["submit", "--db", str(db)]):
+        result = CliRunner().invoke(
+            cli, [*command, str(path), "--batch", "b"], env={"CHAMELAION_API_KEY": "k-123456"}
+        )
+        assert result.exit_code == 2, (command, result.output)
+        shown = str(tmp_path / f"m\\xff.{fmt}")
+        assert result.output.splitlines() == [
+            f"error: {shown}: the file's name is not valid UTF-8: rename the file",
+            f"error: 1 problem in {shown}; nothing was loaded",
+        ], result.output
+    assert not db.exists() or db_rows(db, "SELECT count(*) FROM jobs") == [(0,)]

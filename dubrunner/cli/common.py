@@ -179,7 +179,7 @@ class ManifestLimits:
             n = len(exc.problems)
             end(
                 Ending(
-                    f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded",
+                    f"{n} problem{'s' if n != 1 else ''} in {exc.path}; nothing was loaded",
                     EXIT_USAGE,
                     is_error=True,
                     details=tuple(exc.lines()),
