@@ -125,3 +125,26 @@ def test_export_still_writes_its_file_and_dash_is_stdout(db_path: Path, tmp_path
     result = CliRunner().invoke(cli, ["export", "--db", str(db_path), "--out", "-", "-q"])
     assert result.exit_code == 0, result.output
     assert result.stdout == out.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status", "e\udcff"], ["status", "--batch", "\udcff"], ["validate", "m\udcff.yaml"]],
+    ids=["reference_id", "batch", "manifest"],
+)
+def test_an_argument_that_is_not_utf8_is_one_line_exit_2(
+    db_path: Path,
+    args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["dubrunner", "--db", str(db_path), *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    shown = args[-1].replace("\udcff", "\\xff")
+    assert err.splitlines() == [
+        f"error: the argument '{shown}' is not valid UTF-8: what dubrunner is given (names, "
+        "files, references) it keeps as text"
+    ], err

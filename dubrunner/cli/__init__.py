@@ -56,6 +56,17 @@ def _run() -> int:
 
 def _command() -> int:
     """The command's exit code, click's own endings (usage errors, Ctrl-C) said."""
+    for arg in sys.argv[1:]:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes Python could not decode, held as lone surrogates
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+            click.echo(
+                f"error: the argument '{shown}' is not valid UTF-8: what dubrunner is given "
+                "(names, files, references) it keeps as text",
+                err=True,
+            )
+            return EXIT_USAGE
     try:
         # Without standalone mode click returns a command's exit code instead of raising it.
         code = cli.main(prog_name="dubrunner", standalone_mode=False)
