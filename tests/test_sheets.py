@@ -273,6 +273,23 @@ KINDS: dict[str, dict[str, tuple[bytes, str, int | None]]] = {
             1,
         ),
     },
+    "reference_id_control_character": {
+        "yaml": (
+            f'jobs:\n  - {{video: "{V}", audio: "{A}", reference_id: "ep\\u202e1"}}\n'.encode(),
+            "reference_id must be text of letters",
+            2,
+        ),
+        "csv": (
+            f"video,audio,reference_id\n{V},{A},ep\x7f1\n".encode(),
+            "reference_id must be text of letters",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}", "audio": "{A}", "reference_id": "ep\\ud8001"}}\n'.encode(),
+            "reference_id must be text of letters",
+            1,
+        ),
+    },
     "huge_number": {  # not "use sys.set_int_max_str_digits()": a programmer's words
         "yaml": (
             f"jobs:\n  - {{video: '{V}', audio: '{A}', reference_id: {'9' * 5000}}}\n".encode(),
