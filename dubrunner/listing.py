@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
+from dubrunner.manifest_core import character_problem
 from dubrunner.session_ui import Ending
 
 UNPAIRED_SHOWN = 50  # named on stderr at most, each side
@@ -67,6 +68,7 @@ class Pairing:
     unpaired_videos: list[str] = field(default_factory=list)
     unpaired_audios: list[str] = field(default_factory=list)
     ignored: int = 0  # matched neither pattern
+    unusable: list[str] = field(default_factory=list)  # "NAME (why, skipped)", never written
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class Made:
     def ending(self, out: Path | None) -> Ending:
         """Exit 0 when every matched file paired, else 1 with the unpaired named."""
         p = self.pairing
-        unpaired = [
+        unpaired = [f"unusable {self.kind}: {item}" for item in p.unusable] + [
             f"unpaired {what}: {item}"
             for what, side in (("video", p.unpaired_videos), ("audio", p.unpaired_audios))
             for item in side
@@ -91,12 +93,14 @@ class Made:
         sentence = f"{len(p.pairs)} pairs" + (f" written to {out}" if out else "")
         if p.ignored:
             sentence += f"; {p.ignored} {self.kind}(s) matched neither pattern (left out)"
-        if unpaired:
+        if p.unusable:
+            sentence += f"; {len(p.unusable)} {self.kind}(s) unusable (left out)"
+        if p.unpaired_videos or p.unpaired_audios:
             sentence += (
                 f"; {len(p.unpaired_videos)} video(s) and {len(p.unpaired_audios)} audio(s) "
                 "unpaired (left out)"
             )
-        code = EXIT_INCOMPLETE if unpaired else EXIT_OK
+        code = EXIT_INCOMPLETE if unpaired else EXIT_OK  # unusable files too
         return Ending(sentence, code, routine=not unpaired, details=tuple(details))
 
 
@@ -111,7 +115,9 @@ def from_listing(
     """The manifest of SOURCE's pairs, in `fmt`, its files named from `manifest_dir`. Raises
     ListingError when nothing pairs."""
     items, are_files = listing(source)
-    pairing = pair(items, video, audio)
+    usable, unusable = _usable(items)
+    pairing = pair(usable, video, audio)
+    pairing.unusable = unusable
     refs = reference_ids(reference_id, pairing)
     kind = "file" if are_files else "line"
     if not pairing.pairs:
@@ -128,8 +134,41 @@ def from_listing(
         )
         for (v, a, _), ref in zip(pairing.pairs, refs, strict=True)
     ]
+    if any(_not_utf8(text) for row in rows for text in row if text is not None):
+        raise ListingError(f"{_shown(str(source))}: its path is not valid UTF-8; nothing written")
     comment = f"dubrunner manifest from-listing: {len(rows)} pairs from {source}"
     return Made(render(rows, fmt, comment), pairing, kind)
+
+
+def _usable(items: list[str]) -> tuple[list[str], list[str]]:
+    """(the items a manifest can name, the others as "NAME (why, skipped)"): a file name that is
+    not UTF-8 (Python holds its bytes as lone surrogates) cannot be written in a manifest, nor one
+    with a control or invisible formatting character, which the manifest's checks refuse."""
+    usable: list[str] = []
+    unusable: list[str] = []
+    for item in items:
+        if _not_utf8(item):
+            unusable.append(f"{_shown(item)} (name is not valid UTF-8, skipped)")
+            continue
+        problem = character_problem(item, "name")
+        if problem:
+            unusable.append(f"{item.encode('unicode_escape').decode()} ({problem}, skipped)")
+            continue
+        usable.append(item)
+    return usable, unusable
+
+
+def _shown(name: str) -> str:
+    """A file name as its bytes would read, those that are not UTF-8 as \\xff."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def pair(items: Iterable[str], video: Pattern, audio: Pattern) -> Pairing:

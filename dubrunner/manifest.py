@@ -17,6 +17,7 @@ here; every reader feeds its entries to the same checks (manifest_core.py).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,13 @@ def _line_of(mapping: object, key: str, default: int | None) -> int | None:
 def read_text(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """The file's text, or a ManifestError for what makes it unreadable."""
     name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # it is recorded with the jobs, as text
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        raise ManifestError(
+            shown, [Problem(None, "the file's name is not valid UTF-8: rename the file")]
+        ) from None
     try:
         size = path.stat().st_size
         if size > max_bytes:

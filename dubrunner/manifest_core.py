@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +79,33 @@ def did_you_mean(key: object, known: Iterable[str]) -> str:
     return f", did you mean {close[0]!r}?" if close else ""
 
 
-# The common case, recognised without urlsplit: a plain http(s) URL with a DNS host name. Anything
-# else (userinfo, IPv6, odd characters) takes the full path below, which also words the problem.
+# The common case, recognised without urlsplit: a plain http(s) URL with a DNS host name, of
+# printable ASCII but the `"`, `<` and `>` no URL may hold. Anything else (userinfo, IPv6, odd
+# characters) takes the full path below, which also words the problem.
 _PLAIN_URL = re.compile(
-    r"https?://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::(\d{1,5}))?(?:[/?#][!-~]*)?", re.ASCII
+    r"https?://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::(\d{1,5}))?(?:[/?#][!#-;=?-~]*)?",
+    re.ASCII,
 )
+# Printable ASCII a URL may not hold unescaped (RFC 3986): a sign of text pasted around it.
+_NOT_IN_URL = re.compile(r'["<>]')
+_CHARACTER_KINDS = {
+    "Cc": "a control character",
+    "Cf": "an invisible formatting character",
+    "Cs": "a lone surrogate",
+}
+
+
+def character_problem(value: str, what: str) -> str | None:
+    """The problem with a text holding a character no URL, file name or reference_id can mean
+    (control, invisible formatting, a lone surrogate: Unicode categories Cc, Cf, Cs), or None.
+    Such a text would reach the API as a URL that cannot exist (a paid request for nothing)."""
+    if value.isprintable():  # the common case: none of them (isprintable is False for each)
+        return None
+    for char in value:
+        kind = _CHARACTER_KINDS.get(unicodedata.category(char))
+        if kind:
+            return f"{what} contains {kind} (U+{ord(char):04X})"
+    return None
 
 
 def _check_source(value: object, what: str) -> str | None:
@@ -97,7 +120,7 @@ def _check_source(value: object, what: str) -> str | None:
     if scheme and scheme.isalnum() and scheme.lower() not in ("http", "https", "file"):
         return f"{what} must be an absolute http(s) URL or a local file, not a {scheme}:// URL"
     if not is_url(value):
-        return None
+        return character_problem(value, what)
     return _check_url(value, what)
 
 
@@ -113,6 +136,12 @@ def _check_url(value: str, what: str) -> str | None:
         return None
     if _SPACE.search(value):
         return f"{what} contains white space"
+    problem = character_problem(value, what)
+    if problem:
+        return problem
+    odd = _NOT_IN_URL.search(value)
+    if odd:
+        return f"{what} contains {odd.group()!r}, which a URL cannot hold unescaped"
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port

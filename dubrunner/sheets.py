@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,8 +104,20 @@ def _csv_rows(text: str, name: str) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ManifestError(name, [Problem(number, f"CSV syntax error: {exc}")]) from None
+            raise ManifestError(
+                name, [Problem(number, f"CSV syntax error: {_csv_why(exc)}")]
+            ) from None
         yield number, row
+
+
+def _csv_why(exc: csv.Error) -> str:
+    """The csv module's complaint in the user's terms (it speaks to programmers of a lone CR)."""
+    if "new-line character seen in unquoted field" in str(exc):
+        return (
+            "a line ends in a lone carriage return (CR, as in old Mac files); save the file "
+            "with LF or CRLF line endings"
+        )
+    return str(exc)
 
 
 def _columns(cells: list[str], line: int, problems: list[Problem]) -> list[str]:
@@ -190,8 +203,8 @@ def parse_jsonl(
                 [Problem(line_no, f"more than {max_jobs:,} jobs; the limit is {max_jobs:,}")],
             )
         try:
-            value = json.loads(line, object_pairs_hook=_Keyed(line_no))
-        except _Duplicate as exc:
+            value = json.loads(line, object_pairs_hook=_Keyed(line_no), parse_int=_number)
+        except _Refused as exc:
             problems.append(Problem(line_no, f"job {index}: {exc}"))
             continue
         except ValueError as exc:  # JSONDecodeError
@@ -217,8 +230,21 @@ def parse_jsonl(
     return finish(name, batch, raws, False, problems, digests or Digests())
 
 
-class _Duplicate(ValueError):
+class _Refused(ValueError):
+    """A JSON line refused with the reason given."""
+
+
+class _Duplicate(_Refused):
     pass
+
+
+def _number(text: str) -> int:
+    """json's parse_int: Python refuses to read a number this long (its limit's message is
+    about sys.set_int_max_str_digits, a programmer's term), and no value here could be one."""
+    limit = sys.get_int_max_str_digits()
+    if limit and len(text.lstrip("-")) > limit:
+        raise _Refused(f"a number of {len(text.lstrip('-')):,} digits: too long to be a value")
+    return int(text)
 
 
 class _Keyed:

@@ -3,6 +3,7 @@ manifest that loads; unpaired files named; bad patterns or listings exit 2 with 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,49 @@ def test_a_listed_folder_submitted_as_a_csv_by_real_processes(
         refused.err.splitlines()[0] == f"error: {bad}:2: job 1: no audio (the audio cell is empty)"
     )
     assert len(db_rows(db, "SELECT id FROM jobs")) == 4
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "csv", "jsonl"])
+def test_a_file_name_that_is_not_utf8_is_named_unusable_and_never_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    lib = season(tmp_path / "lib", 2, [1, 2])
+    try:
+        (lib / "S1" / os.fsdecode(b"E\xff3.mp4")).write_bytes(b"video 3")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    (lib / "dubs" / "ja" / "E\x014-ja.wav").write_bytes(b"audio 4")
+    monkeypatch.chdir(tmp_path)
+    out = Path(f"m.{fmt}")
+    for args in (["--out", str(out)], ["--format", fmt]):
+        result = invoke(["lib", *PATTERNS, *args])
+        assert result.exit_code == 1, result.output  # written, two files left out
+        assert result.stderr.splitlines() == [
+            "unusable file: S1/E\\xff3.mp4 (name is not valid UTF-8, skipped)",
+            "unusable file: dubs/ja/E\\x014-ja.wav (name contains a control character "
+            "(U+0001), skipped)",
+            "2 pairs"
+            + (f" written to {out}" if "--out" in args else "")
+            + "; 1 file(s) matched neither pattern (left out); 2 file(s) unusable (left out)",
+        ], result.output
+        if "--format" in args:
+            out.write_text(result.stdout, encoding="utf-8")
+        manifest = load(out)  # as written: the two good pairs, nothing else
+        assert [Path(j.video_url).name for j in manifest.jobs] == ["E01.mp4", "E02.mp4"]
+        text = out.read_text(encoding="utf-8")
+        assert "E3" not in text and "E\\xff" not in text and "E4" not in text
+
+
+def test_a_source_whose_path_is_not_utf8_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        root = tmp_path / os.fsdecode(b"d\xfe")
+        season(root / "lib", 1, [1])
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    monkeypatch.chdir(tmp_path)
+    result = invoke([str(root / "lib"), *PATTERNS, "--out", "m.csv"])
+    assert result.exit_code == 2, result.output
+    assert "its path is not valid UTF-8; nothing written" in result.output
+    assert "\\xfe" in result.output and not (tmp_path / "m.csv").exists()

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,128 @@ KINDS: dict[str, dict[str, tuple[bytes, str, int | None]]] = {
         "jsonl": (
             f'{{"batch": "x", "video": "{V}", "audio": "{A}"}}\n'.encode(),
             "no batch key",
+            1,
+        ),
+    },
+    # Characters no URL or file name can mean: the request would be paid for nothing (and a
+    # lone surrogate could not even be stored).
+    "control_character": {
+        "yaml": (
+            f"jobs:\n  - {{video: \"{V}\\0x\", audio: '{A}'}}\n".encode(),
+            "video contains a control character (U+0000)",
+            2,
+        ),
+        "csv": (
+            f"video,audio\n{V},{A}\x7f\n".encode(),
+            "audio contains a control character (U+007F)",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}\\u0000", "audio": "{A}"}}\n'.encode(),
+            "video contains a control character (U+0000)",
+            1,
+        ),
+    },
+    "format_character": {
+        "yaml": (
+            f"jobs:\n  - {{video: '{V}\u202e4pm.exe', audio: '{A}'}}\n".encode(),
+            "video contains an invisible formatting character (U+202E)",
+            2,
+        ),
+        "csv": (
+            f"video,audio\n{V},{A}\u200b\n".encode(),
+            "audio contains an invisible formatting character (U+200B)",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}", "audio": "{A}\\u2066"}}\n'.encode(),
+            "audio contains an invisible formatting character (U+2066)",
+            1,
+        ),
+    },
+    "surrogate_or_control_in_local_path": {
+        "yaml": (
+            b'jobs:\n  - {video: "v\\x01.mp4", audio: a.wav}\n',
+            "video contains a control character (U+0001)",
+            2,
+        ),
+        "csv": (
+            b"video,audio\nv.mp4,a\x1b.wav\n",
+            "audio contains a control character (U+001B)",
+            2,
+        ),
+        "jsonl": (
+            b'{"video": "v\\ud800.mp4", "audio": "a.wav"}\n',
+            "video contains a lone surrogate (U+D800)",
+            1,
+        ),
+    },
+    "surrogate": {
+        # YAML and UTF-8 CSV cannot hold one: their nearest, a control character.
+        "yaml": (
+            f'jobs:\n  - {{video: "{V}", audio: "{A}\\x9b"}}\n'.encode(),
+            "audio contains a control character (U+009B)",
+            2,
+        ),
+        "csv": (
+            f"reference_id,video,audio\nep\x00,{V},{A}\n".encode(),
+            "contains a NUL byte",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}", "audio": "{A}\\udc80", "reference_id": "e\\ud800"}}\n'.encode(),
+            "audio contains a lone surrogate (U+DC80)",
+            1,
+        ),
+    },
+    "not_in_url": {
+        "yaml": (
+            f"jobs:\n  - {{video: '{V}#<a>', audio: '{A}'}}\n".encode(),
+            "video contains '<', which a URL cannot hold unescaped",
+            2,
+        ),
+        "csv": (
+            f'video,audio\n{V},"{A}"""\n'.encode(),
+            "audio contains '\"', which a URL cannot hold unescaped",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}?q=<b>", "audio": "{A}"}}\n'.encode(),
+            "video contains '<', which a URL cannot hold unescaped",
+            1,
+        ),
+    },
+    "reference_id_control_character": {
+        "yaml": (
+            f'jobs:\n  - {{video: "{V}", audio: "{A}", reference_id: "ep\\u202e1"}}\n'.encode(),
+            "reference_id must be text of letters",
+            2,
+        ),
+        "csv": (
+            f"video,audio,reference_id\n{V},{A},ep\x7f1\n".encode(),
+            "reference_id must be text of letters",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}", "audio": "{A}", "reference_id": "ep\\ud8001"}}\n'.encode(),
+            "reference_id must be text of letters",
+            1,
+        ),
+    },
+    "huge_number": {  # not "use sys.set_int_max_str_digits()": a programmer's words
+        "yaml": (
+            f"jobs:\n  - {{video: '{V}', audio: '{A}', reference_id: {'9' * 5000}}}\n".encode(),
+            "is not a valid int",
+            2,
+        ),
+        "csv": (
+            f"video,audio,reference_id\n{V},{A},{'9' * 5000}\n".encode(),
+            "reference_id is longer than 200 characters",
+            2,
+        ),
+        "jsonl": (
+            f'{{"video": "{V}", "audio": "{A}", "reference_id": {"9" * 5000}}}\n'.encode(),
+            "job 1: a number of 5,000 digits: too long to be a value",
             1,
         ),
     },
@@ -417,3 +540,42 @@ json_values = st.recursive(
 def test_arbitrary_json_lines(tmp_path: Path, lines: list[object]) -> None:
     text = "".join(json.dumps(line) + "\n" for line in lines)
     validate_held(tmp_path, "m.jsonl", text.encode("utf-8", "surrogatepass"))
+
+
+def test_a_csv_with_lone_carriage_returns_is_told_in_the_users_terms(tmp_path: Path) -> None:
+    path = tmp_path / "mac.csv"
+    path.write_bytes(f"video,audio\r{V},{A}\r".encode())
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[0] == (
+        f"error: {path}:1: CSV syntax error: a line ends in a lone carriage return (CR, as in "
+        "old Mac files); save the file with LF or CRLF line endings"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "csv", "jsonl"])
+def test_a_manifest_whose_name_is_not_utf8_is_refused_before_the_db(
+    tmp_path: Path, fmt: str
+) -> None:
+    content = {
+        "yaml": f"jobs:\n  - {{video: '{V}', audio: '{A}'}}\n",
+        "csv": f"video,audio\n{V},{A}\n",
+        "jsonl": f'{{"video": "{V}", "audio": "{A}"}}\n',
+    }[fmt]
+    try:
+        path = tmp_path / os.fsdecode(f"m\xff.{fmt}".encode("latin-1"))
+        path.write_text(content, encoding="utf-8")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    db = tmp_path / "jobs.db"
+    for command in (["validate"], ["load", "--db", str(db)], ["submit", "--db", str(db)]):
+        result = CliRunner().invoke(
+            cli, [*command, str(path), "--batch", "b"], env={"CHAMELAION_API_KEY": "k-123456"}
+        )
+        assert result.exit_code == 2, (command, result.output)
+        shown = str(tmp_path / f"m\\xff.{fmt}")
+        assert result.output.splitlines() == [
+            f"error: {shown}: the file's name is not valid UTF-8: rename the file",
+            f"error: 1 problem in {shown}; nothing was loaded",
+        ], result.output
+    assert not db.exists() or db_rows(db, "SELECT count(*) FROM jobs") == [(0,)]

@@ -12,13 +12,15 @@ import click
 # Importing the command modules registers their commands on the group.
 from dubrunner.cli import admin, checks, jobs, manifests, reporting, results, submitting  # noqa: F401
 from dubrunner.cli.common import cli
-from dubrunner.constants import EXIT_INTERRUPTED
+from dubrunner.cli.ending import StdoutError, guard_stdout
+from dubrunner.constants import EXIT_INTERRUPTED, EXIT_USAGE
 from dubrunner.redact import scrub
 
 __all__ = ["cli", "main"]
 
 
 def main() -> None:
+    guard_stdout()
     try:
         code = _run()
     except KeyboardInterrupt:  # wherever it lands, even while another outcome is being reported
@@ -33,16 +35,11 @@ def main() -> None:
 def _run() -> int:
     """The command's exit code; every failure said in one line."""
     try:
-        # Without standalone mode click returns a command's exit code instead of raising it.
-        code = cli.main(prog_name="dubrunner", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
+        code = _command()
+        sys.stdout.flush()  # here, not only in main: a failure to write the end is said too
+    except StdoutError as exc:  # a full disk, an I/O error: the output is not whole
+        click.echo(f"error: cannot write to stdout: {exc.strerror or exc}", err=True)
+        return EXIT_USAGE
     except BrokenPipeError:
         return 0
     except Exception as exc:
@@ -54,6 +51,33 @@ def _run() -> int:
             err=True,
         )
         return 1
+    return code
+
+
+def _command() -> int:
+    """The command's exit code, click's own endings (usage errors, Ctrl-C) said."""
+    for arg in sys.argv[1:]:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes Python could not decode, held as lone surrogates
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+            click.echo(
+                f"error: the argument '{shown}' is not valid UTF-8: what dubrunner is given "
+                "(names, files, references) it keeps as text",
+                err=True,
+            )
+            return EXIT_USAGE
+    try:
+        # Without standalone mode click returns a command's exit code instead of raising it.
+        code = cli.main(prog_name="dubrunner", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
     return code if isinstance(code, int) else 0
 
 

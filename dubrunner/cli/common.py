@@ -20,6 +20,7 @@ from dubrunner.cli.ending import TerminalUi as TerminalUi
 from dubrunner.cli.ending import UserError as UserError
 from dubrunner.cli.ending import end as end
 from dubrunner.cli.ending import is_quiet as is_quiet
+from dubrunner.cli.ending import output_file as output_file
 from dubrunner.cli.ending import say as say
 from dubrunner.cli.ending import show_ending as show_ending
 from dubrunner.cli.ending import stop_on_signals as stop_on_signals
@@ -178,7 +179,7 @@ class ManifestLimits:
             n = len(exc.problems)
             end(
                 Ending(
-                    f"{n} problem{'s' if n != 1 else ''} in {path}; nothing was loaded",
+                    f"{n} problem{'s' if n != 1 else ''} in {exc.path}; nothing was loaded",
                     EXIT_USAGE,
                     is_error=True,
                     details=tuple(exc.lines()),

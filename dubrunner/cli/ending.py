@@ -5,11 +5,13 @@ Re-exported by cli/common, which the commands import."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
 
@@ -56,6 +58,78 @@ class UserError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo("error: " + shown(self.format_message()), err=True)
+
+
+class StdoutError(OSError):
+    """Writing stdout failed (a full disk, an I/O error; not a closed pipe, which stays a
+    BrokenPipeError and is quiet): main says so in one line."""
+
+
+class _GuardedStdout(io.RawIOBase):
+    """fd 1, its write failures told apart from every other OSError as StdoutError."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def write(self, data: Any) -> int:
+        try:
+            return os.write(self.fd, data)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutError(exc.errno, exc.strerror) from None
+
+    def close(self) -> None:  # fd 1 stays open: only this wrapper is done
+        super().close()
+
+
+def guard_stdout() -> None:
+    """Make sys.stdout raise StdoutError when a write fails (see main): encoding, errors and
+    buffering (python -u's too) as they were."""
+    out = sys.stdout
+    if not isinstance(out, io.TextIOWrapper):
+        return
+    below = out.buffer
+    if isinstance(getattr(below, "raw", below), _GuardedStdout):
+        return
+    try:
+        fd = out.fileno()
+        out.flush()
+    except (OSError, ValueError):
+        return
+    raw = _GuardedStdout(fd)
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(raw) if isinstance(below, io.BufferedWriter) else raw,
+        encoding=out.encoding,
+        errors=out.errors,
+        line_buffering=out.line_buffering,
+        write_through=out.write_through,
+    )
+
+
+@contextlib.contextmanager
+def output_file(path: Path | None) -> Iterator[TextIO]:
+    """The file given by --out (stdout for none or "-"), written as UTF-8; a file that cannot be
+    opened or written is a one-line UserError."""
+    if path is None or str(path) == "-":
+        yield sys.stdout
+        sys.stdout.flush()  # written before anything is said about it
+        return
+    try:
+        with path.open("w", encoding="utf-8", newline="") as f:
+            yield f
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def say(text: str) -> None:

@@ -63,8 +63,9 @@ def from_listing(
 
     Files under a relative SOURCE are written relative to the manifest's folder (--out's, else
     the current one), under an absolute SOURCE as absolute paths.
-    Unpaired files are named on stderr. Exit codes: 0 every matched file paired; 1 the manifest
-    of the pairs written, some files unpaired; 2 bad patterns, an unreadable SOURCE, a pattern
+    Unpaired files are named on stderr, and unusable ones (a name not UTF-8, or with a control
+    character), left out. Exit codes: 0 every matched file paired; 1 the manifest of the pairs
+    written, some files unpaired or unusable; 2 bad patterns, an unreadable SOURCE, a pattern
     matching two files for one key, or no pair at all: nothing written."""
     from dubrunner import listing
 

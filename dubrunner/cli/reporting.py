@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from dubrunner.cli.common import BATCH, LOCAL_OPTIONS, UserError, check_batch, cli, open_store, say
+from dubrunner.cli.common import (
+    BATCH,
+    LOCAL_OPTIONS,
+    UserError,
+    check_batch,
+    cli,
+    open_store,
+    output_file,
+    say,
+)
 
 if TYPE_CHECKING:  # imported when the command runs: --help and TAB stay light
     from rich.console import Console
@@ -29,7 +38,7 @@ if TYPE_CHECKING:  # imported when the command runs: --help and TAB stay light
 )
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    type=click.Path(path_type=Path),
     help="Write to this file [default: stdout].",
 )
 @LOCAL_OPTIONS
@@ -52,11 +61,8 @@ def report_command(batch: str | None, fmt: str, out: Path | None) -> None:
     if out is None:
         _write(numbers, fmt, sys.stdout, table_console())
         return
-    try:
-        with out.open("w", encoding="utf-8") as f:
-            _write(numbers, fmt, f, Console(file=f, width=200, soft_wrap=False, no_color=True))
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    with output_file(out) as f:
+        _write(numbers, fmt, f, Console(file=f, width=200, soft_wrap=False, no_color=True))
     say(f"report written to {out}")
 
 

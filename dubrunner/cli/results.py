@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,6 +24,7 @@ from dubrunner.cli.common import (
     hook_for,
     make_api,
     open_store,
+    output_file,
     say,
 )
 
@@ -118,14 +119,15 @@ def fetch(
     show_default=True,
     help="csv (with a header), json (one array) or jsonl (an object a line); as in status.",
 )
-@click.option("--out", "out", type=click.File("w"), default="-", help="File [default: stdout].")
+@click.option("--out", "out", type=click.Path(path_type=Path), help="File [default: stdout].")
 @LOCAL_OPTIONS
-def export(batch: str | None, format: str, out: Any) -> None:
+def export(batch: str | None, format: str, out: Path | None) -> None:
     """One row per job: the deliverable (reference_id, URLs, request_id, state, output, sha256)."""
     from dubrunner.output import write_export
 
     store = open_store(must_exist=True)
     check_batch(store, batch)
-    n = write_export(store.iter_rows(batch), format, out)
-    to_file = out.name not in ("-", "<stdout>")
-    say(f"{n} job(s) exported" + (f" to {out.name}" if to_file else ""))
+    with output_file(out) as stream:
+        n = write_export(store.iter_rows(batch), format, stream)
+    to_file = out is not None and str(out) != "-"
+    say(f"{n} job(s) exported" + (f" to {out}" if to_file else ""))
