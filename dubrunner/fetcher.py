@@ -154,7 +154,9 @@ class Fetcher(Run):
                 after = page[-1].id
                 list(pool.map(self._fetch_one, page))
         if self.storage.down is None:
-            self.storage.settle()
+            stop = self.storage.settle()
+            if stop is not None:
+                self._storage_down(stop)
 
     def destination(self, target: FetchTarget, content_type: str | None = None) -> Path:
         ext = extension_for(target.output_url, content_type)
@@ -213,13 +215,16 @@ class Fetcher(Run):
         except _StorageFailed as exc:
             stop = self.storage.failed(target, scrub(str(exc)), _ms(started))
             if stop is not None:
-                self.halt(stop, STORAGE_ADVICE if self.api else STORAGE_ADVICE_NO_API)
+                self._storage_down(stop)
         except DownloadFailed as exc:
             if self.storage.down is None:  # else stopped by it: the job stays as it was
                 self._failed(target, scrub(str(exc)), _ms(started))
         finally:
             with self._lock:
                 self._in_use.discard(key)
+
+    def _storage_down(self, sentence: str) -> None:
+        self.halt(sentence, STORAGE_ADVICE if self.api else STORAGE_ADVICE_NO_API)
 
     def _failed(self, target: FetchTarget, reason: str, ms: int) -> None:
         """The download failed for this job's own reasons: recorded (a later fetch tries again)."""
