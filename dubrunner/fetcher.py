@@ -34,6 +34,8 @@ from dubrunner.errors import (
     is_not_found,
     parse_json,
 )
+from dubrunner.forgotten import ADVICE as FORGOTTEN_ADVICE
+from dubrunner.forgotten import ApiMemory
 from dubrunner.governor import Governor, Stopped
 from dubrunner.outfiles import (
     EXTENSIONS,
@@ -90,6 +92,10 @@ class _StorageFailed(DownloadFailed):
     """The storage host refused the output, or could not be reached, to the last try."""
 
 
+class _Unknown(DownloadFailed):
+    """The API does not know the job's request, and its stored output URL failed too."""
+
+
 class _Expired(Exception):
     """The storage host refused the output URL (its signature expired, most likely)."""
 
@@ -129,6 +135,7 @@ class Fetcher(Run):
         self.report = FetchReport()
         self._in_use: set[str] = set()  # parts this process is writing, under _lock
         self.storage = StorageHealth(self._failed)
+        self.memory = ApiMemory(self._failed)  # whether the API knows the requests asked of it
         # A plain client: output URLs are pre-signed and must never see the API's credentials.
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -157,6 +164,12 @@ class Fetcher(Run):
             stop = self.storage.settle()
             if stop is not None:
                 self._storage_down(stop)
+        if self.storage.down is not None:
+            self.memory.drop()
+        elif self.api is not None:
+            forgotten = self.memory.settle(self.api.base_url)
+            if forgotten is not None:
+                self.halt(forgotten, FORGOTTEN_ADVICE)
 
     def destination(self, target: FetchTarget, content_type: str | None = None) -> Path:
         ext = extension_for(target.output_url, content_type)
@@ -216,6 +229,9 @@ class Fetcher(Run):
             stop = self.storage.failed(target, scrub(str(exc)), _ms(started))
             if stop is not None:
                 self._storage_down(stop)
+        except _Unknown as exc:
+            if self.storage.down is None:
+                self.memory.failed(target, scrub(str(exc)), _ms(started))
         except DownloadFailed as exc:
             if self.storage.down is None:  # else stopped by it: the job stays as it was
                 self._failed(target, scrub(str(exc)), _ms(started))
@@ -270,16 +286,26 @@ class Fetcher(Run):
         tries = refreshes = 0
         # Why the next try first asks the API for a fresh output URL, if it does.
         refresh = "it was had long ago" if self.api is not None and _stale(target) else None
+        tried = False  # the stored (or a fresh) URL was asked of the storage host
+        unknown = False  # the API does not know the request: the stored URL is tried anyway
         while True:
             if self.stop.is_set():
                 raise DownloadFailed("interrupted")
             try:
                 if refresh is not None:
-                    target = self._refreshed(target, refresh)
-                    refreshes += 1
+                    try:
+                        target = self._refreshed(target, refresh)
+                        refreshes += 1
+                    except _Unknown:
+                        if tried:
+                            raise
+                        unknown = True  # the stored URL may still be valid
                     refresh = None
+                tried = True
                 return self._stream(target, dest, part, f, present)
             except _Expired as exc:
+                if unknown:
+                    raise _Unknown(f"{exc}, and the API no longer knows this request") from None
                 if self.api is None or refreshes >= REFRESHES:
                     again = (
                         f", also with {refreshes} fresh URL(s) from the API" if refreshes else ""
@@ -414,7 +440,8 @@ class Fetcher(Run):
             message = f"asking the API for a fresh URL: {outcome.message}"
             raise _Retryable(message, storage=False) from None
         if is_not_found(answer.status, answer.body):
-            raise DownloadFailed(f"{why}, and the API no longer knows this request")
+            self.memory.not_found()
+            raise _Unknown(f"{why}, and the API no longer knows this request")
         outcome = classify_answer(answer.status, answer.headers, answer.body, idempotent=True)
         if outcome.retry_after:
             self.governor.pause(outcome.retry_after)
@@ -423,6 +450,7 @@ class Fetcher(Run):
             if outcome.action is Action.RETRY:
                 raise _Retryable(message, storage=False)
             raise DownloadFailed(message)
+        self.memory.knew()
         view = interpret(parse_json(answer.body), base=self.api.base_url)
         if view.output_url is None:
             raise DownloadFailed(f"{why}, and the API gives no output_url now ({view.status!r})")
