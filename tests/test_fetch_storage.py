@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dubrunner.api import ApiClient
-from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
+from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
 from dubrunner.emulator import Emulator
 from dubrunner.sessions import fetch, submit
 from dubrunner.store import Store
@@ -180,3 +180,41 @@ def test_one_refused_output_of_two_with_the_other_served_fails_that_job(
     assert ending.code == EXIT_INCOMPLETE and "storage host" not in ending.sentence
     assert ending.sentence.startswith("1 downloaded") and ", 1 failed, " in ending.sentence
     assert _downloads(db)[1][0] == "failed"
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_up_front(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: `--out /dev/null/x` marked every job's download failed, one line each.
+    _done(emulator, store, api, tmp_path, 3)
+    ending = fetch(store, None, Path("/dev/null/x"), 2, FakeUi(), api)
+    assert ending.code == EXIT_USAGE and ending.is_error
+    assert ending.sentence == (
+        "cannot write into the folder /dev/null/x: Not a directory (--out); nothing fetched"
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b").write_bytes(b"a file where the batch's folder goes")
+    ending = fetch(store, None, tmp_path / "out", 2, FakeUi(), api)
+    assert ending.code == EXIT_USAGE and "cannot write into the folder" in ending.sentence
+    ending = fetch(store, "b", tmp_path / "out", 2, FakeUi(), api)
+    assert ending.code == EXIT_USAGE and f"{tmp_path}/out/b: File exists" in ending.sentence
+    assert _downloads(db) == [(None, None)] * 3
+    assert emulator.stats.downloads == 0
+    (tmp_path / "out" / "b").unlink()
+    assert fetch(store, "b", tmp_path / "out", 2, FakeUi(), api).code == EXIT_OK
+    assert not [p for p in (tmp_path / "out" / "b").iterdir() if p.name.startswith(".dubrunner")]
+
+
+@pytest.mark.slow
+def test_fetch_into_a_folder_that_cannot_be_made_says_one_line_and_exits_2(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.0, output_bytes=2000)
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    r = run_cli(["fetch", "--out", "/dev/null/x"], env)
+    assert r.code == EXIT_USAGE, r.err
+    assert r.err.strip().splitlines() == [
+        "error: cannot write into the folder /dev/null/x: Not a directory (--out); nothing fetched"
+    ], r.err
+    assert _downloads(db) == [(None, None)] * 3
