@@ -41,6 +41,7 @@ from dubrunner.outfiles import (
     EXTENSIONS,
     Busy,
     DownloadFailed,
+    LocalWriteFailed,
     PartInfo,
     lock_if_present,
     mtime_ns,
@@ -229,6 +230,11 @@ class Fetcher(Run):
             stop = self.storage.failed(target, scrub(str(exc)), _ms(started))
             if stop is not None:
                 self._storage_down(stop)
+        except LocalWriteFailed as exc:
+            # Every download would fail alike: the run stops, the job stays fetchable.
+            self.halt(
+                f"{exc}; stopped", "make room (or fix the folder), then run `dubrunner fetch` again"
+            )
         except _Unknown as exc:
             if self.storage.down is None:
                 self.memory.failed(target, scrub(str(exc)), _ms(started))
@@ -417,8 +423,8 @@ class Fetcher(Run):
                 os.replace(part, final)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise DownloadFailed("the disk is full") from None
-            raise DownloadFailed(f"cannot write {part}: {exc.strerror}") from None
+                raise LocalWriteFailed(f"the disk is full (writing {part})") from None
+            raise LocalWriteFailed(f"cannot write {part}: {exc.strerror}") from None
         except (httpx.TransportError, httpx.StreamError, httpx.DecodingError) as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
         return final, size, sha256_of(final)

@@ -43,6 +43,10 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
+class LocalWriteFailed(DownloadFailed):
+    """A file could not be written here (disk full, permissions): not the job's fault."""
+
+
 class Busy(Exception):
     """Another download holds this job's files."""
 
@@ -117,7 +121,7 @@ def owned_part(part: Path) -> Iterator[FileIO]:
         part.parent.mkdir(parents=True, exist_ok=True)
         f = _open_locked(part)
     except OSError as exc:
-        raise DownloadFailed(f"cannot write {part}: {exc.strerror}") from None
+        raise LocalWriteFailed(f"cannot write {part}: {exc.strerror}") from None
     try:
         yield f
     finally:
