@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,11 +33,23 @@ from dubrunner.errors import (
     is_not_found,
     parse_json,
 )
+from dubrunner.forgotten import ADVICE as FORGOTTEN_ADVICE
+from dubrunner.forgotten import ApiMemory
 from dubrunner.governor import Governor, Stopped
+from dubrunner.outanswer import (
+    Restart,
+    Retryable,
+    bare,
+    continued_total,
+    header_length,
+    is_a_page,
+    starts_like_text,
+)
 from dubrunner.outfiles import (
     EXTENSIONS,
     Busy,
     DownloadFailed,
+    LocalWriteFailed,
     PartInfo,
     lock_if_present,
     mtime_ns,
@@ -65,7 +76,6 @@ REFRESHES = 2  # fresh output URLs asked of the API per download
 STALE_AFTER = timedelta(minutes=10)
 _EXPIRED = frozenset({401, 403, 404, 410})  # a storage host's answers to an expired signature
 _TYPES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm"}
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)", re.IGNORECASE)
 
 
 @dataclass
@@ -80,14 +90,12 @@ class FetchReport(Report):
     bytes: int = 0
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, *, storage: bool = True) -> None:
-        super().__init__(message)
-        self.storage = storage  # the storage host's fault, not the API's (a fresh URL's)
-
-
 class _StorageFailed(DownloadFailed):
     """The storage host refused the output, or could not be reached, to the last try."""
+
+
+class _Unknown(DownloadFailed):
+    """The API does not know the job's request, and its stored output URL failed too."""
 
 
 class _Expired(Exception):
@@ -129,6 +137,7 @@ class Fetcher(Run):
         self.report = FetchReport()
         self._in_use: set[str] = set()  # parts this process is writing, under _lock
         self.storage = StorageHealth(self._failed)
+        self.memory = ApiMemory(self._failed)  # whether the API knows the requests asked of it
         # A plain client: output URLs are pre-signed and must never see the API's credentials.
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -154,7 +163,15 @@ class Fetcher(Run):
                 after = page[-1].id
                 list(pool.map(self._fetch_one, page))
         if self.storage.down is None:
-            self.storage.settle()
+            stop = self.storage.settle()
+            if stop is not None:
+                self._storage_down(stop)
+        if self.storage.down is not None:
+            self.memory.drop()
+        elif self.api is not None:
+            forgotten = self.memory.settle(self.api.base_url)
+            if forgotten is not None:
+                self.halt(forgotten, FORGOTTEN_ADVICE)
 
     def destination(self, target: FetchTarget, content_type: str | None = None) -> Path:
         ext = extension_for(target.output_url, content_type)
@@ -213,13 +230,24 @@ class Fetcher(Run):
         except _StorageFailed as exc:
             stop = self.storage.failed(target, scrub(str(exc)), _ms(started))
             if stop is not None:
-                self.halt(stop, STORAGE_ADVICE if self.api else STORAGE_ADVICE_NO_API)
+                self._storage_down(stop)
+        except LocalWriteFailed as exc:
+            # Every download would fail alike: the run stops, the job stays fetchable.
+            self.halt(
+                f"{exc}; stopped", "make room (or fix the folder), then run `dubrunner fetch` again"
+            )
+        except _Unknown as exc:
+            if self.storage.down is None:
+                self.memory.failed(target, scrub(str(exc)), _ms(started))
         except DownloadFailed as exc:
             if self.storage.down is None:  # else stopped by it: the job stays as it was
                 self._failed(target, scrub(str(exc)), _ms(started))
         finally:
             with self._lock:
                 self._in_use.discard(key)
+
+    def _storage_down(self, sentence: str) -> None:
+        self.halt(sentence, STORAGE_ADVICE if self.api else STORAGE_ADVICE_NO_API)
 
     def _failed(self, target: FetchTarget, reason: str, ms: int) -> None:
         """The download failed for this job's own reasons: recorded (a later fetch tries again)."""
@@ -261,27 +289,37 @@ class Fetcher(Run):
     def _download(
         self, target: FetchTarget, dest: Path, part: Path, f: FileIO, present: list[Path]
     ) -> tuple[Path, int, str]:
-        last = _Retryable("no attempt")
+        last = Retryable("no attempt")
         tries = refreshes = 0
         # Why the next try first asks the API for a fresh output URL, if it does.
         refresh = "it was had long ago" if self.api is not None and _stale(target) else None
+        tried = False  # the stored (or a fresh) URL was asked of the storage host
+        unknown = False  # the API does not know the request: the stored URL is tried anyway
         while True:
             if self.stop.is_set():
                 raise DownloadFailed("interrupted")
             try:
                 if refresh is not None:
-                    target = self._refreshed(target, refresh)
-                    refreshes += 1
+                    try:
+                        target = self._refreshed(target, refresh)
+                        refreshes += 1
+                    except _Unknown:
+                        if tried:
+                            raise
+                        unknown = True  # the stored URL may still be valid
                     refresh = None
+                tried = True
                 return self._stream(target, dest, part, f, present)
             except _Expired as exc:
+                if unknown:
+                    raise _Unknown(f"{exc}, and the API no longer knows this request") from None
                 if self.api is None or refreshes >= REFRESHES:
                     again = (
                         f", also with {refreshes} fresh URL(s) from the API" if refreshes else ""
                     )
                     raise _StorageFailed(f"{exc}{again}") from None
                 refresh = str(exc)
-            except _Restart as exc:
+            except Restart as exc:
                 # Not an error, and no try used: the next request asks for the whole file, so a
                 # restart only comes again after a cut, and cuts use up tries.
                 self.add("restarted")
@@ -290,7 +328,7 @@ class Fetcher(Run):
                 # process while this one still holds the lock on the old one.
                 f.truncate(0)
                 sidecar(part).unlink(missing_ok=True)
-            except _Retryable as exc:
+            except Retryable as exc:
                 last = exc
                 tries += 1
                 if tries >= TRIES:
@@ -308,7 +346,7 @@ class Fetcher(Run):
         if have and (info is None or info.url_path != url_path):
             # Bytes of unknown origin (an older version named parts of several jobs alike) or
             # of another output of this job (polled again since): never continue them.
-            raise _Restart("the partial file is not known to come from this output")
+            raise Restart("the partial file is not known to come from this output")
         # Byte offsets must count the bytes stored, so no transfer encoding of the body.
         headers = {"Accept-Encoding": "identity"}
         if have and info is not None:
@@ -322,20 +360,20 @@ class Fetcher(Run):
             with self._client.stream("GET", target.output_url, headers=headers) as resp:
                 status = resp.status_code
                 if status == 416 and have:
-                    raise _Restart(f"the server cannot resume at byte {have}")
+                    raise Restart(f"the server cannot resume at byte {have}")
                 if status in (408, 429) or status >= 500:
-                    raise _Retryable(f"HTTP {status}")
+                    raise Retryable(f"HTTP {status}")
                 if status in _EXPIRED:
                     raise _Expired(f"HTTP {status} for the output URL")
                 if status not in (200, 206):
                     raise DownloadFailed(f"HTTP {status} for the output URL")
                 content_type = resp.headers.get("content-type")
-                if _is_a_page(content_type):
+                if is_a_page(content_type):
                     # A login or error page served with 200 (an expired or refused URL behind a
                     # portal): never kept as the output (found by an outside attack).
-                    raise _Expired(f"the output URL served {_bare(content_type)}, not the video")
+                    raise _Expired(f"the output URL served {bare(content_type)}, not the video")
                 if status == 206:
-                    total: int | None = _continued_total(resp, have, info)
+                    total: int | None = continued_total(resp, have, info)
                     if have:
                         self.add("resumed")
                 else:
@@ -345,7 +383,7 @@ class Fetcher(Run):
                         log.info("%s: the server sent the whole file again", target.reference_id)
                         f.truncate(0)
                         have, info = 0, None
-                    total = _length(resp.headers.get("content-length"))
+                    total = header_length(resp.headers.get("content-length"))
                 # The final name is fixed by the answer that starts the file, before a byte is
                 # written, and kept by every resume.
                 ext = (
@@ -374,22 +412,22 @@ class Fetcher(Run):
                         raise DownloadFailed("interrupted")
                     if first and chunk:
                         first = False
-                        if _starts_like_text(chunk):
+                        if starts_like_text(chunk):
                             raise _Expired("the output URL served a page or JSON, not the video")
                     write_all(f, chunk)
                     self.add("bytes", len(chunk))
                 os.fsync(f.fileno())
                 size = os.fstat(f.fileno()).st_size
                 if total is not None and size != total:
-                    raise _Retryable(f"got {size} of {total} bytes")
+                    raise Retryable(f"got {size} of {total} bytes")
                 side.unlink(missing_ok=True)
                 os.replace(part, final)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise DownloadFailed("the disk is full") from None
-            raise DownloadFailed(f"cannot write {part}: {exc.strerror}") from None
+                raise LocalWriteFailed(f"the disk is full (writing {part})") from None
+            raise LocalWriteFailed(f"cannot write {part}: {exc.strerror}") from None
         except (httpx.TransportError, httpx.StreamError, httpx.DecodingError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+            raise Retryable(f"{type(exc).__name__}: {exc}") from None
         return final, size, sha256_of(final)
 
     def _refreshed(self, target: FetchTarget, why: str) -> FetchTarget:
@@ -407,17 +445,19 @@ class Fetcher(Run):
         except (httpx.TransportError, httpx.StreamError, ResponseTooLarge) as exc:
             outcome = classify_exception(exc, idempotent=True)
             message = f"asking the API for a fresh URL: {outcome.message}"
-            raise _Retryable(message, storage=False) from None
+            raise Retryable(message, storage=False) from None
         if is_not_found(answer.status, answer.body):
-            raise DownloadFailed(f"{why}, and the API no longer knows this request")
+            self.memory.not_found()
+            raise _Unknown(f"{why}, and the API no longer knows this request")
         outcome = classify_answer(answer.status, answer.headers, answer.body, idempotent=True)
         if outcome.retry_after:
             self.governor.pause(outcome.retry_after)
         if outcome.action is not Action.ACCEPTED:
             message = f"asking the API for a fresh URL: {scrub(outcome.message)}"
             if outcome.action is Action.RETRY:
-                raise _Retryable(message, storage=False)
+                raise Retryable(message, storage=False)
             raise DownloadFailed(message)
+        self.memory.knew()
         view = interpret(parse_json(answer.body), base=self.api.base_url)
         if view.output_url is None:
             raise DownloadFailed(f"{why}, and the API gives no output_url now ({view.status!r})")
@@ -426,77 +466,12 @@ class Fetcher(Run):
         return replace(target, output_url=view.output_url, polled_at=utcnow())
 
 
-class _Restart(Exception):
-    """The bytes kept do not belong with what the server sends: start the file over."""
-
-
-def _continued_total(resp: httpx.Response, have: int, info: PartInfo | None) -> int:
-    """The file's length from a 206, which must run from byte `have` to the end of the file this
-    part was started from; anything else would splice two different byte ranges or files."""
-    found = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", "").strip())
-    problem = None
-    total = 0
-    if found is None:
-        problem = "an unreadable Content-Range"
-    else:
-        first, last, total = (int(g) for g in found.groups())
-        length = _length(resp.headers.get("content-length"))
-        if first != have or last != total - 1:
-            problem = f"bytes {first}-{last}/{total} for a request from byte {have}"
-        elif info is not None and info.total is not None and total != info.total:
-            problem = f"a file of {total} bytes, not the {info.total} it started with"
-        elif length is not None and length != total - have:
-            problem = f"{length} bytes for bytes {first}-{last}"
-        elif info is not None and _changed(info, resp):
-            problem = "another version of the file"
-    if problem is None:
-        return total
-    if have:
-        raise _Restart(f"the server resumed with {problem}")
-    raise _Retryable(f"a partial answer to a request for the whole file: {problem}")
-
-
-def _changed(info: PartInfo, resp: httpx.Response) -> bool:
-    """Whether the answer names a different version than the one the part was started from."""
-    for kept, header in ((info.etag, "etag"), (info.last_modified, "last-modified")):
-        sent = resp.headers.get(header)
-        if kept is not None and sent is not None and sent != kept:
-            return True
-    return False
-
-
 def _final_names(target: FetchTarget, dest: Path) -> list[Path]:
     """Every name this job's output can have: the URL's extension, or one per content type."""
     if Path(urlsplit(target.output_url).path).suffix.lower() in EXTENSIONS:
         return [dest]
     stem = safe_name(target.reference_id)
     return [dest.with_name(stem + ext) for ext in sorted({".mp4", *_TYPES.values()})]
-
-
-_PAGE_TYPES = ("text/", "application/json", "application/xml", "application/xhtml+xml")
-
-
-def _bare(content_type: str | None) -> str:
-    return (content_type or "").split(";")[0].strip().lower()
-
-
-def _is_a_page(content_type: str | None) -> bool:
-    """A content type no video is served with: a web page, text, JSON or XML."""
-    return _bare(content_type).startswith(_PAGE_TYPES)
-
-
-def _starts_like_text(head: bytes) -> bool:
-    """The first bytes of an HTML page, an XML error document or JSON, whatever the headers
-    said: no video container starts so."""
-    start = head[:64].lstrip().lower()
-    return start.startswith((b"<!doctype", b"<html", b"<?xml", b"<error", b"{", b"["))
-
-
-def _length(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None and value.strip().isdigit() else None
-    except ValueError:
-        return None
 
 
 def _stale(target: FetchTarget) -> bool:

@@ -52,6 +52,15 @@ class Condition(StrEnum):
     MISCONFIGURED = "misconfigured"
 
 
+def knows_none(where: str, n: int, asked: str) -> str:
+    """An API that answered "not found" for every request asked of it in a run: the wrong address
+    (or an API that lost its memory), never the jobs' fault. `asked`: what was asked of them."""
+    return (
+        f"the API at {where} knows none of the {n} job(s) {asked} ('not found' for each): "
+        "check CHAMELAION_BASE_URL"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What the server's health makes of one answer, for the job that got it."""

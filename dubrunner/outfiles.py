@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -27,6 +28,23 @@ MAX_NAME = 180
 
 class DownloadFailed(Exception):
     """This output cannot be had now; the reason is said in the message."""
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written into `folder` (created if missing), proved by writing one;
+    None when they can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dubrunner-probe-") as probe:
+            probe.write(b"\0")
+            probe.flush()
+    except OSError as exc:
+        return f"cannot write into the folder {folder}: {exc.strerror or exc}"
+    return None
+
+
+class LocalWriteFailed(DownloadFailed):
+    """A file could not be written here (disk full, permissions): not the job's fault."""
 
 
 class Busy(Exception):
@@ -103,7 +121,7 @@ def owned_part(part: Path) -> Iterator[FileIO]:
         part.parent.mkdir(parents=True, exist_ok=True)
         f = _open_locked(part)
     except OSError as exc:
-        raise DownloadFailed(f"cannot write {part}: {exc.strerror}") from None
+        raise LocalWriteFailed(f"cannot write {part}: {exc.strerror}") from None
     try:
         yield f
     finally:

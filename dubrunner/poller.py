@@ -45,7 +45,7 @@ from dubrunner.errors import (
     request_key,
 )
 from dubrunner.governor import Governor, Stopped
-from dubrunner.health import Condition, HealthTeller, OutageTooLong, ServerHealth
+from dubrunner.health import Condition, HealthTeller, OutageTooLong, ServerHealth, knows_none
 from dubrunner.records import AttemptRecord, PollTarget, RemoteView, utcnow
 from dubrunner.redact import is_http_url, scrub
 from dubrunner.running import Report, Run
@@ -439,10 +439,7 @@ class Poller(Run):
         if missing and len(missing) == polled and not self._knows_our_requests():
             for target, attempt in missing:  # shown, never counted towards the end
                 self.store.record_missing(target.id, self.owner, attempt, target.missing)
-            self.halt(
-                f"the API at {where} knows none of the {polled} job(s) polled ('not found' for "
-                f"each): check CHAMELAION_BASE_URL"
-            )
+            self.halt(knows_none(where, polled, "polled"))
             return
         young = utcnow() - GONE_MIN_AGE
         for target, attempt in missing:

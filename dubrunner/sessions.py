@@ -30,6 +30,7 @@ from dubrunner.mediacheck import MediaJob as MediaJob
 from dubrunner.mediacheck import Rehash as Rehash
 from dubrunner.mediacheck import check_local_files as check_local_files
 from dubrunner.mediacheck import check_media as check_media
+from dubrunner.outfiles import safe_name, unwritable
 from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller
 from dubrunner.records import LoadPlan
 from dubrunner.running import Report
@@ -439,6 +440,13 @@ def fetch(
     """Download every completed job's output into `out`; with `api`, an output URL that expired
     (or was had long ago) is asked for afresh; with `verify`, every file already there is hashed
     again (otherwise only those changed since they were recorded)."""
+    # A folder that cannot be written is refused up front, not blamed on each job (found by an
+    # outside attack: `--out /dev/null/x` marked every download failed).
+    for folder in [out, *(out / safe_name(b) for b in ([batch] if batch else store.batches()))]:
+        if folder == out or folder.exists():  # a batch's folder is made when first needed
+            problem = unwritable(folder)
+            if problem is not None:
+                return Ending(f"{problem} (--out); nothing fetched", EXIT_USAGE, is_error=True)
     fetcher = Fetcher(store, out, batch, concurrency, api=api, governor=governor, verify=verify)
     total = store.count_in_states(batch, [State.COMPLETED])
     report = fetcher.report

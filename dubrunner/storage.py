@@ -6,7 +6,10 @@ with fresh URLs from the API) or that could not reach it (refused connections, r
 Such a failure is held back, not recorded: when the host then serves another output, it was the
 job's own and is recorded; when `AFTER` downloads from one host fail so in a row, the storage is
 failing as a whole: the fetch stops with one sentence, and no job is recorded as failed (a later
-fetch downloads them). What is still held when the fetch ends is recorded as the jobs' own."""
+fetch downloads them). What is still held when the fetch ends is recorded as the jobs' own when
+its host served another output in this run; held for a host that served none (a batch of one or
+two outputs, every one refused), it is the storage failing as a whole too: one sentence, no job
+recorded as failed (found by an outside attack: two outputs refused were two jobs failed)."""
 
 from __future__ import annotations
 
@@ -48,12 +51,15 @@ class StorageHealth:
     after: int = 3
     down: str | None = None  # the sentence, once the storage failed as a whole
     _held: dict[str, list[_Held]] = field(default_factory=dict)
+    _served: set[str] = field(default_factory=set)  # hosts that served an output in this run
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def served(self, url: str) -> None:
         """The host served an output: the failures held for it were the jobs' own."""
+        host = storage_host(url)
         with self._lock:
-            held = self._held.pop(storage_host(url), [])
+            self._served.add(host)
+            held = self._held.pop(host, [])
         for h in held:
             self.record(h.target, h.reason, h.ms)
 
@@ -76,11 +82,21 @@ class StorageHealth:
             )
             return self.down
 
-    def settle(self) -> None:
-        """The fetch ended without the storage failing as a whole: what is held was the jobs'
-        own."""
+    def settle(self) -> str | None:
+        """The fetch ended without `after` refusals in a row: what is held for a host that served
+        another output in this run was the jobs' own (recorded); what is held for a host that
+        served none is the storage failing as a whole: the sentence that says so (None when
+        there is none), those jobs left as they were."""
         with self._lock:
-            held = [h for hs in self._held.values() for h in hs]
+            held = [h for host, hs in self._held.items() if host in self._served for h in hs]
+            unserved = [(host, hs) for host, hs in self._held.items() if host not in self._served]
             self._held.clear()
+            if unserved:
+                host, hs = unserved[0]
+                self.down = (
+                    f"the storage host {host} served none of the outputs asked of it and refused "
+                    f"{len(hs)} (the last: {hs[-1].reason}); stopped"
+                )
         for h in held:
             self.record(h.target, h.reason, h.ms)
+        return self.down

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dubrunner.api import ApiClient
-from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
+from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
 from dubrunner.emulator import Emulator
 from dubrunner.sessions import fetch, submit
 from dubrunner.store import Store
@@ -128,3 +128,93 @@ def test_without_the_api_expired_urls_stop_the_fetch_saying_what_would_help(
     ), ending.sentence
     assert _downloads(db) == [(None, None)] * 4
     assert fetch(store, None, tmp_path / "out", 2, FakeUi(), api).code == EXIT_OK
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_storage_refusing_the_only_outputs_is_one_sentence_not_each_jobs_failure(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path, n: int
+) -> None:
+    # Failed before: fewer than 3 outputs never made "3 in a row"; each job's download was
+    # recorded failed (found by an outside attack).
+    _done(emulator, store, api, tmp_path, n)
+    emulator.update(storage_refuses=True)
+    ending = fetch(store, None, tmp_path / "out", 2, FakeUi(), api)
+    assert ending.code == EXIT_INCOMPLETE and ending.is_error
+    host = emulator.base_url.removeprefix("http://").removesuffix("/api/")
+    assert ending.sentence.startswith(
+        f"the storage host {host} served none of the outputs asked of it and refused {n} (the "
+        "last: HTTP 403 for the output URL, also with 2 fresh URL(s) from the API); stopped; "
+        "0 downloaded"
+    ), ending.sentence
+    assert f"{n} left to fetch — run `dubrunner fetch` again" in ending.sentence
+    assert _downloads(db) == [(None, None)] * n
+    emulator.update(storage_refuses=False)
+    again = fetch(store, None, tmp_path / "out", 2, FakeUi(), api)
+    assert again.code == EXIT_OK, again
+    assert again.sentence.startswith(f"{n} downloaded")
+
+
+def test_a_storage_host_unreachable_for_two_outputs_is_one_sentence(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    emulator.update(output_host=f"127.0.0.1:{port}")
+    _done(emulator, store, api, tmp_path, 2)
+    ending = fetch(store, None, tmp_path / "out", 2, FakeUi(), api)
+    assert ending.code == EXIT_INCOMPLETE and ending.is_error
+    assert ending.sentence.startswith(
+        f"the storage host 127.0.0.1:{port} served none of the outputs asked of it and refused 2"
+    ), ending.sentence
+    assert _downloads(db) == [(None, None)] * 2
+
+
+def test_one_refused_output_of_two_with_the_other_served_fails_that_job(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    _done(emulator, store, api, tmp_path, 2)
+    refused = db_rows(db, "SELECT request_id FROM jobs WHERE reference_id = 'b-ep00001'")[0][0]
+    emulator.update(refused_outputs=[refused])
+    ending = fetch(store, None, tmp_path / "out", 1, FakeUi(), api)
+    assert ending.code == EXIT_INCOMPLETE and "storage host" not in ending.sentence
+    assert ending.sentence.startswith("1 downloaded") and ", 1 failed, " in ending.sentence
+    assert _downloads(db)[1][0] == "failed"
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_up_front(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: `--out /dev/null/x` marked every job's download failed, one line each.
+    _done(emulator, store, api, tmp_path, 3)
+    ending = fetch(store, None, Path("/dev/null/x"), 2, FakeUi(), api)
+    assert ending.code == EXIT_USAGE and ending.is_error
+    assert ending.sentence == (
+        "cannot write into the folder /dev/null/x: Not a directory (--out); nothing fetched"
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b").write_bytes(b"a file where the batch's folder goes")
+    ending = fetch(store, None, tmp_path / "out", 2, FakeUi(), api)
+    assert ending.code == EXIT_USAGE and "cannot write into the folder" in ending.sentence
+    ending = fetch(store, "b", tmp_path / "out", 2, FakeUi(), api)
+    assert ending.code == EXIT_USAGE and f"{tmp_path}/out/b: File exists" in ending.sentence
+    assert _downloads(db) == [(None, None)] * 3
+    assert emulator.stats.downloads == 0
+    (tmp_path / "out" / "b").unlink()
+    assert fetch(store, "b", tmp_path / "out", 2, FakeUi(), api).code == EXIT_OK
+    assert not [p for p in (tmp_path / "out" / "b").iterdir() if p.name.startswith(".dubrunner")]
+
+
+@pytest.mark.slow
+def test_fetch_into_a_folder_that_cannot_be_made_says_one_line_and_exits_2(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.0, output_bytes=2000)
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    r = run_cli(["fetch", "--out", "/dev/null/x"], env)
+    assert r.code == EXIT_USAGE, r.err
+    assert r.err.strip().splitlines() == [
+        "error: cannot write into the folder /dev/null/x: Not a directory (--out); nothing fetched"
+    ], r.err
+    assert _downloads(db) == [(None, None)] * 3

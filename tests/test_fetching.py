@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from dubrunner.api import ApiClient
+from dubrunner.api import ApiClient, Credentials
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_OK
-from dubrunner.emulator import Emulator, output_content
+from dubrunner.emulator import Emulator, EmulatorConfig, output_content
 from dubrunner.poller import output_url_of
 from dubrunner.sessions import Polling, fetch, submit
 from dubrunner.store import Store
 from tests.conftest import (
     OPTIONS,
+    TOKEN,
     Database,
     FakeUi,
     db_rows,
@@ -55,17 +57,32 @@ def test_an_expired_output_url_is_asked_for_afresh(
 def test_without_the_api_an_expired_url_fails_the_download_not_the_job(
     emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
 ) -> None:
-    emulator.update(complete_after=0.0, output_ttl=0.2, output_bytes=5000)
-    assert submit(store, api, manifest_of(tmp_path, 1), OPTIONS, FakeUi(), wait=True).code == 0
-    time.sleep(0.4)
-    assert fetch(store, None, tmp_path / "out", 2, FakeUi()).code == EXIT_INCOMPLETE
+    emulator.update(complete_after=0.0, output_ttl=3600, output_bytes=5000)
+    assert submit(store, api, manifest_of(tmp_path, 2), OPTIONS, FakeUi(), wait=True).code == 0
+    # The second job's URL expired long ago; the first one's is good (the host serves it: the
+    # refusal is that job's own, not the storage failing as a whole).
+    url = db_rows(db, "SELECT output_url FROM jobs WHERE reference_id = 'b-ep00001'")[0][0]
+    expired = re.sub(r"expires=\d+", "expires=1000", url)
+    db.rows("UPDATE jobs SET output_url = ? WHERE reference_id = 'b-ep00001'", expired)
+    assert fetch(store, None, tmp_path / "out", 1, FakeUi()).code == EXIT_INCOMPLETE
     assert db_rows(db, "SELECT state, download_state, download_error FROM jobs") == [
-        ("completed", "failed", "HTTP 403 for the output URL")
+        ("completed", "downloaded", None),
+        ("completed", "failed", "HTTP 403 for the output URL"),
     ]
-    emulator.forget()  # and the API that no longer has the request says so
-    assert fetch(store, None, tmp_path / "out", 2, FakeUi(), api).code == EXIT_INCOMPLETE
-    assert db_rows(db, "SELECT state, download_error FROM jobs") == [
-        ("completed", "HTTP 404 for the output URL, and the API no longer knows this request")
+    # And the API that no longer has the request says so (it knows others asked of it: the
+    # second job's own failure, not a wrong address).
+    emulator.forget([db_rows(db, "SELECT request_id FROM jobs ORDER BY id")[1][0]])
+    db.rows("UPDATE jobs SET polled_at = '2020-01-01 00:00:00', download_state = NULL")
+    db.rows("UPDATE jobs SET sha256 = NULL, local_path = NULL WHERE reference_id = 'b-ep00000'")
+    (tmp_path / "out" / "b" / "b-ep00000.mp4").unlink()
+    assert fetch(store, None, tmp_path / "out", 1, FakeUi(), api).code == EXIT_INCOMPLETE
+    assert db_rows(db, "SELECT state, download_state, download_error FROM jobs") == [
+        ("completed", "downloaded", None),
+        (
+            "completed",
+            "failed",
+            "HTTP 404 for the output URL, and the API no longer knows this request",
+        ),
     ]
 
 
@@ -184,3 +201,38 @@ def test_a_relative_output_url_is_taken_from_the_apis_host(
 def test_what_an_output_url_resolves_to(given: str | None, kept: str | None) -> None:
     # The base URL's user:password never reaches a URL kept in the database.
     assert output_url_of(given, "https://user:secret@api.test/api/") == kept
+
+
+def test_an_api_that_knows_none_of_the_requests_is_one_sentence_and_the_stored_urls_are_tried(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Failed before: against an API that no longer knew the requests (restarted, or the wrong
+    # CHAMELAION_BASE_URL) every download was marked failed, the stored URL never tried.
+    emulator.update(complete_after=0.0, output_ttl=3600, output_bytes=5000)
+    assert submit(store, api, manifest_of(tmp_path, 3), OPTIONS, FakeUi(), wait=True).code == 0
+    db.rows("UPDATE jobs SET polled_at = '2020-01-01 00:00:00'")  # renewed before downloading
+    urls = [row[0] for row in db_rows(db, "SELECT output_url FROM jobs ORDER BY id")]
+    db.rows(
+        "UPDATE jobs SET output_url = ? WHERE id = 3", re.sub(r"expires=\d+", "expires=1", urls[2])
+    )
+    other = Emulator(EmulatorConfig(tokens=(TOKEN,), seed=1)).start()  # knows none of ours
+    try:
+        with ApiClient(Credentials(TOKEN, None), other.base_url) as wrong:
+            ending = fetch(store, None, tmp_path / "out", 1, FakeUi(), wrong)
+    finally:
+        other.stop()
+    assert ending.code == EXIT_INCOMPLETE and ending.is_error
+    assert ending.sentence.startswith(
+        f"the API at {other.base_url} knows none of the 3 job(s) asked for a fresh output URL "
+        "('not found' for each): check CHAMELAION_BASE_URL; 2 downloaded"
+    ), ending.sentence
+    assert "1 left to fetch — run `dubrunner fetch` again against the API" in ending.sentence
+    assert db_rows(db, "SELECT download_state, download_error FROM jobs ORDER BY id") == [
+        ("downloaded", None),
+        ("downloaded", None),
+        (None, None),  # its stored URL expired: not failed, fetched against the right API
+    ]
+    again = fetch(store, None, tmp_path / "out", 1, FakeUi(), api)
+    assert again.code == EXIT_OK and again.sentence.startswith("1 downloaded"), again
+    for local, content in outputs(db).items():
+        assert Path(local).read_bytes() == content

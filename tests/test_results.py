@@ -191,7 +191,7 @@ def test_remote_statuses(status: str | None, state: State) -> None:
 
 
 @pytest.mark.slow
-def test_a_full_disk_fails_that_download_and_moves_on(
+def test_a_full_disk_stops_the_fetch_and_blames_no_job(
     emulator: Emulator,
     env: dict[str, str],
     db_path: Path,
@@ -222,9 +222,20 @@ def test_a_full_disk_fails_that_download_and_moves_on(
         report = Fetcher(store, tmp_path / "out", None, concurrency=1).run()
     finally:
         store.close()
-    assert (report.downloaded, report.failed) == (2, 1)
+    # Failed before: each download meeting the full disk was recorded as that job's failure.
+    assert (report.downloaded, report.failed) == (1, 0)
+    part = tmp_path / "out" / "b" / "b-ep00001.mp4.part"
+    assert report.halt_message == f"the disk is full (writing {part}); stopped"
+    assert report.halt_advice == "make room (or fix the folder), then run `dubrunner fetch` again"
     assert db_rows(db_path, "SELECT download_state, download_error FROM jobs ORDER BY id") == [
         ("downloaded", None),
-        ("failed", "the disk is full"),
-        ("downloaded", None),
+        (None, None),  # fetchable once there is room
+        (None, None),
     ]
+    monkeypatch.setattr("dubrunner.fetcher.os.fsync", real_fsync)
+    store = Store(str(db_path))
+    try:
+        report = Fetcher(store, tmp_path / "out", None, concurrency=1).run()
+    finally:
+        store.close()
+    assert (report.downloaded, report.failed, report.halt_message) == (2, 0, None)
