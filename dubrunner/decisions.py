@@ -19,9 +19,6 @@ from enum import StrEnum
 from dubrunner.errors import Action, Lookup, LookupResult, Outcome
 from dubrunner.states import State
 
-# A job may be told "slow down" this many times its --max-attempts before it gives up.
-THROTTLE_FACTOR = 10
-
 
 class Next(StrEnum):
     SEND = "send"  # a look-up proved the job absent: send it now
@@ -76,10 +73,14 @@ class Decision:
 def _spent(
     progress: Progress, outcome: Outcome, policy: Policy, free: bool
 ) -> tuple[int, int, bool]:
-    """(tries, throttled, exhausted) once `outcome` is counted."""
+    """(tries, throttled, exhausted) once `outcome` is counted. "Slow down" is never the job's
+    fault and never ends it, however often it comes: a strict limiter answers 429 to many
+    requests of a healthy batch (a job gave up after ~120 of them in 6 s under a limiter with a
+    burst of 2). An API that only ever says it is the batch's affair: health.py halts the batch
+    after --outage-timeout of nothing else, its jobs left pending."""
     throttled = progress.throttled + (1 if outcome.throttled else 0)
     tries = progress.tries + (0 if outcome.throttled or free else 1)
-    exhausted = tries >= policy.max_attempts or throttled >= policy.max_attempts * THROTTLE_FACTOR
+    exhausted = tries >= policy.max_attempts
     return tries, throttled, exhausted
 
 
