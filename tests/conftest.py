@@ -327,3 +327,10 @@ def media_manifest(path: Path, emulator: Emulator) -> Path:
         lines += [f"  - reference_id: {ref}", f"    video: '{video}'", f"    audio: '{audio}'"]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound for a moment, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -5,7 +5,6 @@ downloads them). One refused output among others served is that job's own failur
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tests.conftest import (
     OPTIONS,
     Database,
     FakeUi,
+    closed_port,
     db_rows,
     manifest_of,
     run_cli,
@@ -63,9 +63,7 @@ def test_storage_refusing_every_output_stops_the_fetch_with_one_sentence(
 def test_a_storage_host_refusing_connections_stops_the_fetch(
     emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
 ) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()  # nothing listens on it
     emulator.update(output_host=f"127.0.0.1:{port}")
     _done(emulator, store, api, tmp_path, 5)
     ending = fetch(store, None, tmp_path / "out", 2, FakeUi(), api)
@@ -157,9 +155,7 @@ def test_storage_refusing_the_only_outputs_is_one_sentence_not_each_jobs_failure
 def test_a_storage_host_unreachable_for_two_outputs_is_one_sentence(
     emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()  # nothing listens on it
     emulator.update(output_host=f"127.0.0.1:{port}")
     _done(emulator, store, api, tmp_path, 2)
     ending = fetch(store, None, tmp_path / "out", 2, FakeUi(), api)

@@ -3,7 +3,6 @@ event, never hundreds of failed jobs. Real processes against the emulator."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tests.conftest import (
     BOTH_DATABASES,
     Database,
     assert_exactly_once,
+    closed_port,
     run_cli,
     start,
     states,
@@ -47,9 +47,7 @@ def test_a_wrong_base_url_halts_at_once_and_fails_no_job(
 def test_a_refused_port_halts_quickly_and_fails_no_job(
     env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port()  # nothing listens on it
     env = {**env, "CHAMELAION_BASE_URL": f"http://127.0.0.1:{port}/api/"}
     manifest = write_manifest(tmp_path / "m.yaml", 50)
     started = time.monotonic()
