@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from dubrunner.db import Database
+from dubrunner.db import Database, insert_many
 from dubrunner.models import FileDigest, Job
 from dubrunner.queries import CURRENT
 from dubrunner.records import JobSpec, LoadPlan, derive_reference_id, job_identity, utcnow
@@ -35,9 +33,8 @@ class LoadConflict(Exception):
         super().__init__(problems[0])
 
 
-@dataclass(frozen=True, slots=True)
-class Existing:
-    """A job already in the table, as far as loading cares."""
+class Existing(NamedTuple):
+    """A job already in the table, as far as loading cares (a tuple: a reload reads 100,000)."""
 
     id: int
     batch: str
@@ -253,8 +250,17 @@ def _load(
             conn.rollback()
             return plan
         now = utcnow()
+        new = {
+            "batch": batch,
+            "state": State.PENDING,
+            "attempts": 0,
+            "tries": 0,
+            "lookup_needed": False,
+            "created_at": now,
+            "updated_at": now,
+        }
         for chunk in _chunks(plan.new, 5000):
-            conn.execute(insert(Job), [_new_row(batch, s, source, now) for s in chunk])
+            insert_many(conn, _JOBS, _NEW_COLUMNS, (_new_row(s, source) for s in chunk), new)
         lost: list[str] = []
         for job_id, spec in plan.changed:
             # Guarded where the data lives: a worker may have claimed the job since it was read
@@ -343,6 +349,15 @@ _EXISTING_COLUMNS = (
 )
 
 
+# The look-ups of a load, `keys` a chunk of values: statements made once, so that each chunk
+# costs its values' binding alone (an IN of literals is coerced value by value, every time).
+_KEYS: sa.BindParameter[str] = sa.bindparam("keys", expanding=True)
+_BY_REFERENCE = select(*_EXISTING_COLUMNS).where(Job.reference_id.in_(_KEYS))
+_BY_MEDIA = select(Job.id, Job.media_key, Job.reference_id, Job.batch, Job.state).where(
+    Job.media_key.in_(_KEYS), Job.state != State.CANCELLED
+)
+
+
 def _by_paths(
     conn: Connection, batch: str, specs: Sequence[JobSpec]
 ) -> dict[tuple[str, str], Existing]:
@@ -358,8 +373,8 @@ def _by_paths(
                 CURRENT,
             )
         )
-        for row in rows:
-            job = Existing(*row)
+        for row in rows.all():
+            job = Existing._make(row)
             found[(job.video_url, job.audio_url)] = job
     return found
 
@@ -367,8 +382,8 @@ def _by_paths(
 def _existing(conn: Connection, specs: Sequence[JobSpec]) -> dict[str, Existing]:
     existing: dict[str, Existing] = {}
     for chunk in _chunks([s.reference_id for s in specs]):
-        for row in conn.execute(select(*_EXISTING_COLUMNS).where(Job.reference_id.in_(chunk))):
-            job = Existing(*row)
+        for row in conn.execute(_BY_REFERENCE, {"keys": chunk}).all():
+            job = Existing._make(row)
             existing[job.reference_id] = job
     return existing
 
@@ -384,27 +399,41 @@ def _chains(conn: Connection, existing: Mapping[str, Existing]) -> dict[str, lis
             ).first()
             if row is None:
                 break
-            job = Existing(*row)
+            job = Existing._make(row)
             seen.add(job.reference_id)
             chains.setdefault(ref, []).append(job)
     return chains
 
 
-def _new_row(batch: str, spec: JobSpec, source: str, now: datetime) -> dict[str, Any]:
-    return {
-        "batch": batch,
-        "reference_id": spec.reference_id,
-        **_media_values(spec),
-        "disable_active_speaker_detection": spec.disable_active_speaker_detection,
-        "source": f"{source}:{spec.line}",
-        "media_key": spec.media_key,
-        "state": State.PENDING,
-        "attempts": 0,
-        "tries": 0,
-        "lookup_needed": False,
-        "created_at": now,
-        "updated_at": now,
-    }
+_JOBS = cast(sa.Table, Job.__table__)
+# A new job's own values (_new_row), beside those all of a load's new jobs share (_load).
+_NEW_COLUMNS = (
+    "reference_id",
+    "video_url",
+    "audio_url",
+    "video_size",
+    "video_sha256",
+    "audio_size",
+    "audio_sha256",
+    "disable_active_speaker_detection",
+    "source",
+    "media_key",
+)
+
+
+def _new_row(spec: JobSpec, source: str) -> tuple[Any, ...]:
+    return (
+        spec.reference_id,
+        spec.video_url,
+        spec.audio_url,
+        spec.video_size,
+        spec.video_sha256,
+        spec.audio_size,
+        spec.audio_sha256,
+        spec.disable_active_speaker_detection,
+        f"{source}:{spec.line}",
+        spec.media_key,
+    )
 
 
 def _same_media(conn: Connection, plan: LoadPlan, source: str) -> list[str]:
@@ -417,12 +446,8 @@ def _same_media(conn: Connection, plan: LoadPlan, source: str) -> list[str]:
     problems: list[str] = []
     keys = sorted(incoming)
     for chunk in _chunks(keys):
-        rows = conn.execute(
-            select(Job.id, Job.media_key, Job.reference_id, Job.batch, Job.state).where(
-                Job.media_key.in_(chunk), Job.state != State.CANCELLED
-            )
-        )
-        for job_id, key, ref, batch, state in rows:
+        rows = conn.execute(_BY_MEDIA, {"keys": chunk})
+        for job_id, key, ref, batch, state in rows.all():
             spec = incoming[str(key)]
             if job_id in changing or ref == spec.reference_id:
                 continue

@@ -41,6 +41,11 @@ class JobSpec:
     audio_sha256: str | None = None
     video_size: int | None = None
     audio_size: int | None = None
+    # media_key(*identity), made once: a load of 100,000 jobs looks it up more than once each.
+    media_key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "media_key", media_key(*self.identity))
 
     @property
     def is_local(self) -> bool:
@@ -56,10 +61,6 @@ class JobSpec:
             self.video_sha256,
             self.audio_sha256,
         )
-
-    @property
-    def media_key(self) -> str:
-        return media_key(*self.identity)
 
 
 def job_identity(

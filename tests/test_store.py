@@ -6,12 +6,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
+import sqlalchemy as sa
 
-from dubrunner.records import AttemptRecord, JobSpec, Lease, RemoteView, Tally
+from dubrunner.db import Database as DbEngine
+from dubrunner.db import insert_many
+from dubrunner.models import Job
+from dubrunner.records import AttemptRecord, JobSpec, Lease, RemoteView, Tally, utcnow
 from dubrunner.states import State
 from dubrunner.store import LoadConflict, Store, StoreError
+from tests.conftest import Database
 
 LONG = Lease(60)
 TALLY = Tally(posts=1, tries=1)
@@ -156,3 +162,44 @@ def test_group_commit_batches_without_falling_back(store: Store) -> None:
     # A write that finds its row gone (someone else took the job) is told so, alone.
     assert store.mark_failed(ids[0], "me", None, TALLY, False, None) is False
     assert store.counts() == {"processing": 200}
+
+
+@pytest.mark.parametrize(
+    "db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True
+)
+def test_a_loads_fast_insert_writes_what_sqlalchemys_insert_writes(db: Database) -> None:
+    """insert_many (the driver's executemany, used to load new jobs) against SQLAlchemy's own
+    insert of the same values: every column alike, defaults, booleans and times included."""
+    database = DbEngine(db.url)
+    database.upgrade()
+    jobs = cast(sa.Table, Job.__table__)
+    now = utcnow()
+    shared = {"batch": "b", "state": State.PENDING, "attempts": 0, "lookup_needed": False}
+    shared |= {"created_at": now, "updated_at": now}
+    own = ("reference_id", "video_url", "audio_url", "disable_active_speaker_detection", "tries")
+    rows = [
+        ("1", "https://x.test/v1.mp4", "https://x.test/a1.wav", True, 0),
+        ("2", "https://x.test/v2.mp4", "https://x.test/a2.wav", False, 2),
+    ]
+    try:
+        with database.write() as conn:
+            insert_many(conn, jobs, own, [(f"fast-{n}", *rest) for n, *rest in rows], shared)
+            for n, *rest in rows:
+                values = dict(zip(own, (f"slow-{n}", *rest), strict=True))
+                conn.execute(sa.insert(jobs), {**shared, **values})
+        with database.read() as conn:
+            found = {row.reference_id: row._asdict() for row in conn.execute(sa.select(jobs))}
+    finally:
+        database.close()
+    assert set(found) == {"fast-1", "fast-2", "slow-1", "slow-2"}
+    for n, *_ in rows:
+        fast, slow = found[f"fast-{n}"], found[f"slow-{n}"]
+        assert {k: v for k, v in fast.items() if k not in ("id", "reference_id")} == {
+            k: v for k, v in slow.items() if k not in ("id", "reference_id")
+        }
+    assert found["fast-1"]["disable_asd"] is True
+    assert found["fast-2"]["created_at"] == now and found["fast-2"]["tries"] == 2
+    assert found["fast-2"]["remote_missing"] == 0  # a column default, not given
+    # As stored, read past SQLAlchemy: the same forms of booleans and times.
+    sql = "SELECT disable_asd, created_at, remote_missing FROM jobs WHERE reference_id = ?"
+    assert db.rows(sql, "fast-1") == db.rows(sql, "slow-1")
