@@ -18,6 +18,7 @@ DEFAULT_DB = "sqlite:///./dubrunner.db"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # of a manifest
 DEFAULT_MAX_JOBS = 1_000_000  # in a manifest
 DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3  # a local media file (--max-upload-bytes)
+MAX_SHOWN = 50  # problems (or conflicts) listed one a line before the sentence
 
 
 def database_url(value: str | None) -> str:

@@ -8,14 +8,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dubrunner import uploads
-from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, MAX_SHOWN
 from dubrunner.localmedia import DEFAULT_MAX_UPLOAD_BYTES, Digests, file_problem
 from dubrunner.manifest import Manifest
 from dubrunner.preflight import MediaProblem, Pair, Preflight, PreflightReport
 from dubrunner.redact import redact_url
 from dubrunner.session_ui import Ending, Ui
-
-MAX_SHOWN = 50  # problems (or conflicts) listed one a line before the sentence
 
 
 @dataclass(frozen=True)

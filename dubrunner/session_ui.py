@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dubrunner.constants import EXIT_OK
-from dubrunner.preflight import MediaProblem
+
+if TYPE_CHECKING:
+    from dubrunner.preflight import MediaProblem
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,20 @@ from dubrunner.db import StoreError
 from dubrunner.fetcher import Fetcher
 from dubrunner.governor import Governor
 from dubrunner.health import ServerHealth
-from dubrunner.loading import LoadConflict
+from dubrunner.loadsession import Loaded as Loaded
+from dubrunner.loadsession import load as load
 from dubrunner.manifest import Manifest
-
-# A session's whole vocabulary, for the command line and the tests: these live in mediacheck and
-# session_ui (so that this module holds the sessions alone) and are taken from here.
-from dubrunner.mediacheck import MAX_SHOWN, run_check
 from dubrunner.mediacheck import MediaCheck as MediaCheck
 from dubrunner.mediacheck import MediaJob as MediaJob
 from dubrunner.mediacheck import Rehash as Rehash
 from dubrunner.mediacheck import check_local_files as check_local_files
 from dubrunner.mediacheck import check_media as check_media
+
+# A session's whole vocabulary, for the command line and the tests: these live in mediacheck and
+# session_ui (so that this module holds the sessions alone) and are taken from here.
+from dubrunner.mediacheck import run_check
 from dubrunner.outfiles import safe_name, unwritable
 from dubrunner.poller import GONE_AFTER, OUTPUT_GRACE, Poller
-from dubrunner.records import LoadPlan
 from dubrunner.running import Report
 from dubrunner.session_ui import Ending as Ending
 from dubrunner.session_ui import Progress as Progress
@@ -42,63 +42,6 @@ from dubrunner.store import Store
 from dubrunner.worker import RunReport, Worker, WorkerOptions
 
 MAX_FETCH_CONCURRENCY = 8  # downloads at once after a submit: its --concurrency, up to this
-
-
-# -- loading ----------
-
-
-@dataclass(frozen=True)
-class Loaded:
-    batch: str
-    plan: LoadPlan
-
-    @property
-    def summary(self) -> str:
-        plan = self.plan
-        return (
-            f"batch {self.batch}: {len(plan.new)} new, {plan.unchanged} unchanged "
-            f"({plan.already_submitted} already submitted), {len(plan.changed)} changed"
-            + _superseded(plan)
-        )
-
-
-def _superseded(plan: LoadPlan) -> str:
-    """ ", 1 superseded (ep1 by ep1~2)": the sent jobs `--supersede` replaced (or would)."""
-    if not plan.superseded:
-        return ""
-    pairs = [f"{old} by {new}" for old, new in plan.supersessions[:MAX_SHOWN]]
-    if not plan.supersessions:  # a dry run: nothing written, no new reference_id yet
-        pairs = [old for old, _ in plan.superseded[:MAX_SHOWN]]
-    more = len(plan.superseded) - len(pairs)
-    listed = ", ".join(pairs) + (f", and {more} more" if more > 0 else "")
-    return f", {len(plan.superseded)} superseded ({listed})"
-
-
-def load(
-    store: Store,
-    manifest: Manifest,
-    dry_run: bool = False,
-    allow_same_media: bool = False,
-    supersede: bool = False,
-) -> Loaded | Ending:
-    """The manifest's jobs into the table, all or (an Ending, exit 2) none of them."""
-    try:
-        plan = store.load(
-            manifest.batch,
-            manifest.jobs,
-            manifest.path,
-            dry_run=dry_run,
-            allow_same_media=allow_same_media,
-            supersede=supersede,
-        )
-    except LoadConflict as exc:
-        return Ending(
-            f"{len(exc.problems)} job(s) conflict with the database; nothing was loaded",
-            EXIT_USAGE,
-            is_error=True,
-            details=tuple(exc.problems[:MAX_SHOWN]),
-        )
-    return Loaded(manifest.batch, plan)
 
 
 # -- sending ----------

@@ -164,7 +164,7 @@ class ManifestLimits:
         `digests` (default: not cached)."""
         from dubrunner.manifest import ManifestError
         from dubrunner.manifest import load as load_manifest
-        from dubrunner.sessions import Ending
+        from dubrunner.session_ui import Ending
 
         try:
             return load_manifest(

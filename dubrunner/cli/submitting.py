@@ -35,8 +35,9 @@ from dubrunner.cli.common import (
 
 if TYPE_CHECKING:
     from dubrunner.hooks import OnDone
+    from dubrunner.loadsession import Loaded
     from dubrunner.manifest import Manifest
-    from dubrunner.sessions import Loaded, MediaCheck, Polling
+    from dubrunner.sessions import MediaCheck, Polling
     from dubrunner.worker import WorkerOptions
 
 SUPERSEDE = click.option(
@@ -150,10 +151,10 @@ def load(
 
 
 def _load(m: Manifest, dry_run: bool, allow_same_media: bool, supersede: bool) -> Loaded:
-    from dubrunner import sessions
+    from dubrunner import loadsession  # not sessions: no HTTP client to import
 
-    loaded = sessions.load(open_store(), m, dry_run, allow_same_media, supersede)
-    if isinstance(loaded, sessions.Ending):
+    loaded = loadsession.load(open_store(), m, dry_run, allow_same_media, supersede)
+    if not isinstance(loaded, loadsession.Loaded):
         end(loaded)
     return loaded
 
