@@ -193,7 +193,7 @@ def finish(
     jobs: list[JobSpec] = []
     seen: dict[str, int] = {}
     for raw in raws:
-        hashes = _hashes(raw, digests, problems)
+        hashes = _hashes(raw, digests, problems) if raw.files is not None else None
         if raw.files is not None and hashes is None:
             continue
         if hashes is not None:
