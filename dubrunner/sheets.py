@@ -199,6 +199,9 @@ def parse_jsonl(
     """A JSON Lines manifest's jobs; raises ManifestError listing every problem found."""
     problems: list[Problem] = []
     raws: list[RawJob] = []
+    # One decoder for every line, told each line's number (json.loads makes one a call).
+    keyed = _Keyed(0)
+    decode = json.JSONDecoder(object_pairs_hook=keyed, parse_int=_number).decode
     index = 0
     for line_no, line in enumerate(_lines(text), start=1):
         if not line.strip():
@@ -209,8 +212,10 @@ def parse_jsonl(
                 name,
                 [Problem(line_no, f"more than {max_jobs:,} jobs; the limit is {max_jobs:,}")],
             )
+        keyed.line = line_no
         try:
-            value = json.loads(line, object_pairs_hook=_Keyed(line_no), parse_int=_number)
+            # json.loads only adds its refusal of a line that starts with a BOM: kept, its words.
+            value = decode(line) if not line.startswith("\ufeff") else json.loads(line)
         except _Refused as exc:
             problems.append(Problem(line_no, f"job {index}: {exc}"))
             continue
