@@ -225,7 +225,8 @@ def parse_jsonl(
         except RecursionError:
             problems.append(Problem(line_no, f"job {index}: the JSON is nested too deeply"))
             continue
-        entry = _lined(value, line_no)
+        # A JSON array is written with "[" (no escape makes one): without it, nothing to line.
+        entry = _lined(value, line_no) if "[" in line else value
         if isinstance(entry, LineDict):
             if "batch" in entry:
                 problems.append(

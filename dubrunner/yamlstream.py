@@ -102,14 +102,13 @@ class EventReader:
             raise YamlProblem(
                 line_of_event(ev), f"the YAML is nested more than {MAX_DEPTH} levels deep"
             )
-        if (
-            ev.__class__ is yaml.ScalarEvent
-            and ev.tag is None
-            and (ev.style or (ev.value and ev.value[0] not in self.resolved_starts))
-        ):  # quoted, or no implicit type starts so: text (the usual key, URL or id), fast
-            if ev.anchor:
-                self.anchors[ev.anchor] = ev.value
-            return ev.value
+        if ev.__class__ is _ScalarEvent and ev.tag is None:
+            text = ev.value
+            if ev.style or (text and text[0] not in self.resolved_starts):
+                # Quoted, or no implicit type starts so: text (the usual key, URL or id), fast.
+                if ev.anchor:
+                    self.anchors[ev.anchor] = text
+                return text
         if isinstance(ev, yaml.AliasEvent):
             if ev.anchor not in self.anchors:
                 raise YamlProblem(line_of_event(ev), f"unknown alias *{ev.anchor}")
@@ -150,10 +149,11 @@ class EventReader:
     ) -> LineDict:
         data = LineDict()
         data.line = line_of_event(ev)
-        data.key_lines = {}
-        get_event = self.get_event
-        while not isinstance(key_ev := get_event(), yaml.MappingEndEvent):
-            key = self.value(key_ev, depth + 1)
+        key_lines: dict[Any, int] = {}
+        data.key_lines = key_lines
+        get_event, value_of = self.get_event, self.value
+        while not isinstance(key_ev := get_event(), _MappingEndEvent):
+            key = value_of(key_ev, depth + 1)
             try:
                 hash(key)
             except TypeError:
@@ -163,11 +163,11 @@ class EventReader:
             if key in data:
                 raise YamlProblem(line_of_event(key_ev), f"duplicate key {show(key)}")
             value_ev = get_event()
-            data.key_lines[key] = line_of_event(value_ev)
+            key_lines[key] = line_of_event(value_ev)
             if special is not None and special(key, value_ev):
                 data[key] = None  # consumed by the caller as it streamed by
                 continue
-            value = self.value(value_ev, depth + 1)
+            value = value_of(value_ev, depth + 1)
             if key == "<<" and isinstance(value, LineDict):
                 for k, v in value.items():
                     data.setdefault(k, v)
@@ -179,6 +179,8 @@ class EventReader:
 
 
 MAX_DEPTH = 50
+_ScalarEvent = yaml.ScalarEvent  # looked up once: checked for each of a job's events
+_MappingEndEvent = yaml.MappingEndEvent
 
 
 def line_of_event(ev: yaml.Event) -> int:
