@@ -60,8 +60,11 @@ class EventReader:
     def __init__(self, text: str) -> None:
         # The loader's own get_event, as yaml.parse calls it but without its generator between:
         # a call less on each of the ~8 events of a job. (None once the stream has ended, which
-        # no reading here goes past: the parser closes what it opens, or raises.)
-        self.get_event = cast(Callable[[], yaml.Event], _BaseLoader(text).get_event)
+        # no reading here goes past: the parser closes what it opens, or raises.) The loader is
+        # made at the first read, as yaml.parse makes it: what it refuses as it is made (the
+        # pure-Python reader checks every character then) is a YAML error of a read.
+        self.text = text
+        self.get_event: Callable[[], yaml.Event] = self._first_event
         self.anchors: dict[str, Any] = {}
         self.resolver = yaml.resolver.Resolver()
         self.constructor = yaml.constructor.SafeConstructor()
@@ -69,6 +72,10 @@ class EventReader:
         self.resolved_starts = frozenset(
             c for c in self.resolver.yaml_implicit_resolvers if isinstance(c, str)
         )
+
+    def _first_event(self) -> yaml.Event:
+        self.get_event = cast(Callable[[], yaml.Event], _BaseLoader(self.text).get_event)
+        return self.get_event()
 
     def next(self) -> yaml.Event:
         ev: yaml.Event | None = self.get_event()
