@@ -108,13 +108,21 @@ def character_problem(value: str, what: str) -> str | None:
     return None
 
 
+def _plain_url(value: object) -> bool:
+    """A usable http(s) URL of the common kind (see _PLAIN_URL), within MAX_URL, its port (if
+    any) at most 65535: nothing to check further, and not a local file (is_url holds)."""
+    if not isinstance(value, str) or len(value) > MAX_URL:
+        return False
+    plain = _PLAIN_URL.fullmatch(value)
+    return plain is not None and (plain.group(1) is None or int(plain.group(1)) <= 65535)
+
+
 def _check_source(value: object, what: str) -> str | None:
     """The problem with a media URL or local path, or None when it may be usable (a local file
     is checked once both of a job's inputs are known: see _local_files)."""
     if not isinstance(value, str):
         return f"{what} must be a URL or a file path, not {type_name(value)}"
-    plain = _PLAIN_URL.fullmatch(value) if len(value) <= MAX_URL else None
-    if plain and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+    if _plain_url(value):
         return None  # the common case, found fast
     scheme = value.split("://", 1)[0] if "://" in value else ""
     if scheme and scheme.isalnum() and scheme.lower() not in ("http", "https", "file"):
@@ -131,8 +139,7 @@ def _check_url(value: str, what: str) -> str | None:
     """The problem with a media URL, or None when it is a usable absolute http(s) URL."""
     if len(value) > MAX_URL:
         return f"{what} is longer than {MAX_URL} characters"
-    plain = _PLAIN_URL.fullmatch(value)
-    if plain and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+    if _plain_url(value):
         return None
     if _SPACE.search(value):
         return f"{what} contains white space"
@@ -186,7 +193,7 @@ def finish(
     jobs: list[JobSpec] = []
     seen: dict[str, int] = {}
     for raw in raws:
-        hashes = _hashes(raw, digests, problems)
+        hashes = _hashes(raw, digests, problems) if raw.files is not None else None
         if raw.files is not None and hashes is None:
             continue
         if hashes is not None:
@@ -233,6 +240,12 @@ def _hashes(raw: RawJob, digests: Digests, problems: list[Problem]) -> tuple[str
         return None
 
 
+def _bad(problems: list[Problem], raw: LineDict, index: int, key: str | None, text: str) -> None:
+    """A problem of job `index`, at the line of `key`'s value (the job's line without a key)."""
+    at = raw.key_lines.get(key, raw.line) if key else raw.line
+    problems.append(Problem(at, f"job {index}: {text}"))
+
+
 def parse_job(
     raw: object,
     index: int,
@@ -251,35 +264,37 @@ def parse_job(
             )
         )
         return None
-    line = raw.line
     before = len(problems)
-
-    def bad(key: str | None, text: str) -> None:
-        at = raw.key_lines.get(key, line) if key else line
-        problems.append(Problem(at, f"job {index}: {text}"))
-
-    for k in raw:
-        if k not in JOB_KEYS:
-            bad(
-                k,
-                f"unknown key {show(k)}{did_you_mean(k, JOB_KEYS)} (expected video, audio or "
-                "inputs, reference_id, disable_active_speaker_detection)",
-            )
+    if not raw.keys() <= JOB_KEYS:  # the loop only when a key is unknown (rare)
+        for k in raw:
+            if k not in JOB_KEYS:
+                _bad(
+                    problems,
+                    raw,
+                    index,
+                    k,
+                    f"unknown key {show(k)}{did_you_mean(k, JOB_KEYS)} (expected video, audio "
+                    "or inputs, reference_id, disable_active_speaker_detection)",
+                )
 
     video: object = None
     audio: object = None
+    plain = False  # both inputs plain http(s) URLs (_plain_url): usable, and no local files
     if "inputs" in raw:
         if "video" in raw or "audio" in raw:
-            bad("inputs", "give either inputs or video/audio, not both")
+            _bad(problems, raw, index, "inputs", "give either inputs or video/audio, not both")
         inputs = raw["inputs"]
         if not isinstance(inputs, LineList):
-            bad("inputs", "inputs must be a list of {type, url}")
+            _bad(problems, raw, index, "inputs", "inputs must be a list of {type, url}")
             inputs = None
         videos: list[object] = []
         audios: list[object] = []
         for item in inputs or ():
             if not isinstance(item, LineDict):
-                bad(
+                _bad(
+                    problems,
+                    raw,
+                    index,
                     "inputs",
                     f"each input must be a mapping with type and url, not {type_name(item)}",
                 )
@@ -307,29 +322,46 @@ def parse_job(
                 )
         if inputs is not None:
             if len(videos) != 1:
-                bad("inputs", f"expected exactly one video input, found {len(videos)}")
+                _bad(
+                    problems,
+                    raw,
+                    index,
+                    "inputs",
+                    f"expected exactly one video input, found {len(videos)}",
+                )
             if len(audios) != 1:
-                bad("inputs", f"expected exactly one audio input, found {len(audios)}")
+                _bad(
+                    problems,
+                    raw,
+                    index,
+                    "inputs",
+                    f"expected exactly one audio input, found {len(audios)}",
+                )
             if len(videos) == len(audios) == 1:
                 video, audio = videos[0], audios[0]
                 for value, what in ((video, "the video url"), (audio, "the audio url")):
                     problem = _check_source(value, what)
                     if problem:
-                        bad("inputs", problem)
+                        _bad(problems, raw, index, "inputs", problem)
     else:
         video = raw.get("video")
         audio = raw.get("audio")
-        for key, value in (("video", video), ("audio", audio)):
-            if key not in raw:
-                bad(None, f"no {key} ({missing.format(key=key)})")
-            else:
-                problem = _check_source(value, key)
-                if problem:
-                    bad(key, problem)
+        plain = _plain_url(video) and _plain_url(audio)
+        if not plain:  # else both are given, and _check_source would find nothing
+            for key, value in (("video", video), ("audio", audio)):
+                if key not in raw:
+                    _bad(problems, raw, index, None, f"no {key} ({missing.format(key=key)})")
+                else:
+                    problem = _check_source(value, key)
+                    if problem:
+                        _bad(problems, raw, index, key, problem)
 
     asd = raw.get("disable_active_speaker_detection")
     if asd is not None and not isinstance(asd, bool):
-        bad(
+        _bad(
+            problems,
+            raw,
+            index,
             "disable_active_speaker_detection",
             f"disable_active_speaker_detection must be true or false (got {show(asd)})",
         )
@@ -339,24 +371,33 @@ def parse_job(
         if isinstance(reference_id, int) and not isinstance(reference_id, bool):
             reference_id = str(reference_id)
         if not isinstance(reference_id, str) or not _REFERENCE_ID.fullmatch(reference_id):
-            bad(
+            _bad(
+                problems,
+                raw,
+                index,
                 "reference_id",
                 "reference_id must be text of letters, digits and . _ : / @ + = - "
                 f"(got {show(reference_id, 60)})",
             )
         elif len(reference_id) > MAX_REFERENCE_ID:
-            bad("reference_id", f"reference_id is longer than {MAX_REFERENCE_ID} characters")
+            _bad(
+                problems,
+                raw,
+                index,
+                "reference_id",
+                f"reference_id is longer than {MAX_REFERENCE_ID} characters",
+            )
 
     files = None
-    if len(problems) == before:
+    if len(problems) == before and not plain:  # plain URLs: is_url holds, local_pair says None
         assert isinstance(video, str) and isinstance(audio, str)
         keys = ("inputs", "inputs") if "inputs" in raw else ("video", "audio")
         files, found = local_pair(video, audio, media.base_dir, media.max_upload_bytes)
         for which, text in found:
-            bad(keys[which], text)
+            _bad(problems, raw, index, keys[which], text)
     if len(problems) > before:
         return None
     assert isinstance(video, str) and isinstance(audio, str)
     assert asd is None or isinstance(asd, bool)
     assert reference_id is None or isinstance(reference_id, str)
-    return RawJob(video, audio, reference_id, asd, line, index, files)
+    return RawJob(video, audio, reference_id, asd, raw.line, index, files)

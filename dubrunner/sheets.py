@@ -59,16 +59,17 @@ def parse_csv(
     columns = _columns(cells, header_line, problems)
     if problems:
         raise ManifestError(name, problems)
+    notes = [column for column in columns if column.startswith("x-")]
     index = 0
     for line, row in rows:
-        if not any(cell.strip() for cell in row):
-            continue  # a blank row
+        if not "".join(row).strip():
+            continue  # a blank row (no cell holds anything but white space)
         index += 1
         if index > max_jobs:
             raise ManifestError(
                 name, [Problem(line, f"more than {max_jobs:,} jobs; the limit is {max_jobs:,}")]
             )
-        entry = _csv_entry(row, columns, line, index, problems)
+        entry = _csv_entry(row, columns, notes, line, index, problems)
         if entry is not None:
             job = parse_job(entry, index, line, problems, media, _CSV_MISSING)
             if job is not None:
@@ -96,18 +97,14 @@ def _csv_rows(text: str, name: str) -> Iterator[tuple[int, list[str]]]:
     numbered as a spreadsheet numbers them, the header 1 and blank rows counted: the line in a
     text editor too, unless a quoted cell spans lines."""
     reader = csv.reader(_lines(text), strict=True)
-    number = 0
-    while True:
-        number += 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise ManifestError(
-                name, [Problem(number, f"CSV syntax error: {_csv_why(exc)}")]
-            ) from None
-        yield number, row
+    number = 0  # of the last row read: an error is in the next
+    try:
+        for number, row in enumerate(reader, start=1):
+            yield number, row
+    except csv.Error as exc:
+        raise ManifestError(
+            name, [Problem(number + 1, f"CSV syntax error: {_csv_why(exc)}")]
+        ) from None
 
 
 def _csv_why(exc: csv.Error) -> str:
@@ -154,10 +151,15 @@ def _columns(cells: list[str], line: int, problems: list[Problem]) -> list[str]:
 
 
 def _csv_entry(
-    row: list[str], columns: list[str], line: int, index: int, problems: list[Problem]
+    row: list[str],
+    columns: list[str],
+    notes: list[str],
+    line: int,
+    index: int,
+    problems: list[Problem],
 ) -> LineDict | None:
-    """A row as a job entry (its empty cells and notes left out), or None for a row wider than
-    the header or with a value under a nameless column."""
+    """A row as a job entry (its empty cells and the `notes` columns, x-…, left out), or None
+    for a row wider than the header or with a value under a nameless column."""
     if len(row) > len(columns):
         problems.append(
             Problem(
@@ -166,23 +168,28 @@ def _csv_entry(
             )
         )
         return None
-    entry = LineDict()
+    # All the cells at once (fast), then what is left out taken away. Column names are unique
+    # (_columns), so no cell hides another; missing trailing cells are absent, as empty ones.
+    entry = LineDict(zip(columns, map(str.strip, row), strict=False))
     entry.line = line
     entry.key_lines = {}
-    for number, (column, cell) in enumerate(zip(columns, row, strict=False), start=1):
-        value = cell.strip()  # missing trailing cells: empty
-        if not value or column.startswith("x-"):
-            continue
-        if not column:
-            problems.append(
-                Problem(
-                    line,
-                    f"job {index}: {show(value)} in column {number}, which has no name in the "
-                    "header",
-                )
+    if not all(entry.values()):
+        for column in [column for column, value in entry.items() if not value]:
+            del entry[column]
+    for column in notes:
+        entry.pop(column, None)
+    if "" in entry:  # a value under the nameless column
+        problems.append(
+            Problem(
+                line,
+                f"job {index}: {show(entry[''])} in column {columns.index('') + 1}, which has no "
+                "name in the header",
             )
-            return None
-        entry[column] = _FLAGS.get(value.lower(), value) if column == _FLAG else value
+        )
+        return None
+    flag = entry.get(_FLAG)
+    if flag is not None:
+        entry[_FLAG] = _FLAGS.get(flag.lower(), flag)
     return entry
 
 
@@ -192,6 +199,9 @@ def parse_jsonl(
     """A JSON Lines manifest's jobs; raises ManifestError listing every problem found."""
     problems: list[Problem] = []
     raws: list[RawJob] = []
+    # One decoder for every line, told each line's number (json.loads makes one a call).
+    keyed = _Keyed(0)
+    decode = json.JSONDecoder(object_pairs_hook=keyed, parse_int=_number).decode
     index = 0
     for line_no, line in enumerate(_lines(text), start=1):
         if not line.strip():
@@ -202,8 +212,10 @@ def parse_jsonl(
                 name,
                 [Problem(line_no, f"more than {max_jobs:,} jobs; the limit is {max_jobs:,}")],
             )
+        keyed.line = line_no
         try:
-            value = json.loads(line, object_pairs_hook=_Keyed(line_no), parse_int=_number)
+            # json.loads only adds its refusal of a line that starts with a BOM: kept, its words.
+            value = decode(line) if not line.startswith("\ufeff") else json.loads(line)
         except _Refused as exc:
             problems.append(Problem(line_no, f"job {index}: {exc}"))
             continue
@@ -213,7 +225,8 @@ def parse_jsonl(
         except RecursionError:
             problems.append(Problem(line_no, f"job {index}: the JSON is nested too deeply"))
             continue
-        entry = _lined(value, line_no)
+        # A JSON array is written with "[" (no escape makes one): without it, nothing to line.
+        entry = _lined(value, line_no) if "[" in line else value
         if isinstance(entry, LineDict):
             if "batch" in entry:
                 problems.append(

@@ -4,7 +4,7 @@ value: a 100k-job manifest is read one job at a time, never as a whole tree."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -17,11 +17,13 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
 class LineDict(dict[Any, Any]):
     """A mapping that remembers the line of itself and of each of its values."""
 
+    __slots__ = ("key_lines", "line")  # no __dict__: one made per job, 100k in a big manifest
     line: int
     key_lines: dict[Any, int]
 
 
 class LineList(list[Any]):
+    __slots__ = ("item_lines", "line")
     line: int
     item_lines: list[int]
 
@@ -56,7 +58,13 @@ class EventReader:
     alias bomb stays small), duplicate keys and non-standard tags are errors."""
 
     def __init__(self, text: str) -> None:
-        self.events: Iterator[yaml.Event] = yaml.parse(text, Loader=_BaseLoader)
+        # The loader's own get_event, as yaml.parse calls it but without its generator between:
+        # a call less on each of the ~8 events of a job. (None once the stream has ended, which
+        # no reading here goes past: the parser closes what it opens, or raises.) The loader is
+        # made at the first read, as yaml.parse makes it: what it refuses as it is made (the
+        # pure-Python reader checks every character then) is a YAML error of a read.
+        self.text = text
+        self.get_event: Callable[[], yaml.Event] = self._first_event
         self.anchors: dict[str, Any] = {}
         self.resolver = yaml.resolver.Resolver()
         self.constructor = yaml.constructor.SafeConstructor()
@@ -65,13 +73,19 @@ class EventReader:
             c for c in self.resolver.yaml_implicit_resolvers if isinstance(c, str)
         )
 
+    def _first_event(self) -> yaml.Event:
+        self.get_event = cast(Callable[[], yaml.Event], _BaseLoader(self.text).get_event)
+        return self.get_event()
+
     def next(self) -> yaml.Event:
-        return next(self.events)
+        ev: yaml.Event | None = self.get_event()
+        if ev is None:  # pragma: no cover - the parser ends every stream it starts
+            raise StopIteration
+        return ev
 
     def scalar(self, ev: yaml.ScalarEvent) -> Any:
-        value = ev.value
-        if ev.tag is None and (ev.style or (value and value[0] not in self.resolved_starts)):
-            return value  # quoted, or no implicit type starts so: text (the usual URL or id)
+        """A scalar that may not be text: tagged, or plain and starting as a non-text might
+        (value() takes the others, the usual keys, URLs and ids, as text)."""
         tag = ev.tag if ev.tag not in (None, "!") else None
         if tag is None:
             implicit = (ev.implicit[0], ev.implicit[1]) if ev.tag is None else (False, True)
@@ -95,6 +109,13 @@ class EventReader:
             raise YamlProblem(
                 line_of_event(ev), f"the YAML is nested more than {MAX_DEPTH} levels deep"
             )
+        if ev.__class__ is _ScalarEvent and ev.tag is None:
+            text = ev.value
+            if ev.style or (text and text[0] not in self.resolved_starts):
+                # Quoted, or no implicit type starts so: text (the usual key, URL or id), fast.
+                if ev.anchor:
+                    self.anchors[ev.anchor] = text
+                return text
         if isinstance(ev, yaml.AliasEvent):
             if ev.anchor not in self.anchors:
                 raise YamlProblem(line_of_event(ev), f"unknown alias *{ev.anchor}")
@@ -111,7 +132,7 @@ class EventReader:
             result = LineList()
             result.line = line_of_event(ev)
             result.item_lines = []
-            for item in self.items(yaml.SequenceEndEvent):
+            while not isinstance(item := self.next(), yaml.SequenceEndEvent):
                 result.item_lines.append(line_of_event(item))
                 result.append(self.value(item, depth + 1))
         elif isinstance(ev, yaml.MappingStartEvent):
@@ -135,9 +156,11 @@ class EventReader:
     ) -> LineDict:
         data = LineDict()
         data.line = line_of_event(ev)
-        data.key_lines = {}
-        for key_ev in self.items(yaml.MappingEndEvent):
-            key = self.value(key_ev, depth + 1)
+        key_lines: dict[Any, int] = {}
+        data.key_lines = key_lines
+        get_event, value_of = self.get_event, self.value
+        while not isinstance(key_ev := get_event(), _MappingEndEvent):
+            key = value_of(key_ev, depth + 1)
             try:
                 hash(key)
             except TypeError:
@@ -146,12 +169,12 @@ class EventReader:
                 ) from None
             if key in data:
                 raise YamlProblem(line_of_event(key_ev), f"duplicate key {show(key)}")
-            value_ev = self.next()
-            data.key_lines[key] = line_of_event(value_ev)
+            value_ev = get_event()
+            key_lines[key] = line_of_event(value_ev)
             if special is not None and special(key, value_ev):
                 data[key] = None  # consumed by the caller as it streamed by
                 continue
-            value = self.value(value_ev, depth + 1)
+            value = value_of(value_ev, depth + 1)
             if key == "<<" and isinstance(value, LineDict):
                 for k, v in value.items():
                     data.setdefault(k, v)
@@ -163,6 +186,8 @@ class EventReader:
 
 
 MAX_DEPTH = 50
+_ScalarEvent = yaml.ScalarEvent  # looked up once: checked for each of a job's events
+_MappingEndEvent = yaml.MappingEndEvent
 
 
 def line_of_event(ev: yaml.Event) -> int:

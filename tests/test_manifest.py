@@ -233,3 +233,21 @@ def test_a_misspelt_key_gets_a_did_you_mean(text: str, hint: str) -> None:
     with pytest.raises(ManifestError) as info:
         parse(text, "m.yaml", "b")
     assert any(f"did you mean {hint}" in p.text for p in info.value.problems), info.value.problems
+
+
+def test_without_libyaml_a_character_yaml_refuses_is_a_yaml_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PyYAML's pure-Python reader refuses such a character as the loader is made: still a
+    clean YAML error of the manifest, as with the C loader, never a crash."""
+    import yaml
+
+    from dubrunner import yamlstream
+
+    monkeypatch.setattr(yamlstream, "_BaseLoader", yaml.SafeLoader)
+    with pytest.raises(ManifestError) as info:
+        parse("jobs:\n  - video: a\x01\n", "m.yaml", "b")
+    assert info.value.lines() == [
+        "m.yaml: YAML error: unacceptable character #x0001: special characters are not "
+        'allowed\n  in "<unicode string>", position 18'
+    ]
