@@ -96,7 +96,7 @@ class EventReader:
             try:
                 node = yaml.ScalarNode(tag, ev.value, None, None, ev.style)
                 return self.constructor.construct_object(node)
-            except (yaml.YAMLError, ValueError):
+            except (yaml.YAMLError, ValueError, KeyError):  # KeyError: `!!bool maybe`
                 raise YamlProblem(
                     line_of_event(ev), f"{ev.value[:40]!r} is not a valid {tag[18:]}"
                 ) from None

@@ -251,3 +251,20 @@ def test_without_libyaml_a_character_yaml_refuses_is_a_yaml_error(
         "m.yaml: YAML error: unacceptable character #x0001: special characters are not "
         'allowed\n  in "<unicode string>", position 18'
     ]
+
+
+@pytest.mark.parametrize(
+    ("tagged", "line"),
+    [
+        ("  - video: !!bool https://x.test/v.mp4\n    audio: https://x.test/a.wav\n", 3),
+        ("  - &j !!bool video: https://x.test/v.mp4\n    audio: https://x.test/a.wav\n", 3),
+        ("  - video: https://x.test/v.mp4\n    audio: !!int https://x.test/a.wav\n", 4),
+    ],
+)
+def test_a_tag_its_text_cannot_be_is_a_problem_with_its_line(tagged: str, line: int) -> None:
+    """`!!bool` on a URL (PyYAML raises KeyError there, not a YAML error): a problem of the
+    manifest, never an internal error."""
+    with pytest.raises(ManifestError) as info:
+        parse("batch: b\njobs:\n" + tagged, "m.yaml", "b")
+    assert [p.line for p in info.value.problems] == [line]
+    assert "is not a valid" in info.value.problems[0].text
