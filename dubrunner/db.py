@@ -292,6 +292,9 @@ class Database:
         return current, head
 
 
+_MARKERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # a positional parameter's
+
+
 def insert_many(
     conn: Connection,
     table: sa.Table,
@@ -315,7 +318,11 @@ def insert_many(
     }
     shared = {**constants, **defaults}
     keys = [*columns, *shared]
-    marker = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
+    marker = _MARKERS.get(dialect.paramstyle)
+    if marker is None:  # a driver of another parameter style: SQLAlchemy's own executemany
+        named_rows = [dict(zip(keys, (*row, *shared.values()), strict=True)) for row in rows]
+        conn.execute(sa.insert(table), named_rows)
+        return
     preparer = dialect.identifier_preparer
     sql = (
         f"INSERT INTO {preparer.format_table(table)} "

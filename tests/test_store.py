@@ -203,3 +203,27 @@ def test_a_loads_fast_insert_writes_what_sqlalchemys_insert_writes(db: Database)
     # As stored, read past SQLAlchemy: the same forms of booleans and times.
     sql = "SELECT disable_asd, created_at, remote_missing FROM jobs WHERE reference_id = ?"
     assert db.rows(sql, "fast-1") == db.rows(sql, "slow-1")
+
+
+def test_a_driver_of_another_parameter_style_takes_sqlalchemys_own_insert(tmp_path: Path) -> None:
+    """insert_many writes ? or %s itself; a driver of named parameters (`:name`) gets
+    SQLAlchemy's executemany instead, the same rows."""
+    url = f"sqlite:///{tmp_path / 'named.db'}"
+    database = DbEngine(url)
+    database.upgrade()
+    database.close()
+    engine = sa.create_engine(url, paramstyle="named")
+    jobs = cast(sa.Table, Job.__table__)
+    shared = {"batch": "b", "state": State.PENDING, "attempts": 0, "lookup_needed": False}
+    shared |= {"created_at": utcnow(), "updated_at": utcnow()}
+    own = ("reference_id", "video_url", "audio_url", "disable_active_speaker_detection")
+    try:
+        with engine.begin() as conn:
+            assert conn.dialect.paramstyle == "named"
+            insert_many(
+                conn, jobs, own, [("n1", "https://v.test/1", "https://a.test/1", True)], shared
+            )
+            row = conn.execute(sa.select(jobs)).one()._asdict()
+    finally:
+        engine.dispose()
+    assert (row["reference_id"], row["disable_asd"], row["remote_missing"]) == ("n1", True, 0)
