@@ -63,7 +63,9 @@ def test_dry_run_loads_and_sends_nothing(
 def test_500s_and_rate_limits_still_land_every_job_once(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
-    emulator.update(p500=0.15, rate=150.0)
+    # A bucket of 2: eight workers' requests meet it in clusters whatever the machine's speed
+    # (a bucket of 150, the default, was never emptied by a slow machine's client: no 429).
+    emulator.update(p500=0.15, rate=150.0, burst=2)
     manifest = write_manifest(tmp_path / "m.yaml", 200)
     r = run_cli(["submit", str(manifest), "--concurrency", "8", "--max-attempts", "12"], env)
     assert r.code == 0, r.err
