@@ -240,7 +240,9 @@ class Database:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except OperationalError as exc:
+        except (OperationalError, sa.exc.ProgrammingError) as exc:
+            if not _environmental(exc):
+                raise
             raise StoreError(db_message(exc)) from None
 
     @contextmanager
@@ -249,7 +251,9 @@ class Database:
             with self.engine.connect() as conn:
                 conn.execution_options(dubrunner_readonly=True)
                 yield conn
-        except OperationalError as exc:
+        except (OperationalError, sa.exc.ProgrammingError) as exc:
+            if not _environmental(exc):
+                raise
             raise StoreError(db_message(exc)) from None
 
     # -- schema ----------
@@ -416,6 +420,14 @@ def _setup_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         readonly = conn.get_execution_options().get("dubrunner_readonly")
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _environmental(exc: SQLAlchemyError) -> bool:
+    """An error of the database as it is set up, for the user to mend (locked, full, a role that
+    may not write: PostgreSQL's insufficient_privilege), not of dubrunner's SQL."""
+    if isinstance(exc, OperationalError):
+        return True
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "42501"
 
 
 def db_message(exc: SQLAlchemyError) -> str:

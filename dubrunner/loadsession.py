@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dubrunner.constants import EXIT_USAGE, MAX_SHOWN
+from dubrunner.db import StoreError
 from dubrunner.loading import LoadConflict
 from dubrunner.manifest import Manifest
 from dubrunner.records import LoadPlan
@@ -65,4 +66,6 @@ def load(
             is_error=True,
             details=tuple(exc.problems[:MAX_SHOWN]),
         )
+    except StoreError as exc:  # locked past the wait, full, a role that may not write: rolled back
+        return Ending(f"the database failed: {exc}; nothing was loaded", EXIT_USAGE, is_error=True)
     return Loaded(manifest.batch, plan)

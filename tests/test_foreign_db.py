@@ -246,3 +246,37 @@ def test_doctor_looks_without_creating_or_changing(folder: Path) -> None:
     foreign = _database_finding("app.db")
     assert not foreign.ok and "is not a dubrunner database (its tables: jobs)" in foreign.detail
     assert files(folder) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_a_role_that_may_only_read_gets_one_sentence_and_nothing_loaded(
+    db: Database, folder: Path
+) -> None:
+    """PostgreSQL's "permission denied" on the insert (a role granted SELECT only) is the
+    database's set-up, said in one line with exit 2, never an internal error."""
+    code, _, err = invoke(["load", "m.yaml"], clean_env(DUBRUNNER_DB=db.url))
+    assert code == 0, err
+    role = f"dubrunner_ro_{uuid.uuid4().hex[:8]}"
+    name = db.url.rsplit("/", 1)[1]
+    admin = sa.create_engine(f"{PG_SERVER}/{name}", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+            conn.exec_driver_sql(f'GRANT CONNECT ON DATABASE "{name}" TO {role}')
+            conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {role}")
+            conn.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+        write_manifest(folder / "more.yaml", 3, batch="more")
+        reader = f"postgresql+psycopg://{role}@127.0.0.1:5432/{name}"
+        code, out, err = invoke(["load", "more.yaml"], clean_env(DUBRUNNER_DB=reader))
+        assert (code, out) == (2, "")
+        assert err.strip().splitlines() == [
+            "error: the database failed: database error: permission denied for table jobs; "
+            "nothing was loaded"
+        ]
+        assert db.rows("SELECT count(*) FROM jobs") == [(2,)]
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP OWNED BY {role}")
+            conn.exec_driver_sql(f"DROP ROLE {role}")
+        admin.dispose()
