@@ -8,7 +8,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,9 +71,9 @@ def test_a_worker_paused_past_its_lease_never_sends_what_another_took(
     }
     paused = start(["work", "--batch", "b"], env)
     other = start(["work", "--batch", "b"], env)
-    time.sleep(1.2)
     for _ in range(5):
-        if paused.poll() is not None:
+        # Stopped while it holds claimed jobs (a slow machine may start it after a fixed sleep).
+        if not _holds_jobs(db, paused.pid, paused.poll):
             break
         paused.send_signal(signal.SIGSTOP)
         time.sleep(1.6)  # past the lease (2 × 0.6 s): the other worker reclaims its jobs
@@ -90,6 +90,17 @@ def test_a_worker_paused_past_its_lease_never_sends_what_another_took(
 
 
 @BOTH_DATABASES
+def _holds_jobs(db: Database, pid: int, exited: Callable[[], int | None]) -> bool:
+    """Whether the worker of process `pid` holds a job within 20 s (False once it has ended)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and exited() is None:
+        held = db_rows(db, "SELECT count(*) FROM jobs WHERE owner LIKE ?", f"%:{pid}:%")[0][0]
+        if held:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_retry_after_a_remote_failure_asks_first_and_tracks_the_new_request(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
