@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event, insert
@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from dubrunner.constants import database_url
 from dubrunner.dbfile import SCHEMA_HEAD, SqliteFile, refusal
-from dubrunner.models import Attempt
+from dubrunner.models import Attempt, Base
 
 T = TypeVar("T")
 INSERT_ATTEMPT = insert(Attempt)
@@ -231,6 +231,24 @@ class Database:
             if write.attempt is not None:
                 conn.execute(INSERT_ATTEMPT, write.attempt)
             return moved
+
+    def upsert(self, model: type[Base], key: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+        """Make or change the row of `key` (its primary key): an UPDATE, else an INSERT. Two
+        writers may both find no row (PostgreSQL does not serialize them as SQLite's BEGIN
+        IMMEDIATE does); the one whose INSERT loses updates the winner's row instead. `key` and
+        `values` are by column name."""
+        table = cast(sa.Table, model.__table__)
+        where = [table.c[name] == value for name, value in key.items()]
+        for _ in range(3):
+            try:
+                with self.write() as conn:
+                    moved = conn.execute(sa.update(table).where(*where).values(values)).rowcount
+                    if not moved:
+                        conn.execute(sa.insert(table).values({**key, **values}))
+                return
+            except sa.exc.IntegrityError:
+                continue
+        raise StoreError(f"could not write the {table.name} row of {dict(key)}")
 
     # -- transactions ----------
 

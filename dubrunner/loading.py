@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from dubrunner.db import Database, insert_many
@@ -473,17 +473,6 @@ def cached_digest(db: Database, path: str, size: int, stamp: int) -> str | None:
 
 
 def save_digest(db: Database, path: str, size: int, stamp: int, sha256: str) -> None:
-    """Remember a file's SHA-256 (a cache: losing a race to another writer loses nothing)."""
-    row = {
-        FileDigest.size: size,
-        FileDigest.stamp: stamp,
-        FileDigest.sha256: sha256,
-        FileDigest.hashed_at: utcnow(),
-    }
-    try:
-        with db.write() as conn:
-            moved = conn.execute(update(FileDigest).where(FileDigest.path == path).values(row))
-            if moved.rowcount == 0:
-                conn.execute(insert(FileDigest).values({FileDigest.path: path, **row}))
-    except sa.exc.IntegrityError:
-        pass
+    """Remember a file's SHA-256 (a cache: the last writer's row stays)."""
+    row = {"size": size, "mtime_ns": stamp, "sha256": sha256, "hashed_at": utcnow()}
+    db.upsert(FileDigest, {"path": path}, row)

@@ -456,12 +456,7 @@ class Queries:
             "updated_at": view.updated_at,
             "worker": view.worker,
         }
-        with self.db.write() as conn:
-            moved = conn.execute(
-                update(ApiHealth).where(ApiHealth.base_url == view.base_url).values(values)
-            ).rowcount
-            if not moved:
-                conn.execute(sa.insert(ApiHealth).values(base_url=view.base_url, **values))
+        self.db.upsert(ApiHealth, {"base_url": view.base_url}, values)
 
     def api_health(self, fresher_than: float) -> list[HealthView]:
         """What workers said of the API since `fresher_than` (Unix seconds), newest first."""

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from dubrunner.db import Database as DbEngine
 from dubrunner.db import insert_many
-from dubrunner.models import Job
-from dubrunner.records import AttemptRecord, JobSpec, Lease, RemoteView, Tally, utcnow
+from dubrunner.models import ApiHealth, Job
+from dubrunner.records import AttemptRecord, HealthView, JobSpec, Lease, RemoteView, Tally, utcnow
 from dubrunner.states import State
 from dubrunner.store import LoadConflict, Store, StoreError
 from tests.conftest import Database
@@ -227,3 +227,38 @@ def test_a_driver_of_another_parameter_style_takes_sqlalchemys_own_insert(tmp_pa
     finally:
         engine.dispose()
     assert (row["reference_id"], row["disable_asd"], row["remote_missing"]) == ("n1", True, 0)
+
+
+@pytest.mark.parametrize(
+    "db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True
+)
+def test_two_writers_making_the_same_row_at_once_both_succeed(db: Database) -> None:
+    """Four workers starting on one PostgreSQL database each record the API's health: two
+    found no row, both inserted, one died of IntegrityError (seen in .ci/run). The one whose
+    INSERT loses now updates the winner's row."""
+    store = Store(db.url)
+    database = store.db
+    table = cast(sa.Table, ApiHealth.__table__)
+    first = {"condition": "healthy", "updated_at": 1.0, "worker": "first"}
+    second = HealthView("https://api.test", "outage", 2.0, None, 5.0, "HTTP 500", 2.0, "second")
+    failed: list[BaseException] = []
+
+    def write_second() -> None:
+        try:
+            store.record_health(second)
+        except BaseException as exc:
+            failed.append(exc)
+
+    try:
+        with database.write() as conn:  # the first writer's INSERT, not yet committed
+            conn.execute(sa.insert(table).values(base_url="https://api.test", **first))
+            writer = threading.Thread(target=write_second)
+            writer.start()
+            time.sleep(0.5)  # the second has found no row and waits on the key (or the lock)
+        writer.join(30)
+        with database.read() as conn:
+            rows = [r._asdict() for r in conn.execute(sa.select(table))]
+    finally:
+        store.close()
+    assert not writer.is_alive() and failed == []
+    assert len(rows) == 1 and rows[0]["worker"] == "second" and rows[0]["condition"] == "outage"
