@@ -328,34 +328,47 @@ class Queries:
         with self.db.write() as conn:
             return conn.execute(stmt.values(state=State.PENDING, updated_at=utcnow())).rowcount
 
+    def unknown_references(self, reference_ids: Sequence[str]) -> list[str]:
+        """Those of `reference_ids` no job has, in the order given."""
+        if not reference_ids:
+            return []
+        stmt = select(Job.reference_id).where(Job.reference_id.in_(list(reference_ids)))
+        with self.db.read() as conn:
+            known = set(conn.execute(stmt).scalars())
+        return [ref for ref in dict.fromkeys(reference_ids) if ref not in known]
+
     def _retry_where(
-        self, batch: str | None, states: Sequence[str], error: str | None
+        self, batch: str | None, states: Sequence[str], error: str | None, refs: Sequence[str]
     ) -> list[Any]:
         where: list[Any] = [Job.state.in_(list(states)), CURRENT]
         if batch is not None:
             where.append(Job.batch == batch)
+        if refs:
+            where.append(Job.reference_id.in_(list(refs)))
         if error:
             where.append(Job.last_error.contains(error, autoescape=True))
         return where
 
     def retry_preview(
-        self, batch: str | None, states: Sequence[str], error: str | None
+        self, batch: str | None, states: Sequence[str], error: str | None, refs: Sequence[str] = ()
     ) -> tuple[int, int]:
         """(jobs that retry would put back, those among them that ran at the API and failed
         there: sending those again is paid again)."""
-        where = self._retry_where(batch, states, error)
+        where = self._retry_where(batch, states, error, refs)
         resent = sa.case((finished_without_output(), None), else_=Job.remote_status)
         stmt = select(func.count(), func.count(resent)).where(*where)
         with self.db.read() as conn:
             total, ran = conn.execute(stmt).one()
         return int(total), int(ran)
 
-    def retry(self, batch: str | None, states: Sequence[str], error: str | None) -> Retried:
+    def retry(
+        self, batch: str | None, states: Sequence[str], error: str | None, refs: Sequence[str] = ()
+    ) -> Retried:
         """Put chosen jobs back to pending. A job whose request ran at the API and failed there
         gets a fresh start: that request has ended (it stays in the attempts), so the job is
         sent anew; the others keep whatever look-up they owe. A job the API finished without
         an output URL is polled again, for another --output-grace: it is never sent again."""
-        where = self._retry_where(batch, states, error)
+        where = self._retry_where(batch, states, error, refs)
         with self.db.write() as conn:
             polled = conn.execute(
                 update(Job)

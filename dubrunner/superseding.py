@@ -116,9 +116,8 @@ def refusal(job: OldJob) -> str | None:
         # resume leaves failed jobs alone: retry puts it back first (as pending, still owing
         # its look-up, which resume makes before any resend).
         return (
-            f"{lost}; `dubrunner retry --batch {job.batch} --state failed`, then {resume} "
-            "looks it up first (retry puts back every failed job of the batch; --error narrows "
-            f"it) — supersede it once it has ended (`dubrunner poll --wait`){_NOT_FOUND}"
+            f"{lost}; `dubrunner retry --ref {ref}`, then {resume} looks it up first — "
+            f"supersede it once it has ended (`dubrunner poll --wait`){_NOT_FOUND}"
         )
     if job.state in POLLABLE:
         return (

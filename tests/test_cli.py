@@ -96,6 +96,34 @@ def test_retry_and_cancel_say_how_many(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "0 job(s) put back to pending" in result.output
 
 
+def test_retry_and_cancel_take_reference_ids_and_refuse_unknown_ones(tmp_path: Path) -> None:
+    # Before: retry had no --ref (episode 42 alone could not be put back), and cancel of a
+    # mistyped reference_id said "0 pending job(s) cancelled", exit 0.
+    from dubrunner.manifest import load
+    from dubrunner.store import Store
+
+    manifest = write_manifest(tmp_path / "m.yaml", 4)
+    db = str(tmp_path / "j.db")
+    store = Store(db)
+    m = load(manifest)
+    store.load(m.batch, m.jobs, str(manifest))
+    store.fail_unsent("b", {"b-ep00001": "bad video", "b-ep00002": "bad video"})
+    store.close()
+    runner = CliRunner()
+    result = runner.invoke(cli, ["retry", "--ref", "b-ep00001", "--db", db])
+    assert result.exit_code == 0 and "1 job(s) put back to pending" in result.output
+    sql = "SELECT reference_id, state FROM jobs ORDER BY reference_id"
+    after = [("b-ep00000", "pending"), ("b-ep00001", "pending"), ("b-ep00002", "failed")]
+    after += [("b-ep00003", "pending")]
+    assert db_rows(Path(db), sql) == after
+    for args in (["retry", "--ref", "b-ep0002"], ["cancel", "--ref", "b-ep00003", "--ref", "x"]):
+        result = runner.invoke(cli, [*args, "--db", db])
+        assert result.exit_code == 2, result.output
+        bad = args[-1]
+        assert result.output == f"error: no job with reference_id {bad!r}; nothing was changed\n"
+    assert db_rows(Path(db), sql) == after
+
+
 def test_resume_of_an_unknown_batch(tmp_path: Path) -> None:
     CliRunner().invoke(cli, ["db", "upgrade", "--db", str(tmp_path / "j.db")])
     result = CliRunner().invoke(

@@ -431,9 +431,9 @@ def test_a_failed_job_owing_a_look_up_is_superseded_by_following_the_advice(
 
     code, _, err = invoke(["supersede", "b-ep00000", "--video", NEW_VIDEO], env)
     assert code == 2
-    assert "`dubrunner retry --batch b --state failed`, then `dubrunner resume --batch b`" in err
+    assert "`dubrunner retry --ref b-ep00000`, then `dubrunner resume --batch b`" in err
     assert "if the API has no request for it, resume sends it again" in err
-    for args in (["retry", "--batch", "b", "--state", "failed"], ["resume", "--batch", "b"]):
+    for args in (["retry", "--ref", "b-ep00000"], ["resume", "--batch", "b"]):
         code, _, err = invoke(args, env)
         assert code == 0, err
     code, _, err = invoke(["poll", "--wait", "--interval", "0.05"], env)

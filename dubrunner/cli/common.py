@@ -8,7 +8,7 @@ each TAB of shell completion start at once (tests/test_startup.py watches this).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -135,6 +135,15 @@ def cached_digests(fresh: bool = False) -> Digests:
 def check_batch(store: Store, batch: str | None) -> None:
     if batch is not None and batch not in store.batches():
         raise UserError(f"no batch {batch!r} in the database")
+
+
+def check_refs(store: Store, refs: Sequence[str]) -> None:
+    """A --ref no job has is a typo to say, not "0 jobs" (nothing is changed)."""
+    unknown = store.unknown_references(refs)
+    if unknown:
+        names = ", ".join(repr(ref) for ref in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise UserError(f"no job with reference_id {names}{more}; nothing was changed")
 
 
 def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:

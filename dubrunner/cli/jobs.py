@@ -15,6 +15,7 @@ from dubrunner.cli.common import (
     MACHINE_FORMATS,
     UserError,
     check_batch,
+    check_refs,
     cli,
     complete_reference_id,
     database_file,
@@ -165,17 +166,27 @@ def _table(
 )
 @click.option("--error", "error", help="Only jobs whose last error contains this text.")
 @click.option(
+    "--ref",
+    "refs",
+    multiple=True,
+    help="Only this reference_id (repeatable).",
+    shell_complete=complete_reference_id,
+)
+@click.option(
     "--yes",
     is_flag=True,
     help="Also send again jobs that already ran at the API and failed there (paid again).",
 )
 @LOCAL_OPTIONS
-def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bool) -> None:
+def retry(
+    batch: str | None, states: tuple[str, ...], error: str | None, refs: tuple[str, ...], yes: bool
+) -> None:
     """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
     store = open_store(must_exist=True)
     check_batch(store, batch)
+    check_refs(store, refs)
     chosen = states or sorted(RETRY_FROM)
-    _, ran = store.retry_preview(batch, chosen, error)
+    _, ran = store.retry_preview(batch, chosen, error, refs)
     if ran and not yes:
         warning = (
             f"{ran} of these jobs failed at the API after running; sending them again is "
@@ -183,7 +194,7 @@ def retry(batch: str | None, states: tuple[str, ...], error: str | None, yes: bo
         )
         if not (sys.stdin.isatty() and click.confirm(f"{warning}. Put them back?", err=True)):
             raise UserError(f"{warning} — add --yes to retry them; nothing was changed")
-    done = store.retry(batch, chosen, error)
+    done = store.retry(batch, chosen, error, refs)
     n = done.pending
     line = f"{n} job(s) put back to pending" + (" — `dubrunner resume` sends them" if n else "")
     if done.polled:
@@ -211,6 +222,7 @@ def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
         raise UserError("say which jobs: --batch, --ref, or --all-pending")
     store = open_store(must_exist=True)
     check_batch(store, batch)
+    check_refs(store, refs)
     n, kept, restored = store.cancel(batch, refs)
     say(f"{n} pending job(s) cancelled")
     for ref in restored:
