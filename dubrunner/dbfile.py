@@ -18,6 +18,7 @@ from pathlib import Path
 # loading Alembic and its scripts on every start.
 SCHEMA_HEAD = "0010"
 JOBS_TABLE = "jobs"
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
 VERSION_TABLE = "alembic_version"  # every dubrunner database has one: its tables come from it
 
 
@@ -51,6 +52,7 @@ class SqliteFile:
     tables: tuple[str, ...] | None = None  # None: not a SQLite database, or unreadable
     revision: str | None = None  # of a dubrunner database
     has_jobs: bool = True  # of a dubrunner database (True when unknown)
+    unusable: str | None = None  # what the path is instead of a SQLite database
 
     @classmethod
     def peek(cls, path: Path) -> SqliteFile:
@@ -58,6 +60,16 @@ class SqliteFile:
         read-only one would leave a WAL database's -wal and -shm files behind.)"""
         if not path.exists():
             return cls(exists=False)
+        if path.is_dir():
+            return cls(exists=True, unusable="is a directory, not a database file")
+        try:
+            with path.open("rb") as file:
+                head = file.read(len(SQLITE_HEADER))
+        except OSError:
+            return cls(exists=True)  # unreadable: said on first use
+        # A few bytes of text SQLite would take for an empty database, and overwrite.
+        if head and head != SQLITE_HEADER:
+            return cls(exists=True, unusable="is not a SQLite database")
         try:
             conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=60)
         except sqlite3.Error:
@@ -85,6 +97,8 @@ class SqliteFile:
         jobs. A file SQLite cannot read is left to the first connection to say why."""
         if not self.exists:
             return None if create else f"no database at {where} — load a manifest first"
+        if self.unusable:
+            return f"{where} {self.unusable}; give another --db"
         if self.tables is None:
             return None
         return refusal(where, self.tables, create=create, own_file=True)

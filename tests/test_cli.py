@@ -144,6 +144,20 @@ def test_db_upgrade_and_bad_database(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "not a SQLite database" in result.output
     assert "Traceback" not in result.output
+    # Before: "cannot open the database file" named no file; a file of a few bytes (SQLite
+    # takes it for an empty database) became a database, its content overwritten.
+    tiny = tmp_path / "tiny.db"
+    tiny.write_text("x")
+    (tmp_path / "folder.db").mkdir()
+    manifest = str(write_manifest(tmp_path / "m.yaml", 2))
+    cases = [("junk.db", "is not a SQLite"), ("tiny.db", "is not a SQLite")]
+    cases.append(("folder.db", "is a directory, not a database file"))
+    for name, what in cases:
+        for args in (["status"], ["load", manifest]):
+            result = runner.invoke(cli, [*args, "--db", str(tmp_path / name)])
+            assert result.exit_code == 2, result.output
+            assert result.output.startswith(f"error: {tmp_path / name} {what}"), result.output
+    assert tiny.read_text() == "x"
 
 
 def test_version() -> None:
