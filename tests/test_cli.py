@@ -163,3 +163,20 @@ def test_db_upgrade_and_bad_database(tmp_path: Path) -> None:
 def test_version() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0 and "dubrunner" in result.output
+
+
+def test_a_first_sigterm_says_how_to_quit_in_its_own_words(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: a SIGTERM (a scheduler's stop) was answered "press Ctrl-C again to quit now".
+    import os
+    import signal
+
+    from dubrunner.cli.ending import stop_on_signals
+
+    stops: list[int] = []
+    for signum, words in ((signal.SIGTERM, "send it again"), (signal.SIGINT, "press Ctrl-C again")):
+        with stop_on_signals(lambda: stops.append(1)):
+            os.kill(os.getpid(), signum)
+        assert f"({words} to quit now)" in capsys.readouterr().err
+    assert stops == [1, 1]

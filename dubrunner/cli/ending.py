@@ -150,9 +150,9 @@ class stop_on_signals:
         self.count += 1
         if self.count == 1:
             self.request_stop()
+            again = "press Ctrl-C again" if signum == signal.SIGINT else "send it again"
             click.echo(
-                "\nstopping: letting in-flight requests finish (press Ctrl-C again to quit now)",
-                err=True,
+                f"\nstopping: letting in-flight requests finish ({again} to quit now)", err=True
             )
         else:
             # Still safe: claimed jobs stay 'submitting' and are looked up before any resend.
