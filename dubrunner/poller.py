@@ -80,6 +80,7 @@ class PollReport(Report):
     missing: int = 0  # answered "not found" in the last round
     errors: int = 0  # polls that got no usable answer (tried again next round)
     unanswered: str | None = None  # the last round got no answer at all: the last error
+    statusless: int = 0  # jobs whose request came without a status, taken as still running
     timed_out: bool = False
 
 
@@ -192,6 +193,7 @@ class Poller(Run):
         self._down = False  # this round met the outage: it asks nothing more
         self._answered = 0  # answers of the API this round
         self._asked = 0  # requests made, each a witness of its own to the server's health
+        self._statusless: set[int] = set()  # jobs whose request was last read without a status
 
     def remaining(self) -> int:
         return self.store.count_in_states(self.batch, [State.SUBMITTED, State.PROCESSING])
@@ -404,6 +406,9 @@ class Poller(Run):
     ) -> None:
         """Keep what the API said of one job's request."""
         view = interpret(item, target.done_at, self.output_grace, base=self.api.base_url)
+        with self._lock:  # no status at all (null, an object, left out): running, but said
+            (self._statusless.add if view.status is None else self._statusless.discard)(target.id)
+            self.report.statusless = len(self._statusless)
         if (view.state, view.status, view.done_at, 0) == (
             State.PROCESSING,
             target.status,

@@ -353,6 +353,12 @@ def poll(
         for status, n in sorted(reported.items())
         if not is_known_remote(status)
     )
+    if report.statusless:
+        n = report.statusless
+        details += (
+            f"{n} job{'' if n == 1 else 's'}' request{' comes' if n == 1 else 's come'} without a "
+            "status, taken as still running",
+        )
     failure = None
     if report.halt_message:
         advice = report.halt_advice or "fix it, then poll again"

@@ -91,6 +91,23 @@ def test_an_unknown_status_is_kept_taken_as_running_and_named(
     assert states(db) == {"completed": 3}
 
 
+def test_a_request_without_a_status_is_taken_as_running_and_said(
+    emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
+) -> None:
+    # Before: a status null (or left out) kept the jobs open round after round, and the end of
+    # the poll said nothing of why.
+    emulator.update(complete_after=0.0, status_words={"completed": None})
+    assert submit(store, api, manifest_of(tmp_path, 3), OPTIONS, FakeUi()).code == EXIT_OK
+    ending = poll(store, api, "b", OPTIONS, FakeUi(), wait=False)
+    assert ending.code == EXIT_OK
+    assert ending.sentence == "batch b: 0 completed, 0 failed remotely, 3 still processing"
+    assert ending.details == ("3 jobs' requests come without a status, taken as still running",)
+    emulator.update(status_words={})
+    ending = poll(store, api, "b", OPTIONS, FakeUi(), wait=True, polling=FAST)
+    assert ending.code == EXIT_OK and ending.details == ()
+    assert states(db) == {"completed": 3}
+
+
 def test_a_round_reads_the_list_and_writes_only_what_changed(
     emulator: Emulator, store: Store, api: ApiClient, db: Database, tmp_path: Path
 ) -> None:

@@ -52,7 +52,8 @@ class EmulatorConfig:
     # Statuses as the API documents its one named value (lower case: `failed`); True speaks
     # PENDING/PROCESSING/COMPLETED/FAILED instead, to check that case never matters.
     upper_case: bool = False
-    status_words: dict[str, str] = field(default_factory=dict)  # e.g. {"processing": "queued"}
+    # e.g. {"processing": "queued"}; None: the status is null
+    status_words: dict[str, str | None] = field(default_factory=dict)
     # Output URLs signed and valid this many seconds from the GET that showed them (None: plain
     # URLs that never expire). An expired or unsigned URL is answered 403, as storage hosts do.
     output_ttl: float | None = None
@@ -120,8 +121,8 @@ class RemoteRequest:
                 if not cfg.hide_output:
                     url = output_url(cfg, base, self.id)
                     data["output_url"] = url[len(base) - 1 :] if cfg.relative_output else url
-        status = cfg.status_words.get(status, status)
-        data["status"] = status.upper() if cfg.upper_case else status
+        word = cfg.status_words.get(status, status)
+        data["status"] = word.upper() if cfg.upper_case and word is not None else word
         return data
 
 
