@@ -23,6 +23,9 @@ from dubrunner.running import owner_is_dead
 from dubrunner.store import Store
 from dubrunner.uploads import UploadInterrupted
 
+# Why no job can be claimed now (Store.soonest_reclaim), as the progress line says it.
+_WAITING_FOR = {"held": "jobs other workers hold", "lookup": "jobs to look up after --lookup-grace"}
+
 log = logging.getLogger("dubrunner")
 
 
@@ -57,7 +60,7 @@ class Holds:
         self._taken: set[int] = set()  # held jobs a renewal found no longer ours
         self._exhausted = False
         self._dead_owners: set[str] = set()
-        self.waiting_for_others = False
+        self.waiting_for: str | None = None  # why no job can be claimed now, for the progress
 
     # -- taking jobs ----------
 
@@ -89,7 +92,8 @@ class Holds:
                 # Others still hold jobs of this batch, or jobs wait for their look-up's grace:
                 # they will land, come back, or become claimable. Work is done only when none is
                 # left.
-                at = self.store.soonest_reclaim(self.batch, exclude_owner=self.owner)
+                soonest = self.store.soonest_reclaim(self.batch, exclude_owner=self.owner)
+                at, why = soonest if soonest else (None, None)
                 with self._lock:
                     busy = bool(self._held)
                 if at is None and busy:
@@ -100,9 +104,9 @@ class Holds:
                         return None
                     at = time.time() + self.follow  # idle: new jobs may be loaded
                 self.reclaim_dead_owners()  # one may have died meanwhile: no need to wait 2R
-            self.waiting_for_others = True
+            self.waiting_for = _WAITING_FOR.get(why or "")
             stopped = self.stop.wait(min(1.0, max(0.05, at - time.time())))
-            self.waiting_for_others = False
+            self.waiting_for = None
             if stopped:
                 return None
 

@@ -172,8 +172,9 @@ def submit_pending(
                 detail += f" · {trouble}"
             elif submission.governor.paused_for > 0:
                 detail += " · paused by the server"
-            if submission.worker.waiting_for_others:
-                detail += " · waiting for jobs other workers hold"
+            waiting_for = submission.worker.waiting_for
+            if waiting_for:
+                detail += f" · waiting for {waiting_for}"
             detail += _uploading(report, started)
             # Failures are no progress: the count, and the ETA, are of jobs at the API.
             progress.update(done + report.submitted, detail, left=pending)

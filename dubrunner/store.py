@@ -204,10 +204,10 @@ class Store(Results, Queries):
                 .values(lease_expires=least(Job.lease_expires, Job.settle_at), lookup_needed=True)
             ).rowcount
 
-    def soonest_reclaim(self, batch: str | None, exclude_owner: str) -> float | None:
-        """When the next job that cannot be claimed now becomes claimable (Unix time): a job
-        another worker holds, or one waiting for its look-up to mean something (lookup_after).
-        None when there is no such job."""
+    def soonest_reclaim(self, batch: str | None, exclude_owner: str) -> tuple[float, str] | None:
+        """When the next job that cannot be claimed now becomes claimable (Unix time), and why it
+        cannot now: "held" (another worker holds it) or "lookup" (its look-up waits to mean
+        something, lookup_after). None when there is no such job."""
         held = select(func.min(Job.lease_expires)).where(
             Job.state == State.SUBMITTING, Job.owner != exclude_owner
         )
@@ -216,10 +216,10 @@ class Store(Results, Queries):
         )
         with self.db.read() as conn:
             values = [
-                conn.execute(in_batch(held, batch)).scalar(),
-                conn.execute(in_batch(waiting, batch)).scalar(),
+                (conn.execute(in_batch(held, batch)).scalar(), "held"),
+                (conn.execute(in_batch(waiting, batch)).scalar(), "lookup"),
             ]
-        present = [float(v) for v in values if v is not None]
+        present = [(float(at), why) for at, why in values if at is not None]
         return min(present) if present else None
 
     def reserve_rate_slots(self, name: str, interval: float, n: int) -> list[float]:

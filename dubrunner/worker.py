@@ -178,8 +178,9 @@ class Worker(Run):
         )
 
     @property
-    def waiting_for_others(self) -> bool:
-        return self.holds.waiting_for_others
+    def waiting_for(self) -> str | None:
+        """What the workers wait for when no job can be claimed now, in words; None: nothing."""
+        return self.holds.waiting_for
 
     # -- the run ----------
 

@@ -321,3 +321,21 @@ def test_failures_are_not_counted_as_progress(store: Store) -> None:
     assert store.counts() == {"submitted": 1, "failed": 2}
     assert completed == 1
     assert detail.startswith("submitted 1 · failed 2 · pending 0")
+
+
+def test_a_lone_worker_waiting_for_a_look_up_says_so(
+    emulator: Emulator, store: Store, api: ApiClient, tmp_path: Path
+) -> None:
+    # Before: a single worker waiting for the look-up grace of its own job said "waiting for
+    # jobs other workers hold" (there were none).
+    emulator.update(p504_create=1.0, create_delay=0.5)
+    options = WorkerOptions(concurrency=1, backoff_base=0.01, lookup_grace=1.5)
+    ui = FakeUi()
+    manifest = manifest_of(tmp_path, 1)
+    store.load(manifest.batch, manifest.jobs, "m")
+    ending = submit_pending(store, api, "b", options, ui)
+    assert ending.code == 0 and store.counts() == {"submitted": 1}
+    said = {detail.partition(" · waiting for ")[2] for _, detail in ui.updates}
+    assert "jobs to look up after --lookup-grace" in said
+    assert "jobs other workers hold" not in said
+    assert {ref: len(ids) for ref, ids in emulator.accepted().items()} == {"b-ep00000": 1}
