@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 # A worker's word on the API counts for `status` this long (it refreshes it while in trouble).
 API_HEALTH_FRESH = 120.0
 TABLE_ROWS = 50  # the table's default length
+REFS = click.option(
+    "--ref",
+    "refs",
+    multiple=True,
+    help="Only this reference_id (repeatable).",
+    shell_complete=complete_reference_id,
+)
 NO_JOBS = "no jobs yet: `dubrunner submit MANIFEST` loads some"
 
 
@@ -165,13 +172,7 @@ def _table(
     help="Which jobs to put back [default: failed and halted].",
 )
 @click.option("--error", "error", help="Only jobs whose last error contains this text.")
-@click.option(
-    "--ref",
-    "refs",
-    multiple=True,
-    help="Only this reference_id (repeatable).",
-    shell_complete=complete_reference_id,
-)
+@REFS
 @click.option(
     "--yes",
     is_flag=True,
@@ -207,13 +208,7 @@ def retry(
 
 @cli.command()
 @BATCH
-@click.option(
-    "--ref",
-    "refs",
-    multiple=True,
-    help="Only this reference_id (repeatable).",
-    shell_complete=complete_reference_id,
-)
+@REFS
 @click.option("--all-pending", is_flag=True, help="Needed to cancel without --batch or --ref.")
 @LOCAL_OPTIONS
 def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
