@@ -62,6 +62,8 @@ class SqliteFile:
             return cls(exists=False)
         if path.is_dir():
             return cls(exists=True, unusable="is a directory, not a database file")
+        if not path.is_file():  # a FIFO (opening it would wait for a writer), a device
+            return cls(exists=True, unusable="is not a regular file")
         try:
             with path.open("rb") as file:
                 head = file.read(len(SQLITE_HEADER))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -152,6 +153,8 @@ def test_db_upgrade_and_bad_database(tmp_path: Path) -> None:
     manifest = str(write_manifest(tmp_path / "m.yaml", 2))
     cases = [("junk.db", "is not a SQLite"), ("tiny.db", "is not a SQLite")]
     cases.append(("folder.db", "is a directory, not a database file"))
+    os.mkfifo(tmp_path / "fifo.db")  # before: waited for a writer, for ever
+    cases.append(("fifo.db", "is not a regular file"))
     for name, what in cases:
         for args in (["status"], ["load", manifest]):
             result = runner.invoke(cli, [*args, "--db", str(tmp_path / name)])
@@ -169,7 +172,6 @@ def test_a_first_sigterm_says_how_to_quit_in_its_own_words(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Before: a SIGTERM (a scheduler's stop) was answered "press Ctrl-C again to quit now".
-    import os
     import signal
 
     from dubrunner.cli.ending import stop_on_signals
