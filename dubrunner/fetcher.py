@@ -74,6 +74,10 @@ REFRESHES = 2  # fresh output URLs asked of the API per download
 # An output URL recorded longer ago than this is asked for afresh before downloading: the API's
 # URLs are signed and time-limited (for how long is not documented).
 STALE_AFTER = timedelta(minutes=10)
+BUSY_RECHECK = 0.5  # seconds between looks at outputs another process is downloading
+# ... waited for while its files change; this long without a change, it is taken as stuck
+# (a live download writes, or times out and lets go, well within it).
+BUSY_STALL = 90.0
 _EXPIRED = frozenset({401, 403, 404, 410})  # a storage host's answers to an expired signature
 _TYPES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm"}
 
@@ -86,6 +90,7 @@ class FetchReport(Report):
     resumed: int = 0
     restarted: int = 0  # partial files dropped because the server's answer did not continue them
     busy: int = 0  # left to another process downloading them: neither done nor failed
+    busy_stalled: bool = False  # ... which wrote nothing for BUSY_STALL seconds
     refreshed: int = 0  # fresh output URLs the API gave (the ones kept had expired or aged)
     bytes: int = 0
 
@@ -125,8 +130,10 @@ class Fetcher(Run):
         api: ApiClient | None = None,
         governor: Governor | None = None,
         verify: bool = False,
+        busy_stall: float = BUSY_STALL,
     ) -> None:
         super().__init__()
+        self.busy_stall = busy_stall
         self.verify = verify  # hash every file already there, changed or not
         self.api = api  # to ask for fresh output URLs; without it, the recorded ones are used
         self.governor = governor or Governor(None, concurrency)
@@ -136,6 +143,8 @@ class Fetcher(Run):
         self.concurrency = concurrency
         self.report = FetchReport()
         self._in_use: set[str] = set()  # parts this process is writing, under _lock
+        self._busy_targets: list[FetchTarget] = []  # left to another process, under _lock
+        self._waited_for: set[int] = set()  # jobs said to be waited for, under _lock
         self.storage = StorageHealth(self._failed)
         self.memory = ApiMemory(self._failed)  # whether the API knows the requests asked of it
         # A plain client: output URLs are pre-signed and must never see the API's credentials.
@@ -162,6 +171,7 @@ class Fetcher(Run):
                     break
                 after = page[-1].id
                 list(pool.map(self._fetch_one, page))
+            self._wait_for_others(pool)
         if self.storage.down is None:
             stop = self.storage.settle()
             if stop is not None:
@@ -172,6 +182,35 @@ class Fetcher(Run):
             forgotten = self.memory.settle(self.api.base_url)
             if forgotten is not None:
                 self.halt(forgotten, FORGOTTEN_ADVICE)
+
+    def _wait_for_others(self, pool: ThreadPoolExecutor) -> None:
+        """Outputs another process is downloading are waited for: skipped once there, taken
+        over if it lets go without them, left when its files stop changing. A run that ends
+        well has every output (found by an outside attack: coordinators fetching at once all
+        exited 1, every file there)."""
+        signs: dict[int, tuple[int, int] | None] = {}
+        changed = time.monotonic()
+        while self._busy_targets and not self.stop.wait(BUSY_RECHECK):
+            with self._lock:
+                again = self._busy_targets
+                now = {t.id: self._written(t) for t in again}
+                if now != signs:
+                    signs, changed = now, time.monotonic()
+                elif time.monotonic() - changed > self.busy_stall:
+                    self.report.busy_stalled = True
+                    return
+                self._busy_targets = []
+                self.report.busy -= len(again)
+            list(pool.map(self._fetch_one, again))
+
+    def _written(self, target: FetchTarget) -> tuple[int, int] | None:
+        """The size and time of the job's partial file as another process writes it."""
+        dest = self.destination(target)
+        try:
+            st = os.stat(dest.with_name(dest.name + ".part"))
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
 
     def destination(self, target: FetchTarget, content_type: str | None = None) -> Path:
         ext = extension_for(target.output_url, content_type)
@@ -257,9 +296,14 @@ class Fetcher(Run):
         log.info("%s: download failed: %s", target.reference_id, reason)
 
     def _busy(self, target: FetchTarget, reason: str) -> None:
-        """Left to whoever holds it: not failed, not downloaded; a later fetch looks again."""
-        self.add("busy")
-        log.warning("%s: left alone this run: %s", target.reference_id, reason)
+        """Left to whoever holds it for now: not failed, not downloaded; looked at again."""
+        with self._lock:
+            self.report.busy += 1
+            self._busy_targets.append(target)
+            first = target.id not in self._waited_for
+            self._waited_for.add(target.id)
+        if first:
+            log.warning("%s: waiting: %s", target.reference_id, reason)
 
     def _obtain(
         self, target: FetchTarget, dest: Path, part: Path, f: FileIO

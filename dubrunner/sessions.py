@@ -16,7 +16,7 @@ from pathlib import Path
 from dubrunner.api import ApiClient
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from dubrunner.db import StoreError
-from dubrunner.fetcher import Fetcher
+from dubrunner.fetcher import BUSY_STALL, Fetcher
 from dubrunner.governor import Governor
 from dubrunner.health import ServerHealth
 from dubrunner.loadsession import Loaded as Loaded
@@ -404,9 +404,10 @@ def fetch(
 
         def tick() -> None:
             done = report.downloaded + report.skipped + report.failed
+            busy = f" · {report.busy} another fetch is downloading" if report.busy else ""
             progress.update(
                 report.downloaded + report.skipped,
-                f"{report.bytes / 1e6:.1f} MB · failed {report.failed}",
+                f"{report.bytes / 1e6:.1f} MB · failed {report.failed}{busy}",
                 left=max(total - done, 0),
             )
 
@@ -428,7 +429,12 @@ def fetch(
         failure = f"{summary} — see `dubrunner status --format json`"
     elif report.busy:
         failure = (
-            f"{summary}; {report.busy} being downloaded by another dubrunner fetch right now "
-            "— run fetch again once it has ended"
+            f"{summary}; {report.busy} being downloaded by another dubrunner fetch"
+            + (
+                f", which has written nothing for {BUSY_STALL:g} s"
+                if report.busy_stalled
+                else " when this one was stopped"
+            )
+            + " — run fetch again once it has ended"
         )
     return _closing(summary, failure, report)
