@@ -5,6 +5,7 @@ library, so that `dubrunner --help` and shell completion start at once."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # some jobs failed or halted
@@ -27,7 +28,9 @@ def database_url(value: str | None) -> str:
         return DEFAULT_DB
     if "://" in value:
         return value
-    return "sqlite:///" + str(Path(value).expanduser().absolute())
+    # A path's own % and ? are escaped: in a URL they would start an escape or the query.
+    path = str(Path(value).expanduser().absolute()).replace("%", "%25").replace("?", "%3F")
+    return "sqlite:///" + path
 
 
 def sqlite_path(value: str | None) -> str | None:
@@ -35,7 +38,7 @@ def sqlite_path(value: str | None) -> str | None:
     url = database_url(value)
     if not url.startswith("sqlite:///"):
         return None
-    path = url.removeprefix("sqlite:///").partition("?")[0]
+    path = unquote(url.removeprefix("sqlite:///").partition("?")[0])  # as SQLAlchemy reads it
     return None if not path or path == ":memory:" else path
 
 

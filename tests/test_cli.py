@@ -182,3 +182,16 @@ def test_a_first_sigterm_says_how_to_quit_in_its_own_words(
             os.kill(os.getpid(), signum)
         assert f"({words} to quit now)" in capsys.readouterr().err
     assert stops == [1, 1]
+
+
+def test_a_database_path_with_url_characters_is_that_file(tmp_path: Path) -> None:
+    # Before: `--db 'a?b.db'` loaded into ./a (the rest read as a URL query), `--db 'a%20b.db'`
+    # into 'a b.db'; status then found no database at the name given.
+    manifest = str(write_manifest(tmp_path / "m.yaml", 2))
+    for name in ("a?b.db", "a%20b.db", "c%3Fd.db"):
+        db = str(tmp_path / name)
+        assert CliRunner().invoke(cli, ["load", manifest, "--db", db]).exit_code == 0
+        result = CliRunner().invoke(cli, ["status", "--summary", "--format", "json", "--db", db])
+        assert result.exit_code == 0, result.output
+        assert db_rows(Path(db), "SELECT count(*) FROM jobs") == [(2,)]
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["a%20b.db", "a?b.db", "c%3Fd.db"]
