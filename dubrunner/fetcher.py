@@ -51,6 +51,7 @@ from dubrunner.outfiles import (
     DownloadFailed,
     LocalWriteFailed,
     PartInfo,
+    is_at,
     lock_if_present,
     mtime_ns,
     owned_part,
@@ -464,6 +465,10 @@ class Fetcher(Run):
                 size = os.fstat(f.fileno()).st_size
                 if total is not None and size != total:
                     raise Retryable(f"got {size} of {total} bytes")
+                if not is_at(part, f):
+                    # Someone removed the part while it was written (another fetch waiting for
+                    # it may have started its own there): what is at the name is not ours.
+                    raise Busy("its partial file was removed while it was being written")
                 side.unlink(missing_ok=True)
                 os.replace(part, final)
         except OSError as exc:

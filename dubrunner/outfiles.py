@@ -126,7 +126,7 @@ def owned_part(part: Path) -> Iterator[FileIO]:
         yield f
     finally:
         try:
-            if os.fstat(f.fileno()).st_size == 0 and _is_at(part, f):
+            if os.fstat(f.fileno()).st_size == 0 and is_at(part, f):
                 part.unlink()
         except OSError:
             pass
@@ -144,7 +144,7 @@ def _open_locked(part: Path) -> FileIO:
         except OSError:
             f.close()
             raise
-        if _is_at(part, f):
+        if is_at(part, f):
             return f
         # Its holder renamed it into place between our open and our lock: what we hold is no
         # longer the part. Open the name again.
@@ -152,7 +152,7 @@ def _open_locked(part: Path) -> FileIO:
     raise Busy("its partial file keeps being replaced")
 
 
-def _is_at(path: Path, f: FileIO) -> bool:
+def is_at(path: Path, f: BinaryIO | FileIO) -> bool:
     """Whether `path` still names the file open as `f`."""
     try:
         return os.path.samestat(os.stat(path), os.fstat(f.fileno()))

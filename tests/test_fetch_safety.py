@@ -255,6 +255,36 @@ def test_two_fetches_at_once_download_each_output_once(
 
 
 @pytest.mark.slow
+def test_a_part_removed_while_written_is_never_renamed_into_place(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    """Found by an outside attack: the part removed while one fetch wrote it and another waited
+    for it. The waiting one started a part of its own at the name; the first renamed that
+    half-written file into place and recorded its SHA-256: exit 0, a truncated output."""
+    size = 2_000_000
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    emulator.update(output_bytes=size, output_rate=500_000)
+    out = tmp_path / "out"
+    part = out / "b" / "b-ep00000.mp4.part"
+    first = start(["fetch", "--out", str(out)], env)
+    deadline = time.monotonic() + 30
+    while not (part.exists() and part.stat().st_size > 0):
+        assert time.monotonic() < deadline and first.poll() is None, "the first fetch never wrote"
+        time.sleep(0.02)
+    second = start(["fetch", "--out", str(out)], env)
+    time.sleep(1.0)  # the second is waiting for the first
+    part.unlink()
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "internal error" not in err, err
+    _assert_each_row_has_its_own_output(db, size)  # whole, and the SHA-256 of what is there
+    assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.slow
 def test_two_threads_never_share_a_part(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
