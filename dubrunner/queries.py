@@ -328,11 +328,13 @@ class Queries:
         with self.db.write() as conn:
             return conn.execute(stmt.values(state=State.PENDING, updated_at=utcnow())).rowcount
 
-    def unknown_references(self, reference_ids: Sequence[str]) -> list[str]:
-        """Those of `reference_ids` no job has, in the order given."""
+    def unknown_references(self, reference_ids: Sequence[str], batch: str | None) -> list[str]:
+        """Those of `reference_ids` no job (of `batch`, if given) has, in the order given."""
         if not reference_ids:
             return []
         stmt = select(Job.reference_id).where(Job.reference_id.in_(list(reference_ids)))
+        if batch is not None:
+            stmt = stmt.where(Job.batch == batch)
         with self.db.read() as conn:
             known = set(conn.execute(stmt).scalars())
         return [ref for ref in dict.fromkeys(reference_ids) if ref not in known]

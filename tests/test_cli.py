@@ -123,6 +123,19 @@ def test_retry_and_cancel_take_reference_ids_and_refuse_unknown_ones(tmp_path: P
         bad = args[-1]
         assert result.output == f"error: no job with reference_id {bad!r}; nothing was changed\n"
     assert db_rows(Path(db), sql) == after
+    # A reference_id of another batch than --batch names: said so, not "0 job(s)".
+    result = runner.invoke(cli, ["retry", "--batch", "nope", "--ref", "b-ep00002", "--db", db])
+    assert result.exit_code == 2 and "no batch 'nope'" in result.output
+    store = Store(db)
+    other = load(write_manifest(tmp_path / "o.yaml", 1, batch="o"))
+    store.load(other.batch, other.jobs, "o.yaml")
+    store.close()
+    result = runner.invoke(cli, ["retry", "--batch", "o", "--ref", "b-ep00002", "--db", db])
+    assert result.exit_code == 2
+    assert "no job with reference_id 'b-ep00002' in batch 'o'; nothing was changed" in (
+        result.output
+    )
+    assert db_rows(Path(db), sql)[:4] == after
 
 
 def test_resume_of_an_unknown_batch(tmp_path: Path) -> None:

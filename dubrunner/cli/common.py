@@ -137,13 +137,14 @@ def check_batch(store: Store, batch: str | None) -> None:
         raise UserError(f"no batch {batch!r} in the database")
 
 
-def check_refs(store: Store, refs: Sequence[str]) -> None:
-    """A --ref no job has is a typo to say, not "0 jobs" (nothing is changed)."""
-    unknown = store.unknown_references(refs)
+def check_refs(store: Store, refs: Sequence[str], batch: str | None) -> None:
+    """A --ref no job (of --batch) has is a typo to say, not "0 jobs" (nothing is changed)."""
+    unknown = store.unknown_references(refs, batch)
     if unknown:
         names = ", ".join(repr(ref) for ref in unknown[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise UserError(f"no job with reference_id {names}{more}; nothing was changed")
+        where = f" in batch {batch!r}" if batch is not None else ""
+        raise UserError(f"no job with reference_id {names}{more}{where}; nothing was changed")
 
 
 def make_api(options: WorkerOptions, allow_insecure_http: bool) -> ApiClient:

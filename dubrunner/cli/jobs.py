@@ -185,7 +185,7 @@ def retry(
     """Put failed or halted jobs back to pending (their history is kept); then `resume`."""
     store = open_store(must_exist=True)
     check_batch(store, batch)
-    check_refs(store, refs)
+    check_refs(store, refs, batch)
     chosen = states or sorted(RETRY_FROM)
     _, ran = store.retry_preview(batch, chosen, error, refs)
     if ran and not yes:
@@ -217,7 +217,7 @@ def cancel(batch: str | None, refs: tuple[str, ...], all_pending: bool) -> None:
         raise UserError("say which jobs: --batch, --ref, or --all-pending")
     store = open_store(must_exist=True)
     check_batch(store, batch)
-    check_refs(store, refs)
+    check_refs(store, refs, batch)
     n, kept, restored = store.cancel(batch, refs)
     say(f"{n} pending job(s) cancelled")
     for ref in restored:
