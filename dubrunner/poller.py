@@ -92,6 +92,12 @@ def _text(value: object, limit: int) -> str | None:
     return scrub(str(value))[:limit]
 
 
+def _status(item: dict[str, Any]) -> str | None:
+    """A request's status word; None for none at all (null, left out, a number, an object)."""
+    value = item.get("status")
+    return _text(value, 40) if isinstance(value, str) else None
+
+
 def output_url_of(value: object, base: str | None) -> str | None:
     """A request's output_url as it may be downloaded: an absolute http(s) URL, or one relative
     to the API's base URL (a path such as "/files/abc.mp4", resolved as a browser would). The
@@ -120,7 +126,7 @@ def interpret(
     """What a request object of the API says about the job, ready to be kept. A finished status
     without an output_url keeps the job open (`done_at` says since when) for `grace` seconds.
     `base`: the API's base URL, which a relative output_url is resolved against."""
-    remote = _text(view.get("status"), 40)
+    remote = _status(view)
     state = state_for_remote(remote)
     output_url = output_url_of(view.get("output_url"), base)
     error = _text(view.get("error_message"), 500)
@@ -154,7 +160,7 @@ def _finished_without_output(item: dict[str, Any], base: str) -> bool:
     """A list's item saying finished without an output_url: never the last word, since the list
     may leave out what a GET of the request gives (found by an outside attack: jobs failed
     after --output-grace whose GET had the URL all along)."""
-    finished = state_for_remote(_text(item.get("status"), 40)) is State.COMPLETED
+    finished = state_for_remote(_status(item)) is State.COMPLETED
     return finished and output_url_of(item.get("output_url"), base) is None
 
 

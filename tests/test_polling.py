@@ -199,6 +199,13 @@ def test_what_a_status_word_means(status: str, state: State) -> None:
     assert interpret({"status": status, "output_url": "https://o.test/x.mp4"}).state is state
 
 
+@pytest.mark.parametrize("status", [None, True, 42, 1.5, {}, ["completed"], ""])
+def test_a_status_that_is_no_word_is_no_status(status: object) -> None:
+    # Before: `true` was kept as status 'True' (Python's spelling), 42 as '42'.
+    view = interpret({"status": status, "output_url": "https://o.test/x.mp4"})
+    assert (view.status, view.state) == (None, State.PROCESSING)
+
+
 def test_finished_without_an_output_url_is_polled_again_then_flagged() -> None:
     view = {"status": "completed", "output_url": None}
     first = interpret(view, None, grace=60, now=1000.0)
