@@ -91,7 +91,7 @@ class FetchReport(Report):
     resumed: int = 0
     restarted: int = 0  # partial files dropped because the server's answer did not continue them
     busy: int = 0  # left to another process downloading them: neither done nor failed
-    busy_stalled: bool = False  # ... which wrote nothing for BUSY_STALL seconds
+    busy_stalled: tuple[str, ...] = ()  # ... whose holder wrote nothing for BUSY_STALL seconds
     refreshed: int = 0  # fresh output URLs the API gave (the ones kept had expired or aged)
     bytes: int = 0
 
@@ -131,10 +131,10 @@ class Fetcher(Run):
         api: ApiClient | None = None,
         governor: Governor | None = None,
         verify: bool = False,
-        busy_stall: float = BUSY_STALL,
+        busy_stall: float | None = None,
     ) -> None:
         super().__init__()
-        self.busy_stall = busy_stall
+        self.busy_stall = BUSY_STALL if busy_stall is None else busy_stall
         self.verify = verify  # hash every file already there, changed or not
         self.api = api  # to ask for fresh output URLs; without it, the recorded ones are used
         self.governor = governor or Governor(None, concurrency)
@@ -198,7 +198,7 @@ class Fetcher(Run):
                 if now != signs:
                     signs, changed = now, time.monotonic()
                 elif time.monotonic() - changed > self.busy_stall:
-                    self.report.busy_stalled = True
+                    self.report.busy_stalled = tuple(sorted(t.reference_id for t in again))
                     return
                 self._busy_targets = []
                 self.report.busy -= len(again)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dubrunner.api import ApiClient
 from dubrunner.constants import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from dubrunner.db import StoreError
-from dubrunner.fetcher import BUSY_STALL, Fetcher
+from dubrunner.fetcher import Fetcher
 from dubrunner.governor import Governor
 from dubrunner.health import ServerHealth
 from dubrunner.loadsession import Loaded as Loaded
@@ -188,6 +188,11 @@ def submit_pending(
             code = EXIT_INCOMPLETE if sent else EXIT_USAGE
             tail = " after some jobs were sent — fix it, then `dubrunner resume`" if sent else ""
             return Ending(f"the database failed: {exc}{tail}", code, is_error=True)
+
+
+def _few(names: Sequence[str]) -> str:
+    """'a, b, c' or 'a, b, c and 4 more'."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _uploading(report: RunReport, started: float) -> str:
@@ -404,7 +409,7 @@ def fetch(
 
         def tick() -> None:
             done = report.downloaded + report.skipped + report.failed
-            busy = f" · {report.busy} another fetch is downloading" if report.busy else ""
+            busy = f" · {report.busy} being downloaded by another fetch" if report.busy else ""
             progress.update(
                 report.downloaded + report.skipped,
                 f"{report.bytes / 1e6:.1f} MB · failed {report.failed}{busy}",
@@ -431,7 +436,8 @@ def fetch(
         failure = (
             f"{summary}; {report.busy} being downloaded by another dubrunner fetch"
             + (
-                f", which has written nothing for {BUSY_STALL:g} s"
+                f" ({_few(report.busy_stalled)}), which has written nothing for "
+                f"{fetcher.busy_stall:g} s"
                 if report.busy_stalled
                 else " when this one was stopped"
             )

@@ -18,11 +18,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dubrunner import fetcher as fetcher_module
 from dubrunner.emulator import Emulator, output_content
 from dubrunner.fetcher import Fetcher
 from dubrunner.outfiles import safe_name
+from dubrunner.sessions import fetch
 from dubrunner.store import Store
-from tests.conftest import BOTH_DATABASES, Database, db_rows, run_cli, start, write_manifest
+from tests.conftest import (
+    BOTH_DATABASES,
+    Database,
+    FakeUi,
+    db_rows,
+    run_cli,
+    start,
+    write_manifest,
+)
 
 # All valid reference_ids; the first three used to share one file, the next two another.
 COLLIDING = ("ep:1", "ep/1", "ep_1", "ep1.", "ep1", "EP1")
@@ -208,20 +218,30 @@ def test_a_file_locked_by_another_fetch_is_waited_for_and_taken_over_when_let_go
 
 @pytest.mark.slow
 def test_a_fetch_that_holds_a_file_and_writes_nothing_is_not_waited_for_ever(
-    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path, held: BinaryIO
+    emulator: Emulator,
+    env: dict[str, str],
+    db: Database,
+    tmp_path: Path,
+    held: BinaryIO,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     emulator.update(complete_after=0.05)
     manifest = write_manifest(tmp_path / "m.yaml", 2)
     assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    monkeypatch.setattr(fetcher_module, "BUSY_STALL", 1.0)
     store = Store(db.url)
     try:
-        fetcher = Fetcher(store, tmp_path / "out", None, busy_stall=1.0)
         started = time.monotonic()
-        report = fetcher.run()
+        ending = fetch(store, None, tmp_path / "out", 4, FakeUi())
     finally:
         store.close()
-    assert (report.downloaded, report.busy, report.failed, report.busy_stalled) == (1, 1, 0, True)
     assert 1.0 < time.monotonic() - started < 30
+    assert ending.code == 1, ending
+    assert ending.sentence.endswith(
+        "; 1 being downloaded by another dubrunner fetch (b-ep00000), which has written nothing "
+        "for 1 s — run fetch again once it has ended"
+    ), ending.sentence
+    assert "1 downloaded" in ending.sentence
     assert emulator.stats.downloads == 1
 
 
