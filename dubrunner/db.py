@@ -173,6 +173,7 @@ class Database:
         except sa.exc.ArgumentError as exc:
             raise StoreError(f"not a database URL or path: {exc}") from None
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.file: str | None = None  # a SQLite database's file, as given
         self.shown_url = parsed.render_as_string(hide_password=True)
         # No SQL parameters in any exception text: they hold media URLs and their credentials.
         kwargs: dict[str, Any] = {
@@ -185,6 +186,7 @@ class Database:
             if database in ("", ":memory:"):
                 raise StoreError("an in-memory SQLite database cannot hold a batch; give a file")
             path = Path(database)
+            self.file = str(path)
             # Looked at before any connection of ours, which would switch the file to WAL: a
             # file of another program, or one that must not become a database, is left as it was.
             problem = SqliteFile.peek(path).refusal(str(path), create=create)
@@ -261,7 +263,7 @@ class Database:
         except (OperationalError, sa.exc.ProgrammingError) as exc:
             if not _environmental(exc):
                 raise
-            raise StoreError(db_message(exc)) from None
+            raise StoreError(db_message(exc, self.file)) from None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -272,7 +274,7 @@ class Database:
         except (OperationalError, sa.exc.ProgrammingError) as exc:
             if not _environmental(exc):
                 raise
-            raise StoreError(db_message(exc)) from None
+            raise StoreError(db_message(exc, self.file)) from None
 
     # -- schema ----------
 
@@ -285,7 +287,7 @@ class Database:
         try:
             current = self.current_revision()
         except SQLAlchemyError as exc:
-            raise StoreError(db_message(exc)) from None
+            raise StoreError(db_message(exc, self.file)) from None
         if current == SCHEMA_HEAD:
             return current, current
         if current is None:  # a server's database is looked at here (a SQLite file on opening)
@@ -310,7 +312,7 @@ class Database:
                 if _revision(conn) != head:
                     command.upgrade(alembic_config(conn), "head")
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot migrate the database: {db_message(exc)}") from None
+            raise StoreError(f"cannot migrate the database: {db_message(exc, self.file)}") from None
         return current, head
 
 
@@ -448,12 +450,13 @@ def _environmental(exc: SQLAlchemyError) -> bool:
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == "42501"
 
 
-def db_message(exc: SQLAlchemyError) -> str:
+def db_message(exc: SQLAlchemyError, file: str | None = None) -> str:
+    """One line for a database error; `file`: the SQLite file, named where the error is its."""
     orig = getattr(exc, "orig", None)
     # The first line only: the driver's details below it may quote the values of a row.
     text = (str(orig) if orig is not None else str(exc)).partition("\n")[0]
     if "file is not a database" in text:
-        return "the file is not a SQLite database"
+        return f"{file or 'the file'} is not a SQLite database (or is damaged)"
     if "unable to open database file" in text:
-        return "cannot open the database file"
+        return "cannot open the database file" + (f" {file}" if file else "")
     return f"database error: {text}"

@@ -166,6 +166,9 @@ def test_db_upgrade_and_bad_database(tmp_path: Path) -> None:
     manifest = str(write_manifest(tmp_path / "m.yaml", 2))
     cases = [("junk.db", "is not a SQLite"), ("tiny.db", "is not a SQLite")]
     cases.append(("folder.db", "is a directory, not a database file"))
+    damaged = tmp_path / "damaged.db"  # SQLite's header, then nothing SQLite can read
+    damaged.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    cases.append(("damaged.db", "is not a SQLite database (or is damaged)"))
     os.mkfifo(tmp_path / "fifo.db")  # before: waited for a writer, for ever
     cases.append(("fifo.db", "is not a regular file"))
     for name, what in cases:
