@@ -57,6 +57,7 @@ from dubrunner.outfiles import (
     owned_part,
     safe_name,
     sha256_of,
+    sha256_of_file,
     sidecar,
     vouched,
     write_all,
@@ -452,6 +453,7 @@ class Fetcher(Run):
                     ).save(side)
                 # Each piece is written as it arrives: a cut keeps every byte received.
                 first = have == 0
+                written = have
                 for chunk in resp.iter_bytes():
                     if self.stop.is_set():
                         raise DownloadFailed("interrupted")
@@ -460,7 +462,12 @@ class Fetcher(Run):
                         if starts_like_text(chunk):
                             raise _Expired("the output URL served a page or JSON, not the video")
                     write_all(f, chunk)
+                    written += len(chunk)
                     self.add("bytes", len(chunk))
+                    if os.fstat(f.fileno()).st_size != written:
+                        # Cut or grown by someone else (found by an outside attack: appended
+                        # after a truncation, then resumed, a whole-length file of shifted bytes).
+                        raise Restart("the partial file was changed while it was being written")
                 os.fsync(f.fileno())
                 size = os.fstat(f.fileno()).st_size
                 if total is not None and size != total:
@@ -469,15 +476,21 @@ class Fetcher(Run):
                     # Someone removed the part while it was written (another fetch waiting for
                     # it may have started its own there): what is at the name is not ours.
                     raise Busy("its partial file was removed while it was being written")
-                side.unlink(missing_ok=True)
-                os.replace(part, final)
+                # Read through a handle on the file itself: a folder watcher may move it away
+                # the moment it has its final name (found by an outside attack).
+                with part.open("rb") as reader:
+                    if not os.path.samestat(os.fstat(reader.fileno()), os.fstat(f.fileno())):
+                        raise Busy("its partial file was replaced while it was being written")
+                    side.unlink(missing_ok=True)
+                    os.replace(part, final)
+                    digest = sha256_of_file(reader)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise LocalWriteFailed(f"the disk is full (writing {part})") from None
             raise LocalWriteFailed(f"cannot write {part}: {exc.strerror}") from None
         except (httpx.TransportError, httpx.StreamError, httpx.DecodingError) as exc:
             raise Retryable(f"{type(exc).__name__}: {exc}") from None
-        return final, size, sha256_of(final)
+        return final, size, digest
 
     def _refreshed(self, target: FetchTarget, why: str) -> FetchTarget:
         """The target with a fresh output_url from the API (recorded in the row); the API not

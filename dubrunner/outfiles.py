@@ -71,10 +71,16 @@ def safe_name(text: str) -> str:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
+        return sha256_of_file(f)
+
+
+def sha256_of_file(f: BinaryIO) -> str:
+    """The SHA-256 of an open file, from its start (whatever its name is by now)."""
+    digest = hashlib.sha256()
+    f.seek(0)
+    while chunk := f.read(1024 * 1024):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

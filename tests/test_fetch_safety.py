@@ -3,9 +3,11 @@ a resumed download only continues the bytes it asked for."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -302,6 +304,69 @@ def test_a_part_removed_while_written_is_never_renamed_into_place(
         assert "Traceback" not in err and "internal error" not in err, err
     _assert_each_row_has_its_own_output(db, size)  # whole, and the SHA-256 of what is there
     assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.slow
+def test_a_part_cut_while_written_is_started_over_not_resumed(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    """Found by an outside attack: the part truncated mid-download; the bytes after went to its
+    start (append mode), the short file was resumed by a range, and a file of the right length
+    but shifted bytes was recorded, exit 0."""
+    size = 2_000_000
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    emulator.update(output_bytes=size, output_rate=500_000)
+    out = tmp_path / "out"
+    part = out / "b" / "b-ep00000.mp4.part"
+    proc = start(["fetch", "--out", str(out)], env)
+    deadline = time.monotonic() + 30
+    while not (part.exists() and part.stat().st_size > 600_000):
+        assert time.monotonic() < deadline and proc.poll() is None, "the fetch never wrote"
+        time.sleep(0.02)
+    os.truncate(part, 0)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    _assert_each_row_has_its_own_output(db, size)
+
+
+@pytest.mark.slow
+def test_outputs_moved_away_as_soon_as_they_are_there_end_no_run(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    """A folder watcher moving each output away the moment it has its final name: the fetch
+    hashed it by name after the rename, met FileNotFoundError, "internal error", and stopped
+    (found by an outside attack)."""
+    size, n = 3_000_000, 30
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", n)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    emulator.update(output_bytes=size)
+    out, moved = tmp_path / "out", tmp_path / "moved"
+    (out / "b").mkdir(parents=True)
+    moved.mkdir()
+    done = threading.Event()
+
+    def mover() -> None:
+        while not done.is_set():
+            for path in (out / "b").glob("*.mp4"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.rename(moved / path.name)
+
+    thread = threading.Thread(target=mover, daemon=True)
+    thread.start()
+    try:
+        result = run_cli(["fetch", "--out", str(out)], env)
+    finally:
+        done.set()
+        thread.join(10)
+    assert result.code == 0, result.err
+    assert f"{n} downloaded" in result.err, result.err
+    rows = db_rows(db, "SELECT request_id, sha256 FROM jobs ORDER BY id")
+    for request_id, sha in rows:
+        assert sha == hashlib.sha256(output_content(request_id, size)).hexdigest()
+    assert len(list(moved.glob("*.mp4"))) + len(list((out / "b").glob("*.mp4"))) == n
 
 
 @pytest.mark.slow
