@@ -291,7 +291,13 @@ class Fetcher(Run):
         self.halt(sentence, STORAGE_ADVICE if self.api else STORAGE_ADVICE_NO_API)
 
     def _failed(self, target: FetchTarget, reason: str, ms: int) -> None:
-        """The download failed for this job's own reasons: recorded (a later fetch tries again)."""
+        """The download failed for this job's own reasons: recorded (a later fetch tries again).
+        Not over another process's download made meanwhile (a failure held back until the
+        storage served something, found by an outside attack: a whole output marked failed)."""
+        fresh = self._reread(target)
+        if fresh is not None and vouched(fresh, self._folder(target), self.verify):
+            self.add("skipped")
+            return
         attempt = AttemptRecord("download", "failed", None, reason, ms)
         self.store.mark_download_failed(target.id, self.owner, attempt, reason)
         self.add("failed")

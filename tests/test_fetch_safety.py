@@ -370,6 +370,25 @@ def test_outputs_moved_away_as_soon_as_they_are_there_end_no_run(
 
 
 @pytest.mark.slow
+def test_a_failure_held_back_is_not_written_over_another_fetchs_download(
+    emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
+) -> None:
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    store = Store(db.url)
+    try:
+        (stale,) = store.fetch_targets(None, 0, 10)  # as read before another fetch's download
+        assert run_cli(["fetch", "--out", str(tmp_path / "out")], env).code == 0
+        late = Fetcher(store, tmp_path / "out", None)
+        late._failed(stale, "refused 3 times (held until the storage served something)", 5)
+    finally:
+        store.close()
+    assert (late.report.failed, late.report.skipped) == (0, 1)
+    _assert_each_row_has_its_own_output(db, 64 * 1024)
+
+
+@pytest.mark.slow
 def test_two_threads_never_share_a_part(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
