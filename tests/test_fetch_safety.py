@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -276,6 +277,24 @@ def test_two_fetches_at_once_download_each_output_once(
     assert _files(out) == sorted(paths)
 
 
+def _fetch_writing(
+    emulator: Emulator, env: dict[str, str], tmp_path: Path, size: int, past: int = 0
+) -> tuple[subprocess.Popen[str], Path]:
+    """One job, submitted and done; a fetch of its slow output (500 kB/s) started and seen to
+    have written more than `past` bytes of its part. Returns the fetch and the part's path."""
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", 1)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    emulator.update(output_bytes=size, output_rate=500_000)
+    part = tmp_path / "out" / "b" / "b-ep00000.mp4.part"
+    proc = start(["fetch", "--out", str(tmp_path / "out")], env)
+    deadline = time.monotonic() + 30
+    while not (part.exists() and part.stat().st_size > past):
+        assert time.monotonic() < deadline and proc.poll() is None, "the fetch never wrote"
+        time.sleep(0.02)
+    return proc, part
+
+
 @pytest.mark.slow
 def test_a_part_removed_while_written_is_never_renamed_into_place(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
@@ -284,17 +303,8 @@ def test_a_part_removed_while_written_is_never_renamed_into_place(
     for it. The waiting one started a part of its own at the name; the first renamed that
     half-written file into place and recorded its SHA-256: exit 0, a truncated output."""
     size = 2_000_000
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 1)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
-    emulator.update(output_bytes=size, output_rate=500_000)
     out = tmp_path / "out"
-    part = out / "b" / "b-ep00000.mp4.part"
-    first = start(["fetch", "--out", str(out)], env)
-    deadline = time.monotonic() + 30
-    while not (part.exists() and part.stat().st_size > 0):
-        assert time.monotonic() < deadline and first.poll() is None, "the first fetch never wrote"
-        time.sleep(0.02)
+    first, part = _fetch_writing(emulator, env, tmp_path, size)
     second = start(["fetch", "--out", str(out)], env)
     time.sleep(1.0)  # the second is waiting for the first
     part.unlink()
@@ -314,17 +324,7 @@ def test_a_part_cut_while_written_is_started_over_not_resumed(
     start (append mode), the short file was resumed by a range, and a file of the right length
     but shifted bytes was recorded, exit 0."""
     size = 2_000_000
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 1)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
-    emulator.update(output_bytes=size, output_rate=500_000)
-    out = tmp_path / "out"
-    part = out / "b" / "b-ep00000.mp4.part"
-    proc = start(["fetch", "--out", str(out)], env)
-    deadline = time.monotonic() + 30
-    while not (part.exists() and part.stat().st_size > 600_000):
-        assert time.monotonic() < deadline and proc.poll() is None, "the fetch never wrote"
-        time.sleep(0.02)
+    proc, part = _fetch_writing(emulator, env, tmp_path, size, past=600_000)
     os.truncate(part, 0)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
