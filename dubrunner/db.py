@@ -250,7 +250,7 @@ class Database:
                 return
             except sa.exc.IntegrityError:
                 continue
-        raise StoreError(f"could not write the {table.name} row of {dict(key)}")
+        raise StoreError(f"could not write a row of {table.name}: other writers kept taking it")
 
     # -- transactions ----------
 
