@@ -257,20 +257,21 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction (SQLite: BEGIN IMMEDIATE, so it never deadlocks on upgrade)."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except (OperationalError, sa.exc.ProgrammingError) as exc:
-            if not _environmental(exc):
-                raise
-            raise StoreError(db_message(exc, self.file)) from None
+        with self._store_errors(), self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        with self._store_errors(), self.engine.connect() as conn:
+            conn.execution_options(dubrunner_readonly=True)
+            yield conn
+
+    @contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """An error of the database as it is set up (locked, full, unreadable, a role that may
+        not write) as a StoreError of one line; dubrunner's own SQL errors as they are."""
         try:
-            with self.engine.connect() as conn:
-                conn.execution_options(dubrunner_readonly=True)
-                yield conn
+            yield
         except (OperationalError, sa.exc.ProgrammingError) as exc:
             if not _environmental(exc):
                 raise

@@ -57,6 +57,14 @@ def _files(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("*") if p.is_file())
 
 
+def _completed(emulator: Emulator, env: dict[str, str], tmp_path: Path, n: int) -> Path:
+    """A manifest of `n` jobs, submitted and completed at the emulator; its path."""
+    emulator.update(complete_after=0.05)
+    manifest = write_manifest(tmp_path / "m.yaml", n)
+    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    return manifest
+
+
 def _assert_each_row_has_its_own_output(db: Database, size: int) -> list[Path]:
     rows = db_rows(
         db,
@@ -198,9 +206,7 @@ def test_a_file_locked_by_another_fetch_is_waited_for_and_taken_over_when_let_go
 ) -> None:
     # Before: the fetch left the job to the other process and exited 1 (found by an outside
     # attack: coordinators fetching at once all exited 1, every file there in the end).
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 2)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, 2)
     fetch = start(["fetch", "--out", str(tmp_path / "out")], env)
     sql = "SELECT reference_id, download_state FROM jobs ORDER BY id"
     deadline = time.monotonic() + 30
@@ -228,9 +234,7 @@ def test_a_fetch_that_holds_a_file_and_writes_nothing_is_not_waited_for_ever(
     held: BinaryIO,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 2)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, 2)
     monkeypatch.setattr(fetcher_module, "BUSY_STALL", 1.0)
     store = Store(db.url)
     try:
@@ -253,9 +257,7 @@ def test_two_fetches_at_once_download_each_output_once(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
     size = 2_000_000  # two seconds a download: the second fetch starts well before the end
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 3)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, 3)
     emulator.update(output_bytes=size, output_rate=1_000_000)
     out = tmp_path / "out"
     first = start(["fetch", "--out", str(out)], env)
@@ -282,9 +284,7 @@ def _fetch_writing(
 ) -> tuple[subprocess.Popen[str], Path]:
     """One job, submitted and done; a fetch of its slow output (500 kB/s) started and seen to
     have written more than `past` bytes of its part. Returns the fetch and the part's path."""
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 1)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, 1)
     emulator.update(output_bytes=size, output_rate=500_000)
     part = tmp_path / "out" / "b" / "b-ep00000.mp4.part"
     proc = start(["fetch", "--out", str(tmp_path / "out")], env)
@@ -339,9 +339,7 @@ def test_outputs_moved_away_as_soon_as_they_are_there_end_no_run(
     hashed it by name after the rename, met FileNotFoundError, "internal error", and stopped
     (found by an outside attack)."""
     size, n = 3_000_000, 30
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", n)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, n)
     emulator.update(output_bytes=size)
     out, moved = tmp_path / "out", tmp_path / "moved"
     (out / "b").mkdir(parents=True)
@@ -373,9 +371,7 @@ def test_outputs_moved_away_as_soon_as_they_are_there_end_no_run(
 def test_a_failure_held_back_is_not_written_over_another_fetchs_download(
     emulator: Emulator, env: dict[str, str], db: Database, tmp_path: Path
 ) -> None:
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 1)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, 1)
     store = Store(db.url)
     try:
         (stale,) = store.fetch_targets(None, 0, 10)  # as read before another fetch's download
@@ -394,9 +390,7 @@ def test_two_threads_never_share_a_part(
 ) -> None:
     """The same job handed to two threads of one fetch: one downloads it, the other leaves it."""
     size = 1_000_000
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 1)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, 1)
     emulator.update(output_bytes=size, output_rate=2_000_000)
     store = Store(db.url)
     try:
@@ -511,9 +505,7 @@ def test_a_resume_keeps_only_the_bytes_it_asked_for(
     requests: int,
 ) -> None:
     expected = V2 if version == "v2" else V1
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 1)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, 1)
     out = tmp_path / "out"
     final = out / "b" / "b-ep00000.mp4"
     server = _OutputServer(behaviour, final.with_name(final.name + ".part.json"))
@@ -614,9 +606,7 @@ def test_a_page_served_instead_of_the_video_is_never_kept(
     # Found by an outside attack: a login page (or a JSON error) answered with 200 was kept as
     # the .mp4, recorded downloaded with its own SHA-256, exit 0. It is taken as a refused URL:
     # the API is asked for a fresh one, whose video is what ends on disk.
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 1)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, 1)
     server = _PageServer(behaviour)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -641,9 +631,7 @@ def test_a_fetch_into_another_folder_downloads_there(
 ) -> None:
     # Found by an outside attack: `fetch --out B` after `fetch --out A` said "3 already there
     # ... into B" with exit 0, and B did not exist.
-    emulator.update(complete_after=0.05)
-    manifest = write_manifest(tmp_path / "m.yaml", 3)
-    assert run_cli(["submit", str(manifest), "--wait", "--interval", "0.1"], env).code == 0
+    _completed(emulator, env, tmp_path, 3)
     a, b = tmp_path / "A", tmp_path / "B"
     assert run_cli(["fetch", "--out", str(a)], env).code == 0
     again = run_cli(["fetch", "--out", str(a)], env)
